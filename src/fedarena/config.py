@@ -1,0 +1,307 @@
+"""Typed run configuration: frozen dataclasses are the single source of truth.
+
+A config comes from defaults, then a TOML file, then CLI flags, then ``--set section.key=value``
+overrides, in that order. Unknown sections/keys and out-of-range values are refused with a
+:class:`FedarenaError` naming the key. Algorithm hyperparameters live in a section named after the
+algorithm (``[fedprox] mu = 0.01``) and are checked against that algorithm's dataclass fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from fedarena.core.types import FedarenaError
+
+DATASETS = ("digits", "synthetic", "npz-dir:PATH")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
+MODELS = ("mlr", "mlp", "cnn")
+ENGINES = ("reference",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # digits | synthetic | npz-dir:PATH
+    partition: str = "auto"  # auto: dirichlet for digits, natural for synthetic and npz-dir
+    num_clients: int = 20
+    alpha: float = 0.3  # Dirichlet concentration (dirichlet label skew, quantity skew)
+    shards_per_client: int = 2  # classes per client for `shards`
+    feature_sigma: float = 0.1  # `feature`: client i gets Gaussian noise of std sigma*i/N (NIID-Bench)
+    test_fraction: float = 0.25  # share of each client's samples held out as its own test split
+    min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
+    min_test: int = 2
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Synthetic(alpha, beta) of Li et al. (FedProx, MLSys 2020), Sec. 5.1."""
+
+    alpha: float = 1.0  # model heterogeneity: u_k ~ N(0, alpha)
+    beta: float = 1.0  # feature heterogeneity: B_k ~ N(0, beta)
+    iid: bool = False  # Synthetic-IID: one shared W, b and v = 0
+    num_features: int = 60
+    num_classes: int = 10
+    samples_per_client: int = 0  # 0: log-normal sizes as in the FedProx generator
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    hidden: int = 200  # hidden width of `mlp` (60-200-200-10 on synthetic)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rounds: int = 30
+    clients_per_round: int = 10
+    local_epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    eval_every: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    algorithms: tuple[str, ...] = ("fedavg", "fedprox", "local", "fedavg-ft", "centralized")
+    target: float | None = None  # None: automatic, see docs/summary.md
+    engine: str = "reference"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass)
+    algorithms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "algorithms"}
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a TOML/CLI value to a dataclass field type, or raise naming the key."""
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing) | {"float": float, "int": int, "str": str, "bool": bool})  # noqa: S307
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "auto", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise FedarenaError(f"{key}: expected a list, got {value!r}")
+        (elem, _) = typing.get_args(tp)
+        return tuple(_coerce(v, elem, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise FedarenaError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise FedarenaError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise FedarenaError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise FedarenaError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except ValueError:
+            raise FedarenaError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise FedarenaError(f"{key}: expected a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise FedarenaError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {tp} for {key}")
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: TOML syntax where it parses (numbers, booleans, lists), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def replace_fields(obj: Any, updates: Mapping[str, Any], section: str) -> Any:
+    """`dataclasses.replace` with every key checked and coerced; unknown keys name the valid ones."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "(none)"
+            raise FedarenaError(f"unknown config key '{section}.{key}'; valid keys: {valid}")
+        changes[key] = _coerce(value, fields[key].type, f"{section}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+# ---------------------------------------------------------------- building
+
+
+def apply(config: Config, tree: Mapping[str, Mapping[str, Any]]) -> Config:
+    """Apply a nested ``{section: {key: value}}`` tree of overrides (from TOML or --set)."""
+    from fedarena.algorithms import REGISTRY
+
+    changes: dict[str, Any] = {}
+    algos = {k: dict(v) for k, v in config.algorithms.items()}
+    for section, values in tree.items():
+        if not isinstance(values, Mapping):
+            raise FedarenaError(f"config entry '{section}' must be a section of keys, got {values!r}")
+        if section in SECTIONS:
+            changes[section] = replace_fields(getattr(config, section), values, section)
+        elif section in REGISTRY:
+            replace_fields(REGISTRY[section](), values, section)  # validate now
+            algos.setdefault(section, {}).update(values)
+        else:
+            valid = ", ".join([*SECTIONS, *REGISTRY])
+            raise FedarenaError(f"unknown config section '{section}'; valid sections: {valid}")
+    return validate(dataclasses.replace(config, **changes, algorithms=algos))
+
+
+def parse_sets(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    tree: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().rpartition(".")
+        if not sep or not dot or not section or not name:
+            raise FedarenaError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
+        tree.setdefault(section, {})[name] = parse_value(value.strip())
+    return tree
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FedarenaError(f"config file not found: {p}")
+    try:
+        tree = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FedarenaError(f"config file {p} is not valid TOML: {exc}") from None
+    tree.pop("fedarena", None)  # provenance header written into resolved configs
+    return tree
+
+
+def validate(config: Config) -> Config:
+    """Range checks that need no data; data-dependent checks happen when the data is loaded."""
+    from fedarena.algorithms import REGISTRY
+
+    d, t, r, s = config.data, config.train, config.run, config.synthetic
+    checks = [
+        (d.num_clients >= 1, "data.num_clients must be >= 1"),
+        (d.alpha > 0, f"data.alpha (Dirichlet concentration) must be > 0, got {d.alpha}"),
+        (d.shards_per_client >= 1, "data.shards_per_client must be >= 1"),
+        (d.feature_sigma >= 0, "data.feature_sigma must be >= 0"),
+        (0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}"),
+        (d.min_train >= 1 and d.min_test >= 1, "data.min_train and data.min_test must be >= 1"),
+        (d.partition in PARTITIONS + ("auto",),
+         f"unknown partition '{d.partition}'; valid: {', '.join(PARTITIONS)}"),
+        (s.alpha >= 0 and s.beta >= 0, "synthetic.alpha and synthetic.beta must be >= 0"),
+        (s.num_features >= 1 and s.num_classes >= 2, "synthetic needs >= 1 feature and >= 2 classes"),
+        (s.samples_per_client >= 0, "synthetic.samples_per_client must be >= 0"),
+        (config.model.name in MODELS,
+         f"unknown model '{config.model.name}'; valid: {', '.join(MODELS)}"),
+        (config.model.hidden >= 1, "model.hidden must be >= 1"),
+        (t.rounds >= 1, f"train.rounds must be >= 1, got {t.rounds}"),
+        (t.clients_per_round >= 1, f"train.clients_per_round must be >= 1, got {t.clients_per_round}"),
+        (t.clients_per_round <= d.num_clients,
+         f"train.clients_per_round ({t.clients_per_round}) must be <= data.num_clients ({d.num_clients})"),
+        (t.local_epochs >= 1, "train.local_epochs must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.eval_every >= 1, "train.eval_every must be >= 1"),
+        (r.target is None or 0 < r.target <= 1, f"run.target must be in (0, 1], got {r.target}"),
+        (r.engine in ENGINES, f"unknown engine '{r.engine}'; valid: {', '.join(ENGINES)}"),
+        (len(r.algorithms) >= 1, "run.algorithms must name at least one algorithm"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FedarenaError(message)
+    for name in r.algorithms:
+        if name not in REGISTRY:
+            raise FedarenaError(f"unknown algorithm '{name}'; valid: {', '.join(REGISTRY)}")
+    if len(set(r.algorithms)) != len(r.algorithms):
+        raise FedarenaError("run.algorithms lists an algorithm twice")
+    name = d.name
+    if name not in ("digits", "synthetic") and not name.startswith("npz-dir:"):
+        raise FedarenaError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
+    if name.startswith("npz-dir:") and d.partition not in ("auto", "natural"):
+        raise FedarenaError(
+            f"--partition {d.partition} cannot be used with npz-dir data: its clients are the files"
+        )
+    if name == "synthetic" and d.partition not in ("auto", "natural"):
+        raise FedarenaError(
+            f"--partition {d.partition} cannot be used with synthetic data: the generator makes each "
+            "client's distribution itself (use synthetic.alpha/beta/iid)"
+        )
+    if name == "digits" and d.partition == "natural":
+        raise FedarenaError("digits has no natural partition; use iid, dirichlet, shards, quantity or feature")
+    return config
+
+
+def resolved_partition(config: Config) -> str:
+    p = config.data.partition
+    if p != "auto":
+        return p
+    return "dirichlet" if config.data.name == "digits" else "natural"
+
+
+def hyperparameters(config: Config, name: str) -> Any:
+    """The algorithm object for `name` with this config's overrides applied."""
+    from fedarena.algorithms import REGISTRY
+
+    return replace_fields(REGISTRY[name](), config.algorithms.get(name, {}), name)
+
+
+def to_tree(config: Config) -> dict[str, Any]:
+    """The fully resolved config (every selected algorithm's hyperparameters included)."""
+    tree: dict[str, Any] = {}
+    for section in SECTIONS:
+        values = dataclasses.asdict(getattr(config, section))
+        tree[section] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+    for name in config.run.algorithms:
+        algo = hyperparameters(config, name)
+        values = {f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}
+        if values:
+            tree[name] = values
+    return tree
+
+
+def dump_toml(config: Config, path: Path, version: str) -> None:
+    tree = {"fedarena": {"version": version}, **to_tree(config)}
+    path.write_text(tomli_w.dumps(tree))
+
+
+def build(config_file: str | None, flags: Mapping[str, Mapping[str, Any]], sets: list[str]) -> Config:
+    """Defaults <- TOML file <- CLI flags <- --set overrides."""
+    config = Config()
+    if config_file:
+        config = apply(config, load_toml(config_file))
+    config = apply(config, {k: v for k, v in flags.items() if v})
+    return apply(config, parse_sets(sets))

@@ -1,0 +1,36 @@
+"""FedAvg + local fine-tuning (FedAvg-FT): train FedAvg, then each client fine-tunes the global
+model on its own train split before it uses it.
+
+Yu, Bagdasaryan, Shmatikov, "Salvaging Federated Learning by Local Adaptation", arXiv 2002.04758
+(2020), Sec. 5 ("fine-tuning"); also Cheng, Chadha, Duchi, "Fine-tuning is Fine in Federated
+Learning", arXiv 2108.07313. Training is FedAvg's (`client_update`, `aggregate` are FedAvg's);
+`personalize` runs `epochs` epochs of the comparison's local SGD on F_k starting from the global
+model. Nothing is kept between rounds (storage 0); the fine-tuned model is made on demand.
+Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
+"""
+
+from __future__ import annotations
+
+from fedarena.core.algorithm import algorithm, merged_personalize
+from fedarena.core.local_train import local_sgd
+from fedarena.core.types import FedarenaError
+
+
+@algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)")
+class FedAvgFT:
+    epochs: int = 1
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise FedarenaError(f"fedavg-ft.epochs must be >= 0, got {self.epochs}")
+
+    def personalize(self, task, broadcast, state, data, rng):
+        start = merged_personalize(self, task, broadcast, state, data, rng)
+        if self.epochs == 0:
+            return start
+
+        def objective(params, x, y):
+            return self.local_objective(task, params, broadcast, state, (x, y))
+
+        tuned, _ = local_sgd(objective, start, start.keys(), data.x_train, data.y_train, task.sgd, rng, self.epochs)
+        return tuned

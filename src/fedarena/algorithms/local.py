@@ -1,0 +1,23 @@
+"""Local-only training: every client trains its own model on its own data and never communicates.
+
+The standard lower baseline of the personalization literature (e.g. Sec. 5 of Li et al., "Ditto:
+Fair and Robust Federated Learning Through Personalization", ICML 2021, arXiv 2012.04221, and of
+T. Dinh et al., pFedMe, NeurIPS 2020). All keys are personal, so broadcasts and uploads carry no tensor
+and cost 0 bytes; a client trains (E epochs of the same local SGD) in the rounds it is sampled, so
+its amount of local work matches the federated algorithms'.
+"""
+
+from __future__ import annotations
+
+from fedarena.core.algorithm import algorithm
+from fedarena.core.types import EVERYTHING
+
+
+@algorithm("local", "baseline", "local-only baseline (e.g. Li et al., ICML 2021, arXiv 2012.04221, Sec. 5)",
+           personal=EVERYTHING)
+class Local:
+    """Every key is personal: the shared part is empty, so nothing is sent and the server state stays
+    empty; a client trains in the rounds it is sampled."""
+
+    def global_model(self, server):
+        return None

@@ -1,0 +1,152 @@
+"""The `fedarena` command line: parses flags and calls the library; no logic of its own.
+
+Exit codes: 0 success, 2 bad input (one line naming the problem), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedarena import config as cfg
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Global vs personalized federated learning, measured.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(code: int, message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a library call, turning user errors into exit 2 and other failures into exit 1."""
+    from fedarena.core.types import FedarenaError
+
+    try:
+        return fn(*args, **kwargs)
+    except FedarenaError as exc:
+        _fail(2, str(exc))
+    except KeyboardInterrupt:
+        _fail(130, "interrupted; nothing was written")
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a runtime failure: one line, the traceback only with -v
+        logging.getLogger("fedarena").debug("traceback", exc_info=True)
+        _fail(1, f"{type(exc).__name__}: {exc}")
+
+
+@app.callback()
+def main_callback(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def compare(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (e.g. a run's config.toml)."),
+    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="iid | dirichlet | shards | quantity | feature"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (dirichlet, quantity)."),
+    shards_per_client: Optional[int] = typer.Option(None, "--shards-per-client", help="Classes per client (shards)."),
+    clients: Optional[int] = typer.Option(None, "--clients", help="Number of clients (embedded data)."),
+    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
+    rounds: Optional[int] = typer.Option(None, "--rounds"),
+    local_epochs: Optional[int] = typer.Option(None, "--local-epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    target: Optional[float] = typer.Option(None, "--target", help="Target personal accuracy (fraction)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
+    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+) -> None:
+    """Run global FL, personalized FL and baselines on identical seeded clients."""
+    flags: dict[str, dict[str, Any]] = {
+        "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
+                       num_clients=clients),
+        "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
+                        batch_size=batch_size, lr=lr),
+        "model": _given(name=model),
+        "run": _given(algorithms=algorithms, seed=seed, target=target),
+    }
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
+    from fedarena.compare import check_out_dir, default_out_dir, run_compare
+
+    target_dir = out_dir or default_out_dir(conf)
+    _guard(check_out_dir, target_dir)
+    rounds_total = conf.train.rounds
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bars = {name: progress.add_task(name, total=rounds_total) for name in conf.run.algorithms}
+        summary = _guard(run_compare, conf, target_dir, lambda name, r: progress.update(bars[name], completed=r))
+    out.print(_table(summary))
+    out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _table(summary: dict[str, Any]) -> Table:
+    ds = summary["dataset"]
+    table = Table(title=f"{ds['name']} · {ds['partition']} · {ds['num_clients']} clients · "
+                        f"target {100 * summary['target_acc']:.1f}%")
+    for col in ("algorithm", "family", "global acc %", "personal mean %", "std %", "worst-10% %",
+                "MB up+down", "rounds to target", "wall s"):
+        table.add_column(col, justify="left" if col in ("algorithm", "family") else "right")
+    for run in summary["runs"]:
+        f = run["final"]
+        mb = (run["bytes"]["up_total"] + run["bytes"]["down_total"]) / 1e6
+        family = run["family"] + ("" if run["federated"] else " (not federated)")
+        table.add_row(run["algorithm"], family, _pct(f["global_acc"]), _pct(f["personal_acc_mean"]),
+                      _pct(f["personal_acc_std"]), _pct(f["personal_acc_worst10"]), f"{mb:.2f}",
+                      str(run["rounds_to_target"] or "-"), f"{run['wall_seconds']:.1f}")
+    return table
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Algorithms (with family and paper), datasets, partitioners and models."""
+    from fedarena.algorithms import REGISTRY
+
+    info = {
+        "algorithms": [{"name": n, "family": a.family, "paper": a.paper, "federated": a.federated,
+                        "personal_keys": list(a.personal.patterns)} for n, a in REGISTRY.items()],
+        "datasets": list(cfg.DATASETS),
+        "partitions": list(cfg.PARTITIONS),
+        "models": list(cfg.MODELS),
+        "engines": list(cfg.ENGINES),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    table = Table(title="algorithms")
+    for col in ("name", "family", "personal keys", "paper"):
+        table.add_column(col)
+    for a in info["algorithms"]:
+        table.add_row(a["name"], a["family"], ", ".join(a["personal_keys"]) or "-", a["paper"])
+    out.print(table)
+    for key in ("datasets", "partitions", "models", "engines"):
+        out.print(f"{key}: {', '.join(info[key])}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

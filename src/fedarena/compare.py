@@ -1,0 +1,213 @@
+"""`fedarena compare` as a library call: run every algorithm on the same seeded clients and write
+the run directory of DESIGN.md (config.toml, metrics.parquet, summary.json, models/).
+
+The directory is built under a hidden temporary name next to its destination and renamed into place
+only when complete, so a failed run leaves no summary.json behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.torch import save_file
+
+import fedarena
+from fedarena import config as cfg
+from fedarena.core.types import SGD, FedarenaError, FederatedData
+from fedarena.data import load_federated
+from fedarena.data.heterogeneity import summarize
+from fedarena.sim.engine import AlgorithmRun, run_algorithm, storage_bytes
+from fedarena.tasks import make_task
+
+log = logging.getLogger(__name__)
+
+TARGET_RULE = (
+    "run.target if set; otherwise 0.9 x the best final personal_acc_mean among the compared "
+    "algorithms that federate (centralized excluded), floored to 0.001. rounds_to_target is the first "
+    "evaluated round whose personal_acc_mean >= target; seconds_to_target is the training time (evaluation "
+    "excluded) up to the end of that round."
+)
+
+
+def default_out_dir(config: cfg.Config, root: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(config.data.name.removeprefix("npz-dir:")).name or "data")
+    desc = f"{data}-{cfg.resolved_partition(config)}-{len(config.run.algorithms)}algos"
+    return root / f"{stamp}-{desc}"
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedarenaError(f"output directory {out} exists and is not empty")
+
+
+def run_compare(
+    config: cfg.Config,
+    out: Path,
+    on_round: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the comparison described by `config`, write the run directory `out`, return the summary."""
+    check_out_dir(out)
+    data = load_federated(config)
+    t = config.train
+    task = make_task(
+        config.model.name, data.input_shape, data.num_classes,
+        SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden,
+    )
+    if t.clients_per_round > data.num_clients:
+        raise FedarenaError(
+            f"train.clients_per_round ({t.clients_per_round}) exceeds the data's {data.num_clients} clients"
+        )
+    runs: dict[str, tuple[Any, AlgorithmRun]] = {}
+    for name in config.run.algorithms:
+        algo = cfg.hyperparameters(config, name)
+        log.info("training %s", name)
+        runs[name] = algo, run_algorithm(
+            algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
+            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine,
+            on_round=(lambda r, n=name: on_round(n, r)) if on_round else None,
+        )
+    target = config.run.target if config.run.target is not None else auto_target(runs)
+    summary = build_summary(config, data, runs, target)
+    _write_run_dir(out, config, data, runs, summary)
+    return summary
+
+
+def auto_target(runs: dict[str, tuple[Any, AlgorithmRun]]) -> float:
+    finals = [r.evaluations[-1].personal_acc_mean for a, r in runs.values() if a.federated]
+    if not finals:
+        finals = [r.evaluations[-1].personal_acc_mean for _, r in runs.values()]
+    return math.floor(0.9 * max(finals) * 1000) / 1000
+
+
+def _hyperparameters(algo: Any) -> dict[str, Any]:
+    return {f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}
+
+
+def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float) -> dict[str, Any]:
+    final = run.evaluations[-1]
+    rounds = len(run.train_seconds)
+    reached = next((e for e in run.evaluations if e.personal_acc_mean >= target), None)
+    up = sum(run.ledger.up.values())
+    down = sum(run.ledger.down.values())
+    history = []
+    for e in run.evaluations:
+        cum = sum(v for (r, _), v in run.ledger.up.items() if r <= e.round)
+        cum += sum(v for (r, _), v in run.ledger.down.items() if r <= e.round)
+        history.append({
+            "round": e.round, "global_acc": e.global_acc, "personal_acc_mean": e.personal_acc_mean,
+            "personal_acc_std": e.personal_acc_std, "personal_acc_worst10": e.personal_acc_worst10,
+            "bytes_cumulative": cum, "train_seconds": run.train_seconds[e.round - 1],
+        })
+    return {
+        "algorithm": name,
+        "family": algo.family,
+        "federated": algo.federated,
+        "paper": algo.paper,
+        "hyperparameters": _hyperparameters(algo),
+        "personal_keys": list(algo.personal.patterns),
+        "rounds": rounds,
+        "final": {
+            "round": final.round,
+            "global_acc": final.global_acc,
+            "personal_acc_mean": final.personal_acc_mean,
+            "personal_acc_std": final.personal_acc_std,
+            "personal_acc_worst10": final.personal_acc_worst10,
+            "personal_acc_per_client": dict(zip(data.client_ids, final.per_client_acc)),
+        },
+        "bytes": {"up_total": up, "down_total": down, "per_round_mean": (up + down) / rounds},
+        "target_acc": target,
+        "rounds_to_target": reached.round if reached else None,
+        "seconds_to_target": run.train_seconds[reached.round - 1] if reached else None,
+        "wall_seconds": run.wall_seconds,
+        "storage_bytes_per_client": storage_bytes(run.states),
+        "history": history,
+        "privacy": None,
+        "new_clients": None,
+    }
+
+
+def build_summary(config: cfg.Config, data: FederatedData, runs: dict, target: float) -> dict[str, Any]:
+    return {
+        "fedarena_version": fedarena.__version__,
+        "schema_version": 1,
+        "config": cfg.to_tree(config),
+        "engine": config.run.engine,
+        "dataset": {
+            "name": data.name,
+            "num_clients": data.num_clients,
+            "client_ids": list(data.client_ids),
+            "partition": data.partition,
+            "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape),
+            "train_samples": int(data.y_train.shape[0]),
+            "test_samples": int(data.y_test.shape[0]),
+            "heterogeneity": summarize(data),
+        },
+        "model": {"name": config.model.name, "hidden": config.model.hidden},
+        "target_acc": target,
+        "target_rule": TARGET_RULE,
+        "runs": [_summarize_run(n, a, r, data, target) for n, (a, r) in runs.items()],
+    }
+
+
+def _metrics_table(data: FederatedData, runs: dict) -> pa.Table:
+    cols: dict[str, list] = {k: [] for k in (
+        "algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up", "bytes_down")}
+    for name, (algo, run) in runs.items():
+        evals = {e.round: e for e in run.evaluations}
+        for rnd, chosen in enumerate(run.sampled, start=1):
+            picked = set(chosen) if algo.federated else set()
+            e = evals.get(rnd)
+            for c, cid in enumerate(data.client_ids):
+                cols["algorithm"].append(name)
+                cols["round"].append(rnd)
+                cols["client"].append(cid)
+                cols["sampled"].append(c in picked)
+                cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
+                cols["test_acc"].append(e.per_client_acc[c] if e else None)
+                cols["test_loss"].append(e.per_client_loss[c] if e else None)
+                cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
+                cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
+    return pa.table(cols)
+
+
+def _write_run_dir(out: Path, config: cfg.Config, data: FederatedData, runs: dict, summary: dict) -> None:
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        cfg.dump_toml(config, tmp / "config.toml", fedarena.__version__)
+        pq.write_table(_metrics_table(data, runs), tmp / "metrics.parquet")
+        for name, (algo, run) in runs.items():
+            mdir = tmp / "models" / name
+            mdir.mkdir(parents=True)
+            g = algo.global_model(run.server)
+            if g is not None:
+                save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
+            for c, state in run.states.items():
+                tensors = {f"params/{k}": v for k, v in state.params.items()}
+                tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
+                if tensors and algo.federated:
+                    save_file({k: v.contiguous() for k, v in tensors.items()},
+                              mdir / f"client-{data.client_ids[c]}.safetensors")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

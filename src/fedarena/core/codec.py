@@ -1,0 +1,110 @@
+"""The payload codec and the byte ledger: every engine counts bytes through these two.
+
+Wire format: safetensors (an 8-byte header length, a JSON header naming every tensor with dtype,
+shape and offsets, then the raw little-endian tensor bytes; never pickle). Tensor names are
+``params/<key>`` and ``extra/<key>``; scalars travel in the header's string metadata. A message with
+no tensor is not sent and costs 0 bytes (e.g. `local`'s upload).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedarena.core.types import Broadcast, FedarenaError, Params, Upload
+
+WIRE_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool)
+
+
+def _tensors(message: Broadcast | Upload) -> dict[str, torch.Tensor]:
+    out = {f"params/{k}": v for k, v in message.params.items()}
+    out.update({f"extra/{k}": v for k, v in message.extra.items()})
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def encode(message: Broadcast | Upload) -> bytes:
+    tensors = _tensors(message)
+    if not tensors:
+        return b""
+    meta = {"kind": type(message).__name__}
+    if isinstance(message, Upload):
+        meta["num_samples"] = str(int(message.num_samples))
+        meta["metrics"] = json.dumps({k: float(v) for k, v in sorted(message.metrics.items())})
+    return st_save(tensors, metadata=meta)
+
+
+def _metadata(payload: bytes) -> dict[str, str]:
+    n = int.from_bytes(payload[:8], "little")
+    if n <= 0 or 8 + n > len(payload):
+        raise FedarenaError("payload header length is out of range")
+    try:
+        header = json.loads(payload[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FedarenaError(f"payload header is not JSON: {exc}") from None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FedarenaError("payload metadata must map strings to strings")
+    return meta
+
+
+def decode(payload: bytes, kind: type[Broadcast] | type[Upload]) -> Broadcast | Upload:
+    """Parse and validate a payload (dtypes, finite values, known sections); never unpickles."""
+    if not payload:
+        return kind()
+    try:
+        tensors = st_load(payload)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FedarenaError(f"payload is not a valid safetensors message: {exc}") from None
+    meta = _metadata(payload)
+    if meta.get("kind") != kind.__name__:
+        raise FedarenaError(f"expected a {kind.__name__} payload, got {meta.get('kind')!r}")
+    params: Params = {}
+    extra: Params = {}
+    for name, tensor in tensors.items():
+        section, _, key = name.partition("/")
+        if section not in ("params", "extra") or not key:
+            raise FedarenaError(f"payload tensor {name!r} is not params/<key> or extra/<key>")
+        if tensor.dtype not in WIRE_DTYPES:
+            raise FedarenaError(f"payload tensor {name!r} has unsupported dtype {tensor.dtype}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FedarenaError(f"payload tensor {name!r} has NaN or Inf values")
+        (params if section == "params" else extra)[key] = tensor
+    if kind is Broadcast:
+        return Broadcast(params=params, extra=extra)
+    try:
+        num_samples = int(meta.get("num_samples", "0"))
+        metrics = {str(k): float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise FedarenaError(f"upload metadata is malformed: {exc}") from None
+    if num_samples < 0 or not all(math.isfinite(v) for v in metrics.values()):
+        raise FedarenaError("upload num_samples must be >= 0 and metrics finite")
+    return Upload(params=params, num_samples=num_samples, extra=extra, metrics=metrics)
+
+
+@dataclass
+class Ledger:
+    """Bytes per (round, client, direction), from the encoded payloads themselves."""
+
+    up: dict[tuple[int, int], int] = field(default_factory=dict)
+    down: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def send_down(self, rnd: int, client: int, message: Broadcast) -> Broadcast:
+        payload = encode(message)
+        self.down[(rnd, client)] = self.down.get((rnd, client), 0) + len(payload)
+        return decode(payload, Broadcast)  # the client uses exactly what crossed the wire
+
+    def send_up(self, rnd: int, client: int, message: Upload) -> Upload:
+        payload = encode(message)
+        self.up[(rnd, client)] = self.up.get((rnd, client), 0) + len(payload)
+        return decode(payload, Upload)
+
+    def round_total(self, rnd: int) -> int:
+        return sum(v for (r, _), v in self.up.items() if r == rnd) + sum(
+            v for (r, _), v in self.down.items() if r == rnd
+        )

@@ -1,0 +1,45 @@
+"""Local minibatch SGD on a per-batch objective: the one place clients' training loops live.
+
+An epoch is one pass over the client's train split in an order drawn from the client's generator
+(`torch.randperm`); the last batch may be smaller (PyTorch's ``drop_last=False``); each step is
+``w <- w - lr * grad`` on the batch-mean objective for the trainable keys only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from fedarena.core.types import SGD, Params
+
+Objective = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def local_sgd(
+    objective: Objective,
+    params: Params,
+    trainable: Iterable[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sgd: SGD,
+    rng: torch.Generator,
+    epochs: int | None = None,
+) -> tuple[Params, float]:
+    """Run `epochs` (default `sgd.epochs`) of SGD; returns new params and the mean batch loss."""
+    trainable = [k for k in params if k in set(trainable)]
+    work = {k: v.detach().clone() for k, v in params.items()}
+    n = int(y.shape[0])
+    losses = []
+    for _ in range(sgd.epochs if epochs is None else epochs):
+        order = torch.randperm(n, generator=rng)
+        for start in range(0, n, sgd.batch_size):
+            idx = order[start : start + sgd.batch_size]
+            leaves = {k: work[k].requires_grad_(True) for k in trainable}
+            loss = objective({**work, **leaves}, x[idx], y[idx])
+            grads = torch.autograd.grad(loss, [leaves[k] for k in trainable], allow_unused=True)
+            with torch.no_grad():
+                for k, g in zip(trainable, grads):
+                    work[k] = leaves[k].detach() - sgd.lr * g if g is not None else leaves[k].detach()
+            losses.append(float(loss.detach()))
+    return work, (sum(losses) / len(losses) if losses else float("nan"))

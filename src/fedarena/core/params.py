@@ -1,0 +1,62 @@
+"""Operations on Params (`dict[str, Tensor]`): split by a key filter, merge, weighted mean."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+from fedarena.core.types import KeyFilter, Params
+
+
+def split(params: Params, personal: KeyFilter) -> tuple[Params, Params]:
+    """(shared, personal) parts of `params`."""
+    shared = {k: v for k, v in params.items() if not personal(k)}
+    mine = {k: v for k, v in params.items() if personal(k)}
+    return shared, mine
+
+
+def shared_part(params: Params, personal: KeyFilter) -> Params:
+    return split(params, personal)[0]
+
+
+def personal_part(params: Params, personal: KeyFilter) -> Params:
+    return split(params, personal)[1]
+
+
+def merge(*parts: Params) -> Params:
+    """Later parts win on duplicate keys."""
+    out: Params = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
+def clone(params: Params) -> Params:
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def weighted_mean(params_list: Sequence[Params], weights: Sequence[float]) -> Params:
+    """sum_k w_k p_k / sum_k w_k, key by key, accumulated in float64 in a fixed order."""
+    if not params_list:
+        raise ValueError("weighted_mean of no params")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weighted_mean needs a positive total weight")
+    keys = params_list[0].keys()
+    out: Params = {}
+    for k in keys:
+        acc = torch.zeros(params_list[0][k].shape, dtype=torch.float64)
+        for p, w in zip(params_list, weights):
+            acc += p[k].to(torch.float64) * (float(w) / total)
+        out[k] = acc.to(params_list[0][k].dtype)
+    return out
+
+
+def sq_distance(a: Params, b: Params, keys: Iterable[str]) -> torch.Tensor:
+    """||a - b||^2 summed over `keys` (differentiable in `a`)."""
+    return sum(((a[k] - b[k]) ** 2).sum() for k in keys)
+
+
+def nbytes(params: Params) -> int:
+    return sum(v.numel() * v.element_size() for v in params.values())

@@ -1,0 +1,116 @@
+"""Tasks: a model (with named `body` and `head` submodules), its loss, and the local SGD settings.
+
+Models are used functionally: one stateless template module per task, parameters passed in as
+``Params`` through ``torch.func.functional_call``. Personalization layers name their keys by the
+``body.``/``head.`` prefixes.
+
+- ``mlr``: multinomial logistic regression (body = flatten, head = one linear layer).
+- ``mlp``: two hidden ReLU layers of width ``hidden`` (60-200-200-10 on synthetic, as in the
+  FedProx/pFedMe experiments).
+- ``cnn``: the "2NN/CNN" of McMahan et al. 2017 (AISTATS, arXiv 1602.05629, Sec. 3): two 5x5
+  convolutions (32 and 64 channels) each followed by 2x2 max pooling, a 512-unit fully connected
+  layer and a softmax head. Convolutions use padding 2 so the network fits small inputs (8x8 digits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedarena.core.types import SGD, FedarenaError, Params
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a client learns and how: model template, loss, local SGD settings."""
+
+    name: str
+    module: nn.Module = field(compare=False, repr=False)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(compare=False, repr=False)
+    sgd: SGD = SGD()
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, params, (x,))
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.forward(params, x), y)
+
+    def init_params(self, generator: torch.Generator) -> Params:
+        """Fresh parameters drawn from `generator` (PyTorch's default init schemes, seeded)."""
+        out = {}
+        for name, tensor in self.module.state_dict().items():
+            out[name] = _init_like(name, tensor, self.module, generator)
+        return out
+
+
+def _init_like(name: str, tensor: torch.Tensor, module: nn.Module, g: torch.Generator) -> torch.Tensor:
+    """PyTorch's default init for Linear/Conv (kaiming-uniform a=sqrt(5)), but from a given generator."""
+    owner = module.get_submodule(name.rpartition(".")[0])
+    if isinstance(owner, (nn.Linear, nn.Conv2d)):
+        weight = owner.weight
+        fan_in = weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        # kaiming_uniform_(a=sqrt(5)) on the weight and the bias bound both reduce to 1/sqrt(fan_in)
+        return (torch.rand(tensor.shape, generator=g) * 2 - 1) * bound
+    return tensor.detach().clone()  # buffers and norm parameters keep their defaults
+
+
+class Net(nn.Module):
+    def __init__(self, body: nn.Module, head: nn.Module):
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def build_module(model: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> nn.Module:
+    d = math.prod(input_shape)
+    if model == "mlr":
+        return Net(nn.Flatten(), nn.Linear(d, num_classes))
+    if model == "mlp":
+        body = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        return Net(body, nn.Linear(hidden, num_classes))
+    if model == "cnn":
+        if len(input_shape) != 3:
+            raise FedarenaError(
+                f"model cnn needs image inputs shaped (channels, height, width); the data has {input_shape}"
+            )
+        c, h, w = input_shape
+        flat = 64 * (h // 4) * (w // 4)
+        if flat == 0:
+            raise FedarenaError(f"model cnn needs images of at least 4x4, got {h}x{w}")
+        body = nn.Sequential(
+            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(),
+        )
+        return Net(body, nn.Linear(512, num_classes))
+    raise FedarenaError(f"unknown model '{model}'; valid: mlr, mlp, cnn")
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, y)
+
+
+def make_task(model: str, input_shape: tuple[int, ...], num_classes: int, sgd: SGD, hidden: int = 200) -> Task:
+    module = build_module(model, input_shape, num_classes, hidden)
+    module.requires_grad_(False)
+    return Task(model, module, cross_entropy, sgd)
+
+
+@torch.no_grad()
+def evaluate(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[int, float]:
+    """(number correct, summed loss) of `params` on (x, y)."""
+    correct, loss = 0, 0.0
+    for i in range(0, int(y.shape[0]), chunk):
+        out = task.forward(params, x[i : i + chunk])
+        loss += float(task.loss_fn(out, y[i : i + chunk])) * int(y[i : i + chunk].shape[0])
+        correct += int((out.argmax(dim=1) == y[i : i + chunk]).sum())
+    return correct, loss

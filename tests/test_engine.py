@@ -1,0 +1,65 @@
+"""The round loop: client sampling, the byte ledger, evaluation summaries."""
+
+import math
+
+import pytest
+import torch
+
+from fedarena.algorithms import REGISTRY
+from fedarena.core.codec import Ledger, decode, encode
+from fedarena.core.types import Broadcast, FedarenaError, Upload
+from fedarena.sim.engine import Evaluation, run_algorithm, sample_clients
+from toy import classification_task, federation
+
+
+def test_sampling_is_seeded_sized_and_sorted():
+    a = sample_clients(1, 5, 50, 10)
+    assert a == sample_clients(1, 5, 50, 10) and a == sorted(a) and len(set(a)) == 10
+    assert a != sample_clients(2, 5, 50, 10) or a != sample_clients(1, 6, 50, 10)
+    assert sample_clients(1, 5, 7, 7) == list(range(7))
+
+
+def test_removing_a_client_never_changes_who_else_is_sampled():
+    for rnd in range(1, 30):
+        full = sample_clients(3, rnd, 40, 8)
+        without = sample_clients(3, rnd, 40, 8, exclude=[17])
+        assert without == [c for c in full if c != 17]
+
+
+def test_ledger_counts_exact_encoded_bytes():
+    ledger = Ledger()
+    msg = Broadcast(params={"w": torch.zeros(10, 3)})
+    got = ledger.send_down(1, 4, msg)
+    assert ledger.down[(1, 4)] == len(encode(msg)) > 120  # 120 bytes of float32 plus the header
+    assert torch.equal(got.params["w"], msg.params["w"])
+    assert ledger.send_up(1, 4, Upload()) == Upload() and ledger.up[(1, 4)] == 0  # nothing sent
+
+
+@pytest.mark.parametrize("payload", [b"\x05", b"\xff" * 16, encode(Broadcast(params={"w": torch.ones(2)}))])
+def test_decode_rejects_malformed_or_wrong_kind(payload):
+    with pytest.raises(FedarenaError):
+        decode(payload, Upload)
+
+
+def test_decode_rejects_non_finite():
+    with pytest.raises(FedarenaError, match="NaN or Inf"):
+        decode(encode(Upload(params={"w": torch.tensor([1.0, float("nan")])}, num_samples=1)), Upload)
+
+
+def test_evaluation_summaries():
+    e = Evaluation(1, None, [1.0, 0.5, 0.0, 0.25] + [1.0] * 7, [0.0] * 11, [10, 2, 4, 4] + [1] * 7)
+    assert e.personal_acc_mean == pytest.approx((10 + 1 + 0 + 1 + 7) / 27)
+    assert e.personal_acc_worst10 == pytest.approx((0.0 + 0.25) / 2)  # ceil(1.1) = 2 clients
+    assert e.personal_acc_std == pytest.approx(torch.tensor(e.per_client_acc).std(unbiased=False).item())
+
+
+def test_fedavg_bytes_per_round_match_model_size():
+    data = federation([20, 20, 20], [5, 5, 5])
+    task = classification_task(data)
+    run = run_algorithm(REGISTRY["fedavg"](), task, data, rounds=2, clients_per_round=2, eval_every=2, seed=0)
+    model_bytes = sum(v.numel() * 4 for v in task.init_params(torch.Generator()).values())
+    assert len(run.ledger.down) == 4 and len(run.ledger.up) == 4
+    for v in [*run.ledger.down.values(), *run.ledger.up.values()]:
+        assert model_bytes < v < model_bytes + 1024
+    assert [e.round for e in run.evaluations] == [2]
+    assert all(math.isfinite(x) for x in run.train_seconds)

@@ -20,7 +20,7 @@ from fedarena import config as cfg
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Global vs personalized federated learning, measured.")
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if Console().is_terminal else 140)
 
 
 def _fail(code: int, message: str) -> None:

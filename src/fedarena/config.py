@@ -159,7 +159,10 @@ def replace_fields(obj: Any, updates: Mapping[str, Any], section: str) -> Any:
             valid = ", ".join(sorted(fields)) or "(none)"
             raise FedarenaError(f"unknown config key '{section}.{key}'; valid keys: {valid}")
         changes[key] = _coerce(value, fields[key].type, f"{section}.{key}")
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except (ValueError, TypeError) as exc:
+        raise FedarenaError(f"{section}: {exc}") from None
 
 
 # ---------------------------------------------------------------- building
@@ -304,4 +307,6 @@ def build(config_file: str | None, flags: Mapping[str, Mapping[str, Any]], sets:
     if config_file:
         config = apply(config, load_toml(config_file))
     config = apply(config, {k: v for k, v in flags.items() if v})
-    return apply(config, parse_sets(sets))
+    config = apply(config, parse_sets(sets))
+    data = dataclasses.replace(config.data, partition=resolved_partition(config))
+    return dataclasses.replace(config, data=data)

@@ -1,0 +1,175 @@
+"""``npz-dir:PATH``: a directory of per-client ``.npz`` files, one client per file stem::
+
+    PATH/train/<client>.npz    PATH/test/<client>.npz
+
+Each file holds an array ``x`` (any float or integer dtype, first axis = samples; converted to
+float32 as is, without scaling) and ``y`` (one label per sample). Clients are ordered by sorted
+file stem (string order: "10" sorts before "2"); ``num_classes`` is the largest label + 1.
+
+Files are read with ``np.load(..., allow_pickle=False)`` only. Before any data is read, the
+``.npy`` headers are checked (keys, dtypes, shapes, lengths), so object (pickled) arrays are
+refused without being unpickled and a shape mismatch costs no loading. Each file's arrays are then
+read once and copied straight into the preallocated concatenated outputs (no per-client copies
+kept, no second concatenation).
+
+Labels must be integers >= 0. Float labels are accepted when every value is a whole number
+(e.g. labels saved from a float column) and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedarena.core.types import FedarenaError, FederatedData
+
+PREFIX = "npz-dir:"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One file's validated header: where it is and what it holds."""
+
+    path: Path
+    samples: int
+    x_shape: tuple[int, ...]  # per-sample shape (after the first axis)
+
+
+def _header(zf: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array ``key`` from its ``.npy`` header (no data read, nothing unpickled)."""
+    with zf.open(f"{key}.npy") as fp:
+        try:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                raise FedarenaError(f"{path}: array '{key}' uses unsupported .npy format {version}")
+        except ValueError as exc:
+            raise FedarenaError(f"{path}: array '{key}' is not a valid .npy array ({exc})") from None
+    return tuple(shape), dtype
+
+
+def _check_dtype(dtype: np.dtype, key: str, kinds: str, what: str, path: Path) -> None:
+    if dtype.hasobject:
+        raise FedarenaError(
+            f"{path}: array '{key}' has object dtype (pickled Python objects); refused, "
+            "fedarena reads .npz files with allow_pickle=False"
+        )
+    if dtype.kind not in kinds:
+        raise FedarenaError(f"{path}: array '{key}' must hold {what}, got dtype {dtype}")
+
+
+def _scan(path: Path) -> _Entry:
+    """Validate one file from its headers: keys x and y, dtypes, shapes, equal non-zero lengths."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            keys = sorted(name[:-4] for name in zf.namelist() if name.endswith(".npy"))
+            for key in ("x", "y"):
+                if key not in keys:
+                    raise FedarenaError(f"{path}: missing array '{key}' (found: {', '.join(keys) or 'none'})")
+            x_shape, x_dtype = _header(zf, "x", path)
+            y_shape, y_dtype = _header(zf, "y", path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FedarenaError(f"{path}: not a readable .npz archive ({exc})") from None
+    _check_dtype(x_dtype, "x", "fiu", "float or integer features", path)
+    _check_dtype(y_dtype, "y", "fiu", "integer labels", path)
+    if len(x_shape) < 2:
+        raise FedarenaError(f"{path}: array 'x' must have shape (samples, features...), got {x_shape}")
+    if len(y_shape) != 1:
+        raise FedarenaError(f"{path}: array 'y' must be 1-D (one label per sample), got shape {y_shape}")
+    if x_shape[0] != y_shape[0]:
+        raise FedarenaError(f"{path}: 'x' has {x_shape[0]} samples but 'y' has {y_shape[0]} labels")
+    if x_shape[0] == 0:
+        raise FedarenaError(f"{path}: no samples (empty client split)")
+    return _Entry(path, x_shape[0], x_shape[1:])
+
+
+def _client_files(root: Path, split: str) -> dict[str, Path]:
+    folder = root / split
+    if not folder.is_dir():
+        raise FedarenaError(
+            f"npz-dir {root}: missing subdirectory '{split}/' (expected train/<client>.npz and test/<client>.npz)"
+        )
+    files = {p.stem: p for p in folder.glob("*.npz") if p.is_file()}
+    if not files:
+        raise FedarenaError(f"npz-dir {root}: '{split}/' contains no .npz files")
+    return files
+
+
+def _check_labels(y: np.ndarray, path: Path) -> None:
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.floor(y))
+        if bad.any():
+            raise FedarenaError(f"{path}: labels 'y' must be whole numbers, found {y[bad][0]}")
+    if (y < 0).any():
+        raise FedarenaError(f"{path}: labels 'y' must be >= 0, found {y.min()}")
+
+
+def _fill(entries: list[_Entry]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Load every entry's arrays straight into one float32 ``x`` and one int64 ``y``."""
+    offsets = (0, *np.cumsum([e.samples for e in entries]).tolist())
+    x = np.empty((offsets[-1], *entries[0].x_shape), dtype=np.float32)
+    y = np.empty(offsets[-1], dtype=np.int64)
+    for entry, a, b in zip(entries, offsets[:-1], offsets[1:]):
+        with np.load(entry.path, allow_pickle=False) as npz:
+            with np.errstate(over="ignore", invalid="ignore"):
+                x[a:b] = npz["x"]
+            if not np.isfinite(x[a:b]).all():
+                raise FedarenaError(f"{entry.path}: array 'x' contains NaN or infinite values (or values beyond float32)")
+            labels = npz["y"]
+            _check_labels(labels, entry.path)
+            y[a:b] = labels
+    return x, y, tuple(int(o) for o in offsets)
+
+
+def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, name: str | None = None) -> FederatedData:
+    """Load ``path/train/*.npz`` and ``path/test/*.npz`` as a naturally partitioned FederatedData.
+
+    Every problem (missing directory or key, pickled arrays, mismatched lengths or shapes, empty
+    or too small splits, NaN/Inf, bad labels, a client with only one split) raises
+    :class:`FedarenaError` naming the file or client.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FedarenaError(f"npz-dir: directory not found: {root}")
+    files = {split: _client_files(root, split) for split in SPLITS}
+    for split, other in (SPLITS, SPLITS[::-1]):
+        unpaired = sorted(files[split].keys() - files[other].keys())
+        if unpaired:
+            stem = unpaired[0]
+            raise FedarenaError(f"npz-dir {root}: client '{stem}' has {split}/{stem}.npz but no {other}/{stem}.npz")
+    client_ids = tuple(sorted(files["train"]))
+    entries = {split: [_scan(files[split][c]) for c in client_ids] for split in SPLITS}
+    reference = entries["train"][0]
+    minimum = {"train": (min_train, "data.min_train"), "test": (min_test, "data.min_test")}
+    for split in SPLITS:
+        least, key = minimum[split]
+        for entry in entries[split]:
+            if entry.x_shape != reference.x_shape:
+                raise FedarenaError(
+                    f"{entry.path}: per-sample shape of 'x' is {entry.x_shape} but {reference.path} has {reference.x_shape}"
+                )
+            if entry.samples < least:
+                raise FedarenaError(f"{entry.path}: {entry.samples} samples, fewer than {key} {least}")
+    x_train, y_train, train_offsets = _fill(entries["train"])
+    x_test, y_test, test_offsets = _fill(entries["test"])
+    return FederatedData(
+        name=name or f"{PREFIX}{root}",
+        client_ids=client_ids,
+        x_train=torch.from_numpy(x_train),
+        y_train=torch.from_numpy(y_train),
+        train_offsets=train_offsets,
+        x_test=torch.from_numpy(x_test),
+        y_test=torch.from_numpy(y_test),
+        test_offsets=test_offsets,
+        num_classes=int(max(y_train.max(), y_test.max())) + 1,
+        partition="natural",
+        details={"path": str(root)},
+    )

@@ -66,7 +66,8 @@ def decode(payload: bytes, kind: type[Broadcast] | type[Upload]) -> Broadcast | 
         raise FedarenaError(f"expected a {kind.__name__} payload, got {meta.get('kind')!r}")
     params: Params = {}
     extra: Params = {}
-    for name, tensor in tensors.items():
+    for name in sorted(tensors):  # safetensors' dict order varies between processes
+        tensor = tensors[name]
         section, _, key = name.partition("/")
         if section not in ("params", "extra") or not key:
             raise FedarenaError(f"payload tensor {name!r} is not params/<key> or extra/<key>")

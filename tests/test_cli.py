@@ -1,0 +1,164 @@
+"""The command line: a small end-to-end comparison, its run directory, and every bad-input exit."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from fedarena.algorithms import REGISTRY
+from fedarena.cli import app
+
+runner = CliRunner()
+SMALL = ["--data", "digits", "--partition", "dirichlet", "--alpha", "0.5", "--clients", "6",
+         "--clients-per-round", "3", "--rounds", "3", "--model", "mlr", "--seed", "1",
+         "--algorithms", ",".join(REGISTRY)]
+TIMINGS = ("wall_seconds", "seconds_to_target", "train_seconds")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def strip_timings(obj):
+    if isinstance(obj, dict):
+        return {k: strip_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [strip_timings(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "small"
+    result = invoke("compare", *SMALL, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_compare_writes_a_valid_run_directory(small_run):
+    out, result = small_run
+    assert f"run directory: {out}" in result.output.replace("\n", "")
+    summary = json.loads((out / "summary.json").read_text())
+    schema = json.loads(resources.files("fedarena").joinpath("schemas/summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)
+    assert [r["algorithm"] for r in summary["runs"]] == list(REGISTRY)
+    by = {r["algorithm"]: r for r in summary["runs"]}
+    assert by["local"]["final"]["global_acc"] is None and by["local"]["bytes"]["up_total"] == 0
+    assert by["centralized"]["federated"] is False and by["centralized"]["bytes"]["down_total"] == 0
+    assert by["fedavg"]["storage_bytes_per_client"] == 0 and by["local"]["storage_bytes_per_client"] > 0
+    # fedavg: 3 rounds x 3 clients x (up + down) of a 64x10+10 float32 model plus headers
+    assert 3 * 3 * 2 * 650 * 4 < by["fedavg"]["bytes"]["up_total"] + by["fedavg"]["bytes"]["down_total"] < 3 * 3 * 2 * (650 * 4 + 400)
+    assert summary["dataset"]["num_clients"] == 6 and summary["dataset"]["partition"] == "dirichlet"
+    table = pq.read_table(out / "metrics.parquet").to_pydict()
+    assert len(table["algorithm"]) == len(REGISTRY) * 3 * 6
+    assert sum(table["sampled"]) == (len(REGISTRY) - 1) * 3 * 3  # centralized samples no real client
+    fedavg_bytes = sum(u + d for a, u, d in zip(table["algorithm"], table["bytes_up"], table["bytes_down"]) if a == "fedavg")
+    assert fedavg_bytes == by["fedavg"]["bytes"]["up_total"] + by["fedavg"]["bytes"]["down_total"]
+    g = load_file(out / "models" / "fedavg" / "global.safetensors")
+    assert set(g) == {"head.weight", "head.bias"}
+    assert len(list((out / "models" / "local").glob("client-*.safetensors"))) == 6
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_per_client_accuracy_consistent_with_mean(small_run):
+    summary = json.loads((small_run[0] / "summary.json").read_text())
+    sizes = summary["dataset"]["heterogeneity"]["test_sizes"]
+    for run in summary["runs"]:
+        accs = list(run["final"]["personal_acc_per_client"].values())
+        assert run["final"]["personal_acc_mean"] == pytest.approx(np.dot(accs, sizes) / sum(sizes))
+        assert run["final"]["personal_acc_worst10"] == pytest.approx(min(accs))  # ceil(0.6) = 1 client
+
+
+def test_same_seed_same_numbers_and_config_reproduces(small_run, tmp_path):
+    out, _ = small_run
+    again = invoke("compare", *SMALL, "--out", tmp_path / "again")
+    assert again.exit_code == 0, again.output
+    rerun = invoke("compare", "--config", out / "config.toml", "--out", tmp_path / "rerun")
+    assert rerun.exit_code == 0, rerun.output
+    first = strip_timings(json.loads((out / "summary.json").read_text()))
+    assert strip_timings(json.loads((tmp_path / "again" / "summary.json").read_text())) == first
+    assert strip_timings(json.loads((tmp_path / "rerun" / "summary.json").read_text())) == first
+    other = invoke("compare", *SMALL, "--seed", "2", "--out", tmp_path / "other")
+    assert strip_timings(json.loads((tmp_path / "other" / "summary.json").read_text())) != first
+
+
+def test_list_json_names_every_algorithm():
+    result = invoke("list", "--json")
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert [a["name"] for a in info["algorithms"]] == list(REGISTRY)
+    assert all(a["paper"] and a["family"] in ("global", "personalized", "baseline") for a in info["algorithms"])
+
+
+BAD = [
+    (["--algorithms", "fedavg,nope"], "unknown algorithm 'nope'"),
+    (["--data", "mnist"], "unknown dataset 'mnist'"),
+    (["--partition", "zipf"], "unknown partition 'zipf'"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
+    (["--set", "nosection.key=1"], "unknown config section 'nosection'"),
+    (["--set", "fedprox.gamma=1"], "unknown config key 'fedprox.gamma'"),
+    (["--set", "fedprox.mu=-1"], "fedprox.mu must be >= 0"),
+    (["--set", "train.lr=abc"], "train.lr: expected a number"),
+    (["--set", "trainlr"], "--set expects SECTION.KEY=VALUE"),
+    (["--alpha", "0"], "data.alpha"),
+    (["--alpha", "-1"], "data.alpha"),
+    (["--clients", "5", "--clients-per-round", "6"], "clients_per_round (6) must be <= data.num_clients (5)"),
+    (["--rounds", "0"], "train.rounds must be >= 1"),
+    (["--clients", "2000", "--clients-per-round", "10"], "2000"),
+    (["--data", "npz-dir:/nonexistent", "--partition", "iid"], "cannot be used with npz-dir"),
+    (["--data", "npz-dir:/nonexistent/fedarena"], "/nonexistent/fedarena"),
+    (["--config", "/nonexistent.toml"], "config file not found"),
+    (["--data", "synthetic", "--model", "cnn", "--rounds", "1"], "cnn needs image inputs"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("compare", *args, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (out / "summary.json").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_non_empty_out_dir_refused(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = invoke("compare", "--rounds", "1", "--out", tmp_path)
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_bad_config_file_refused(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[train]\nrounds = 'many'\n")
+    result = invoke("compare", "--config", bad, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "train.rounds: expected an integer" in result.output
+    bad.write_text("[train\n")
+    assert invoke("compare", "--config", bad, "--out", tmp_path / "o").exit_code == 2
+
+
+def test_two_processes_give_identical_bits(tmp_path):
+    """Determinism across processes (dict orders, hash seeds): every metrics row, every number."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    args = [*SMALL[:-1], "fedavg,fedprox,fedavg-ft", "--model", "mlp", "--set", "model.hidden=16"]
+    for name, hashseed in (("a", "1"), ("b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        subprocess.run([sys.executable, "-m", "fedarena.cli", "compare", *args, "--set", "fedprox.mu=0.5",
+                        "--out", str(tmp_path / name)], check=True, env=env, capture_output=True)
+    assert pq.read_table(tmp_path / "a" / "metrics.parquet").equals(pq.read_table(tmp_path / "b" / "metrics.parquet"))
+    a, b = (strip_timings(json.loads((tmp_path / n / "summary.json").read_text())) for n in "ab")
+    assert a == b

@@ -162,3 +162,27 @@ def test_two_processes_give_identical_bits(tmp_path):
     assert pq.read_table(tmp_path / "a" / "metrics.parquet").equals(pq.read_table(tmp_path / "b" / "metrics.parquet"))
     a, b = (strip_timings(json.loads((tmp_path / n / "summary.json").read_text())) for n in "ab")
     assert a == b
+
+
+def test_new_clients_are_held_out_and_onboarded(tmp_path):
+    out = tmp_path / "nc"
+    result = invoke("compare", *SMALL, "--new-clients", "0.34", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    schema = json.loads(resources.files("fedarena").joinpath("schemas/summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)
+    by = {r["algorithm"]: r for r in summary["runs"]}
+    new = by["fedavg"]["new_clients"]["clients"]
+    assert len(new) == 2  # round(0.34 * 6)
+    for run in summary["runs"]:
+        nc = run["new_clients"]
+        assert nc["clients"] == new
+        assert not set(new) & set(run["final"]["personal_acc_per_client"])
+        assert len(run["final"]["personal_acc_per_client"]) == 4
+    assert by["fedavg"]["new_clients"]["adaptation_steps"] == 0
+    assert by["fedavg"]["new_clients"]["before"] == by["fedavg"]["new_clients"]["after"]
+    assert by["fedavg"]["new_clients"]["bytes_down"] == by["fedavg"]["bytes"]["down_total"] / 9 * 2  # 9 downloads in training
+    assert by["local"]["new_clients"]["bytes_down"] == 0 and by["local"]["new_clients"]["adaptation_steps"] > 0
+    assert by["fedavg-ft"]["new_clients"]["adaptation_steps"] > 0
+    table = pq.read_table(out / "metrics.parquet").to_pydict()
+    assert not set(new) & set(table["client"])

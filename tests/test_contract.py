@@ -1,12 +1,14 @@
 """The algorithm contract, checked for every registered algorithm."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.algorithm import FAMILIES
+from fedarena.core import codec
 from fedarena.core.codec import decode, encode
 from fedarena.core.params import clone
 from fedarena.core.rng import torch_rng
@@ -48,9 +50,11 @@ def test_deterministic(name, toy):
         assert torch.equal(a.server.params[k], b.server.params[k])
 
 
+@pytest.mark.parametrize("norm", ["none", "bn"])
 @pytest.mark.parametrize("name", ALGOS)
-def test_inputs_unchanged_and_no_personal_key_uploaded(name, toy):
-    data, task = toy
+def test_inputs_unchanged_and_no_personal_key_uploaded(name, norm, toy):
+    data, _ = toy
+    task = classification_task(data, norm=norm)
     algo = REGISTRY[name]()
     full = task.init_params(torch_rng(0, "init"))
     shared = {k: v for k, v in full.items() if not algo.personal(k)}
@@ -68,7 +72,7 @@ def test_inputs_unchanged_and_no_personal_key_uploaded(name, toy):
     for ref, now in ((before_server, server.params), (before_state, state.params), (before_b, b.params)):
         assert all(torch.equal(ref[k], now[k]) for k in ref)
     assert torch.equal(before_x, d.x_train)
-    assert not any(algo.personal(k) for k in upload.params)
+    assert algo.uploads_personal or not any(algo.personal(k) for k in upload.params)
     assert set(upload.params) | set(new_state.params) >= set(full) or not algo.federated
 
 
@@ -138,3 +142,51 @@ def test_centralized_is_fedavg_on_one_pooled_client(toy):
         assert torch.equal(a.server.params[k], b.server.params[k])
     assert a.ledger.up == {} and a.ledger.down == {}
     assert a.evaluations[-1].global_acc == b.evaluations[-1].global_acc
+
+
+def test_centralized_pool_excludes_new_clients(toy):
+    data, task = toy
+    rest = [1, 2, 3]
+    pooled = data.pooled(rest)
+    assert pooled.num_train == sum(data.client(c).num_train for c in rest)
+    only_rest = dataclasses.replace(
+        data, client_ids=("rest",), x_train=pooled.x_train, y_train=pooled.y_train,
+        train_offsets=(0, pooled.num_train), x_test=pooled.x_test, y_test=pooled.y_test,
+        test_offsets=(0, pooled.num_test),
+    )
+    kw = dict(rounds=2, clients_per_round=1, eval_every=2, seed=5)
+    a = run_algorithm(REGISTRY["centralized"](), task, data, new_clients=[0], **kw)
+    b = run_algorithm(REGISTRY["fedavg"](), task, only_rest, **kw)
+    assert all(torch.equal(a.server.params[k], b.server.params[k]) for k in a.server.params)
+    assert a.evaluations[-1].clients == rest and a.new_clients["clients"] == ["0"]
+
+
+def _payload_keys(payload: bytes) -> list[str]:
+    if not payload:
+        return []
+    n = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + n])
+    return [name.partition("/")[2] for name in header if name != "__metadata__"]
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_no_personal_key_in_the_bytes_the_ledger_counts(name, toy, monkeypatch):
+    data, _ = toy
+    task = classification_task(data, norm="bn")
+    sent = []
+
+    def spy(message):
+        payload = real_encode(message)
+        sent.append((type(message).__name__, payload))
+        return payload
+
+    real_encode = codec.encode
+    monkeypatch.setattr(codec, "encode", spy)
+    algo = REGISTRY[name]()
+    run_algorithm(algo, task, data, rounds=2, clients_per_round=3, eval_every=2, seed=1)
+    assert len(sent) == (0 if not algo.federated else 2 * 2 * 3)
+    for kind, payload in sent:
+        leaked = [k for k in _payload_keys(payload) if algo.personal(k)]
+        if algo.uploads_personal and kind == "Upload":
+            continue
+        assert not leaked, f"{name} sent personal keys {leaked} in a {kind}"

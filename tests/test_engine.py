@@ -13,16 +13,20 @@ from toy import classification_task, federation
 
 
 def test_sampling_is_seeded_sized_and_sorted():
-    a = sample_clients(1, 5, 50, 10)
-    assert a == sample_clients(1, 5, 50, 10) and a == sorted(a) and len(set(a)) == 10
-    assert a != sample_clients(2, 5, 50, 10) or a != sample_clients(1, 6, 50, 10)
-    assert sample_clients(1, 5, 7, 7) == list(range(7))
+    ids = range(50)
+    a = sample_clients(1, 5, ids, 10)
+    assert a == sample_clients(1, 5, ids, 10) and a == sorted(a) and len(set(a)) == 10
+    assert a != sample_clients(2, 5, ids, 10) and a != sample_clients(1, 6, ids, 10)
+    assert sample_clients(1, 5, range(7), 7) == list(range(7))
+    # a client's priority is its own: dropping others from the population keeps its rank order
+    evens = sample_clients(1, 5, range(0, 50, 2), 5)
+    assert set(evens) <= set(range(0, 50, 2)) and len(evens) == 5
 
 
 def test_removing_a_client_never_changes_who_else_is_sampled():
     for rnd in range(1, 30):
-        full = sample_clients(3, rnd, 40, 8)
-        without = sample_clients(3, rnd, 40, 8, exclude=[17])
+        full = sample_clients(3, rnd, range(40), 8)
+        without = sample_clients(3, rnd, range(40), 8, exclude=[17])
         assert without == [c for c in full if c != 17]
 
 
@@ -47,7 +51,7 @@ def test_decode_rejects_non_finite():
 
 
 def test_evaluation_summaries():
-    e = Evaluation(1, None, [1.0, 0.5, 0.0, 0.25] + [1.0] * 7, [0.0] * 11, [10, 2, 4, 4] + [1] * 7)
+    e = Evaluation(1, None, list(range(11)), [1.0, 0.5, 0.0, 0.25] + [1.0] * 7, [0.0] * 11, [10, 2, 4, 4] + [1] * 7, None)
     assert e.personal_acc_mean == pytest.approx((10 + 1 + 0 + 1 + 7) / 27)
     assert e.personal_acc_worst10 == pytest.approx((0.0 + 0.25) / 2)  # ceil(1.1) = 2 clients
     assert e.personal_acc_std == pytest.approx(torch.tensor(e.per_client_acc).std(unbiased=False).item())

@@ -25,7 +25,7 @@ def test_init_is_seeded_and_bounded():
     c = task.init_params(torch.Generator().manual_seed(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["head.weight"], c["head.weight"])
-    assert a["body.1.weight"].abs().max() <= 1 / 60**0.5  # PyTorch's default bound 1/sqrt(fan_in)
+    assert a["body.fc1.weight"].abs().max() <= 1 / 60**0.5  # PyTorch's default bound 1/sqrt(fan_in)
 
 
 def test_cnn_refuses_vector_inputs():

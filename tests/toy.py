@@ -35,8 +35,8 @@ def federation(sizes_train, sizes_test, features=4, classes=3, seed=0) -> Federa
     )
 
 
-def classification_task(data: FederatedData, model="mlp", lr=0.1, batch_size=5, epochs=1) -> Task:
-    return make_task(model, data.input_shape, data.num_classes, SGD(epochs, batch_size, lr), hidden=8)
+def classification_task(data: FederatedData, model="mlp", lr=0.1, batch_size=5, epochs=1, norm="none") -> Task:
+    return make_task(model, data.input_shape, data.num_classes, SGD(epochs, batch_size, lr), hidden=8, norm=norm)
 
 
 def linear_regression_task(lr=0.1, batch_size=1, epochs=1) -> Task:

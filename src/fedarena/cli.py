@@ -58,6 +58,8 @@ def compare(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (dirichlet, quantity)."),
     shards_per_client: Optional[int] = typer.Option(None, "--shards-per-client", help="Classes per client (shards)."),
     clients: Optional[int] = typer.Option(None, "--clients", help="Number of clients (embedded data)."),
+    new_clients: Optional[float] = typer.Option(
+        None, "--new-clients", help="Fraction of clients held out of training and onboarded at the end."),
     clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
     rounds: Optional[int] = typer.Option(None, "--rounds"),
     local_epochs: Optional[int] = typer.Option(None, "--local-epochs"),
@@ -73,7 +75,7 @@ def compare(
     """Run global FL, personalized FL and baselines on identical seeded clients."""
     flags: dict[str, dict[str, Any]] = {
         "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
-                       num_clients=clients),
+                       num_clients=clients, new_clients=new_clients),
         "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
                         batch_size=batch_size, lr=lr),
         "model": _given(name=model),

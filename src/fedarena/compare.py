@@ -27,7 +27,7 @@ from fedarena import config as cfg
 from fedarena.core.types import SGD, FedarenaError, FederatedData
 from fedarena.data import load_federated
 from fedarena.data.heterogeneity import summarize
-from fedarena.sim.engine import AlgorithmRun, run_algorithm, storage_bytes
+from fedarena.sim.engine import AlgorithmRun, run_algorithm, select_new_clients, storage_bytes
 from fedarena.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,14 @@ def run_compare(
     t = config.train
     task = make_task(
         config.model.name, data.input_shape, data.num_classes,
-        SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden,
+        SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm,
     )
-    if t.clients_per_round > data.num_clients:
+    new_clients = select_new_clients(config.run.seed, data.num_clients, config.data.new_clients)
+    training = data.num_clients - len(new_clients)
+    if t.clients_per_round > training:
         raise FedarenaError(
-            f"train.clients_per_round ({t.clients_per_round}) exceeds the data's {data.num_clients} clients"
+            f"train.clients_per_round ({t.clients_per_round}) exceeds the {training} training clients of "
+            f"{data.name}" + (f" ({len(new_clients)} held out as new clients)" if new_clients else "")
         )
     runs: dict[str, tuple[Any, AlgorithmRun]] = {}
     for name in config.run.algorithms:
@@ -75,7 +78,7 @@ def run_compare(
         log.info("training %s", name)
         runs[name] = algo, run_algorithm(
             algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
-            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine,
+            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=new_clients,
             on_round=(lambda r, n=name: on_round(n, r)) if on_round else None,
         )
     target = config.run.target if config.run.target is not None else auto_target(runs)
@@ -97,6 +100,7 @@ def _hyperparameters(algo: Any) -> dict[str, Any]:
 
 def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float) -> dict[str, Any]:
     final = run.evaluations[-1]
+    ids = [data.client_ids[c] for c in final.clients]
     rounds = len(run.train_seconds)
     reached = next((e for e in run.evaluations if e.personal_acc_mean >= target), None)
     up = sum(run.ledger.up.values())
@@ -124,7 +128,10 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
             "personal_acc_mean": final.personal_acc_mean,
             "personal_acc_std": final.personal_acc_std,
             "personal_acc_worst10": final.personal_acc_worst10,
-            "personal_acc_per_client": dict(zip(data.client_ids, final.per_client_acc)),
+            "personal_acc_per_client": dict(zip(ids, final.per_client_acc)),
+            "global_acc_per_client": (
+                None if final.global_per_client_acc is None else dict(zip(ids, final.global_per_client_acc))
+            ),
         },
         "bytes": {"up_total": up, "down_total": down, "per_round_mean": (up + down) / rounds},
         "target_acc": target,
@@ -134,7 +141,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
         "storage_bytes_per_client": storage_bytes(run.states),
         "history": history,
         "privacy": None,
-        "new_clients": None,
+        "new_clients": run.new_clients,
     }
 
 
@@ -155,7 +162,7 @@ def build_summary(config: cfg.Config, data: FederatedData, runs: dict, target: f
             "test_samples": int(data.y_test.shape[0]),
             "heterogeneity": summarize(data),
         },
-        "model": {"name": config.model.name, "hidden": config.model.hidden},
+        "model": {"name": config.model.name, "hidden": config.model.hidden, "norm": config.model.norm},
         "target_acc": target,
         "target_rule": TARGET_RULE,
         "runs": [_summarize_run(n, a, r, data, target) for n, (a, r) in runs.items()],
@@ -167,17 +174,18 @@ def _metrics_table(data: FederatedData, runs: dict) -> pa.Table:
         "algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up", "bytes_down")}
     for name, (algo, run) in runs.items():
         evals = {e.round: e for e in run.evaluations}
+        clients = run.evaluations[-1].clients  # the training clients
         for rnd, chosen in enumerate(run.sampled, start=1):
-            picked = set(chosen) if algo.federated else set()
+            picked = set(chosen)
             e = evals.get(rnd)
-            for c, cid in enumerate(data.client_ids):
+            for i, c in enumerate(clients):
                 cols["algorithm"].append(name)
                 cols["round"].append(rnd)
-                cols["client"].append(cid)
+                cols["client"].append(data.client_ids[c])
                 cols["sampled"].append(c in picked)
                 cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
-                cols["test_acc"].append(e.per_client_acc[c] if e else None)
-                cols["test_loss"].append(e.per_client_loss[c] if e else None)
+                cols["test_acc"].append(e.per_client_acc[i] if e else None)
+                cols["test_loss"].append(e.per_client_loss[i] if e else None)
                 cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
                 cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
     return pa.table(cols)

@@ -38,6 +38,7 @@ class DataConfig:
     test_fraction: float = 0.25  # share of each client's samples held out as its own test split
     min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
     min_test: int = 2
+    new_clients: float = 0.0  # fraction of clients held out of training and onboarded at the end
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SyntheticConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: int = 200  # hidden width of `mlp` (60-200-200-10 on synthetic)
+    norm: str = "none"  # none | bn (BatchNorm after hidden layers; FedBN keeps it personal)
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ def validate(config: Config) -> Config:
         (config.model.name in MODELS,
          f"unknown model '{config.model.name}'; valid: {', '.join(MODELS)}"),
         (config.model.hidden >= 1, "model.hidden must be >= 1"),
+        (config.model.norm in ("none", "bn"), f"unknown model.norm '{config.model.norm}'; valid: none, bn"),
+        (0 <= d.new_clients < 1, f"data.new_clients must be a fraction in [0, 1), got {d.new_clients}"),
         (t.rounds >= 1, f"train.rounds must be >= 1, got {t.rounds}"),
         (t.clients_per_round >= 1, f"train.clients_per_round must be >= 1, got {t.clients_per_round}"),
         (t.clients_per_round <= d.num_clients,

@@ -4,8 +4,9 @@ model on its own train split before it uses it.
 Yu, Bagdasaryan, Shmatikov, "Salvaging Federated Learning by Local Adaptation", arXiv 2002.04758
 (2020), Sec. 5 ("fine-tuning"); also Cheng, Chadha, Duchi, "Fine-tuning is Fine in Federated
 Learning", arXiv 2108.07313. Training is FedAvg's (`client_update`, `aggregate` are FedAvg's);
-`personalize` runs `epochs` epochs of the comparison's local SGD on F_k starting from the global
-model. Nothing is kept between rounds (storage 0); the fine-tuned model is made on demand.
+`onboard` runs `epochs` epochs of the comparison's local SGD on F_k starting from the global
+model, and `personalize` is its result: every client, new or old, fine-tunes the same way.
+Nothing is kept between rounds (storage 0); the fine-tuned model is made on demand.
 Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from fedarena.core.algorithm import algorithm, merged_personalize
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import FedarenaError
+from fedarena.core.types import FedarenaError, Onboarding
 
 
 @algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)")
@@ -24,13 +25,17 @@ class FedAvgFT:
         if self.epochs < 0:
             raise FedarenaError(f"fedavg-ft.epochs must be >= 0, got {self.epochs}")
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def onboard(self, task, broadcast, state, data, rng):
+        """Fine-tune the global model on the client's train split (`epochs` epochs of local SGD)."""
         start = merged_personalize(self, task, broadcast, state, data, rng)
         if self.epochs == 0:
-            return start
+            return Onboarding(before=start, after=start, steps=0)
 
         def objective(params, x, y):
             return self.local_objective(task, params, broadcast, state, (x, y))
 
-        tuned, _ = local_sgd(objective, start, start.keys(), data.x_train, data.y_train, task.sgd, rng, self.epochs)
-        return tuned
+        tuned, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng, self.epochs)
+        return Onboarding(before=start, after=tuned, steps=steps)
+
+    def personalize(self, task, broadcast, state, data, rng):
+        return self.onboard(task, broadcast, state, data, rng).after

@@ -9,7 +9,7 @@ its amount of local work matches the federated algorithms'.
 
 from __future__ import annotations
 
-from fedarena.core.algorithm import algorithm
+from fedarena.core.algorithm import algorithm, onboard_by_local_training
 from fedarena.core.types import EVERYTHING
 
 
@@ -18,6 +18,8 @@ from fedarena.core.types import EVERYTHING
 class Local:
     """Every key is personal: the shared part is empty, so nothing is sent and the server state stays
     empty; a client trains in the rounds it is sampled."""
+
+    onboard = onboard_by_local_training  # a new client trains its own model from scratch
 
     def global_model(self, server):
         return None

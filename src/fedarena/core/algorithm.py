@@ -14,7 +14,17 @@ import torch
 
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import merge, split, weighted_mean
-from fedarena.core.types import NOTHING, Broadcast, ClientData, ClientState, KeyFilter, Params, ServerState, Upload
+from fedarena.core.types import (
+    NOTHING,
+    Broadcast,
+    ClientData,
+    ClientState,
+    KeyFilter,
+    Onboarding,
+    Params,
+    ServerState,
+    Upload,
+)
 
 if TYPE_CHECKING:
     from fedarena.tasks import Task
@@ -28,6 +38,7 @@ class Algorithm(Protocol):
     paper: ClassVar[str]
     personal: ClassVar[KeyFilter]  # keys that never leave a client
     federated: ClassVar[bool]  # False only for `centralized` (pooled data, no messages)
+    uploads_personal: ClassVar[bool]  # True only for MOCHA
 
     def init_server(self, shared_params: Params) -> ServerState: ...
     def broadcast(self, server: ServerState, client_id: int) -> Broadcast: ...
@@ -40,6 +51,9 @@ class Algorithm(Protocol):
         self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
     ) -> Params: ...
     def global_model(self, server: ServerState) -> Params | None: ...
+    def onboard(
+        self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    ) -> Onboarding: ...
 
 
 # ---------------------------------------------------------------- building blocks
@@ -74,9 +88,9 @@ def sgd_client_update(
         return self.local_objective(task, params, broadcast, state, (x, y))
 
     start = merge(broadcast.params, state.params)
-    trained, loss = local_sgd(objective, start, start.keys(), data.x_train, data.y_train, task.sgd, rng)
+    trained, loss, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng)
     shared, mine = split(trained, self.personal)
-    upload = Upload(params=shared, num_samples=data.num_train, metrics={"train_loss": loss})
+    upload = Upload(params=shared, num_samples=data.num_train, metrics={"train_loss": loss, "steps": steps})
     return upload, ClientState(params=mine, extra=state.extra)
 
 
@@ -100,6 +114,26 @@ def server_params(self, server: ServerState) -> Params | None:
     return server.params
 
 
+def onboard_without_training(
+    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+) -> Onboarding:
+    """A new client uses the downloaded model as it is (global algorithms: the global model)."""
+    model = self.personalize(task, broadcast, state, data, rng)
+    return Onboarding(before=model, after=model, steps=0)
+
+
+def onboard_by_local_training(
+    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+) -> Onboarding:
+    """A new client does one round's local work (`client_update`, its upload discarded: no
+    re-federation), then personalizes. `before` is the downloaded shared model completed by the
+    fresh personal state."""
+    before = merged_personalize(self, task, broadcast, state, data, rng)
+    upload, new_state = self.client_update(task, broadcast, state, data, rng)
+    after = self.personalize(task, broadcast, new_state, data, rng)
+    return Onboarding(before=before, after=after, steps=int(upload.metrics.get("steps", 0)))
+
+
 # ---------------------------------------------------------------- declaring an algorithm
 
 FEDAVG_STEPS = {
@@ -111,13 +145,24 @@ FEDAVG_STEPS = {
     "aggregate": fedavg_aggregate,
     "personalize": merged_personalize,
     "global_model": server_params,
+    "onboard": onboard_without_training,
 }
 
 
-def algorithm(name: str, family: str, paper: str, personal: KeyFilter = NOTHING, federated: bool = True):
+def algorithm(
+    name: str,
+    family: str,
+    paper: str,
+    personal: KeyFilter = NOTHING,
+    federated: bool = True,
+    uploads_personal: bool = False,
+):
     """Declare an algorithm: a frozen dataclass of hyperparameters whose contract functions are the
     ones the class defines, and FedAvg's building blocks (``FEDAVG_STEPS``) for every one it does
-    not. Reading an algorithm file therefore shows exactly where it departs from FedAvg."""
+    not. Reading an algorithm file therefore shows exactly where it departs from FedAvg.
+
+    `uploads_personal` is True only for an algorithm whose personal weights must reach the server
+    (MOCHA learns task relationships from them); it exempts it from the no-personal-upload test."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
@@ -126,7 +171,7 @@ def algorithm(name: str, family: str, paper: str, personal: KeyFilter = NOTHING,
             if step not in cls.__dict__:
                 setattr(cls, step, fn)
         cls.name, cls.family, cls.paper = name, family, paper
-        cls.personal, cls.federated = personal, federated
+        cls.personal, cls.federated, cls.uploads_personal = personal, federated, uploads_personal
         return dataclass(frozen=True)(cls)
 
     return wrap

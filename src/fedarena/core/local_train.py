@@ -2,7 +2,8 @@
 
 An epoch is one pass over the client's train split in an order drawn from the client's generator
 (`torch.randperm`); the last batch may be smaller (PyTorch's ``drop_last=False``); each step is
-``w <- w - lr * grad`` on the batch-mean objective for the trainable keys only.
+``w <- w - lr * grad`` on the batch-mean objective for the trainable keys only (buffers such as
+BatchNorm statistics are carried along and updated by the forward pass itself).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ def local_sgd(
     sgd: SGD,
     rng: torch.Generator,
     epochs: int | None = None,
-) -> tuple[Params, float]:
-    """Run `epochs` (default `sgd.epochs`) of SGD; returns new params and the mean batch loss."""
-    trainable = [k for k in params if k in set(trainable)]
+) -> tuple[Params, float, int]:
+    """Run `epochs` (default `sgd.epochs`) of SGD; returns new params, the mean batch loss and the
+    number of steps taken."""
+    wanted = set(trainable)
+    trainable = [k for k in params if k in wanted]
     work = {k: v.detach().clone() for k, v in params.items()}
     n = int(y.shape[0])
     losses = []
@@ -42,4 +45,4 @@ def local_sgd(
                 for k, g in zip(trainable, grads):
                     work[k] = leaves[k].detach() - sgd.lr * g if g is not None else leaves[k].detach()
             losses.append(float(loss.detach()))
-    return work, (sum(losses) / len(losses) if losses else float("nan"))
+    return work, (sum(losses) / len(losses) if losses else float("nan")), len(losses)

@@ -129,6 +129,19 @@ class FederatedData:
         c, d = self.test_offsets[i], self.test_offsets[i + 1]
         return ClientData(self.x_train[a:b], self.y_train[a:b], self.x_test[c:d], self.y_test[c:d])
 
-    def pooled(self) -> ClientData:
-        """Every client's data as one client (the `centralized` baseline trains on this)."""
-        return ClientData(self.x_train, self.y_train, self.x_test, self.y_test)
+    def pooled(self, clients: "list[int] | None" = None) -> ClientData:
+        """These clients' (default: all) data as one client (`centralized` trains on this)."""
+        if clients is None or list(clients) == list(range(self.num_clients)):
+            return ClientData(self.x_train, self.y_train, self.x_test, self.y_test)
+        parts = [self.client(c) for c in clients]
+        return ClientData(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x_train", "y_train", "x_test", "y_test")))
+
+
+@dataclass(frozen=True)
+class Onboarding:
+    """A new client's model on arrival (`before`), after local adaptation (`after`), and the number
+    of local SGD steps the adaptation took."""
+
+    before: Params
+    after: Params
+    steps: int

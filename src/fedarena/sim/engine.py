@@ -18,37 +18,54 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from fedarena.core.codec import Ledger
+from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.params import nbytes, split
-from fedarena.core.rng import derive_seed, torch_rng
-from fedarena.core.types import ClientData, ClientState, FederatedData, Params, ServerState, Upload
+from fedarena.core.rng import derive_seed, numpy_rng, torch_rng
+from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
 from fedarena.tasks import Task, evaluate
 
 log = logging.getLogger(__name__)
 
 
-def sample_clients(seed: int, rnd: int, num_clients: int, per_round: int, exclude: Sequence[int] = ()) -> list[int]:
+def sample_clients(
+    seed: int, rnd: int, clients: Sequence[int], per_round: int, exclude: Sequence[int] = ()
+) -> list[int]:
     """The `per_round` clients with the smallest priority u(seed, round, client), in client order.
 
-    Priorities are ranked over all clients and excluded clients are dropped afterwards, so removing
-    a client never changes whether another client is sampled (exact retraining relies on this).
+    A client's priority depends only on (seed, round, client id), and excluded clients are dropped
+    after ranking, so removing a client never changes whether another client is sampled (exact
+    retraining relies on this).
     """
-    if per_round >= num_clients:
-        chosen = range(num_clients)
+    if per_round >= len(clients):
+        chosen = list(clients)
     else:
-        priority = [derive_seed(seed, "sample", rnd, c) for c in range(num_clients)]
-        chosen = sorted(range(num_clients), key=lambda c: (priority[c], c))[:per_round]
+        priority = {c: derive_seed(seed, "sample", rnd, c) for c in clients}
+        chosen = sorted(clients, key=lambda c: (priority[c], c))[:per_round]
     drop = set(exclude)
     return sorted(c for c in chosen if c not in drop)
 
 
+def select_new_clients(seed: int, num_clients: int, fraction: float) -> list[int]:
+    """max(1, round(fraction * N)) clients held out of training (none when fraction is 0)."""
+    if fraction <= 0:
+        return []
+    k = max(1, round(fraction * num_clients))
+    if k >= num_clients:
+        raise FedarenaError(f"data.new_clients={fraction} would hold out all {num_clients} clients")
+    return sorted(int(c) for c in numpy_rng(seed, "new-clients").permutation(num_clients)[:k])
+
+
 @dataclass(frozen=True)
 class Evaluation:
+    """One evaluation of the training clients (`clients`, in this order)."""
+
     round: int
-    global_acc: float | None
-    per_client_acc: list[float]
+    global_acc: float | None  # the global model on the union of the training clients' test splits
+    clients: list[int]
+    per_client_acc: list[float]  # personal model on the client's own test split
     per_client_loss: list[float]
     test_sizes: list[int]
+    global_per_client_acc: list[float] | None  # the global model on each client's test split
 
     @property
     def personal_acc_mean(self) -> float:
@@ -58,12 +75,11 @@ class Evaluation:
 
     @property
     def personal_acc_std(self) -> float:
-        return float(np.std(self.per_client_acc))
+        return _spread(self.per_client_acc)["std"]
 
     @property
     def personal_acc_worst10(self) -> float:
-        k = max(1, math.ceil(0.1 * len(self.per_client_acc)))
-        return float(np.mean(sorted(self.per_client_acc)[:k]))
+        return _spread(self.per_client_acc)["worst10"]
 
 
 @dataclass
@@ -75,6 +91,7 @@ class AlgorithmRun:
     sampled: list[list[int]] = field(default_factory=list)
     train_loss: dict[tuple[int, int], float] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)
+    new_clients: dict[str, Any] | None = None
     server: ServerState | None = None
     states: dict[int, ClientState] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -101,25 +118,34 @@ def run_algorithm(
     eval_every: int,
     seed: int,
     engine: str = "reference",
+    new_clients: Sequence[int] = (),
     initial: Params | None = None,
     on_round: Callable[[int], None] | None = None,
 ) -> AlgorithmRun:
-    """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring."""
+    """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring.
+
+    `new_clients` never train (and are not in `centralized`'s pool); after the last round they are
+    onboarded with the algorithm's `onboard` step and reported separately.
+    """
     execute = EXECUTORS[engine]
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
     full = initial if initial is not None else task.init_params(torch_rng(seed, "init"))
-    shared, _ = split(full, algo.personal)
-    server = algo.init_server(shared)
-    pooled = not algo.federated
-    num_clients = 1 if pooled else data.num_clients
-    client_data = (lambda c: data.pooled()) if pooled else data.client
-    states = {c: algo.init_client(full) for c in range(num_clients)}
+    server = algo.init_server(split(full, algo.personal)[0])
+    held_out = set(new_clients)
+    training = [c for c in range(data.num_clients) if c not in held_out]
+    pooled = not algo.federated  # one pseudo-client 0 holding the training clients' data
+    if pooled:
+        pool = data.pooled(training)
+        client_data, clients = (lambda c: pool), [0]
+    else:
+        client_data, clients = data.client, training
+    states = {c: algo.init_client(full) for c in clients}
     out = AlgorithmRun()
     train_time = 0.0
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
-        chosen = [0] if pooled else sample_clients(seed, rnd, num_clients, clients_per_round)
+        chosen = sample_clients(seed, rnd, clients, clients_per_round)
         jobs = []
         for c in chosen:
             msg = algo.broadcast(server, c)
@@ -133,32 +159,70 @@ def run_algorithm(
         server = algo.aggregate(server, uploads)
         train_time += time.perf_counter() - t0
         out.train_seconds.append(train_time)
-        out.sampled.append(chosen)
+        out.sampled.append([] if pooled else chosen)
         if rnd % eval_every == 0 or rnd == rounds:
-            out.evaluations.append(_evaluate(algo, task, data, server, states, pooled, seed, rnd))
+            state_of = (lambda c: states[0]) if pooled else states.__getitem__
+            out.evaluations.append(_evaluate(algo, task, data, server, training, state_of, seed, rnd))
         if on_round:
             on_round(rnd)
+    if held_out:
+        out.new_clients = _onboard(algo, task, data, server, sorted(held_out), full, seed)
     out.server, out.states = server, states
     out.wall_seconds = time.perf_counter() - start
     return out
 
 
-def _evaluate(algo, task, data, server, states, pooled, seed, rnd) -> Evaluation:
-    accs, losses, sizes = [], [], []
-    for c in range(data.num_clients):
-        d = data.client(c)
-        state = states[0] if pooled else states[c]
-        params: Params = algo.personalize(task, algo.broadcast(server, c), state, d, torch_rng(seed, "personalize", rnd, c))
-        correct, loss = evaluate(task, params, d.x_test, d.y_test)
-        accs.append(correct / d.num_test)
-        losses.append(loss / d.num_test)
-        sizes.append(d.num_test)
+def _accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
+    correct, loss = evaluate(task, params, d.x_test, d.y_test)
+    return correct / d.num_test, loss / d.num_test
+
+
+def _evaluate(algo, task, data, server, clients, state_of, seed, rnd) -> Evaluation:
+    accs, losses, sizes, global_accs = [], [], [], []
     g = algo.global_model(server)
+    for c in clients:
+        d = data.client(c)
+        params = algo.personalize(task, algo.broadcast(server, c), state_of(c), d, torch_rng(seed, "personalize", rnd, c))
+        acc, loss = _accuracy(task, params, d)
+        accs.append(acc)
+        losses.append(loss)
+        sizes.append(d.num_test)
+        if g is not None:
+            global_accs.append(_accuracy(task, g, d)[0])
     global_acc = None
     if g is not None:
-        correct, _ = evaluate(task, g, data.x_test, data.y_test)
-        global_acc = correct / int(data.y_test.shape[0])
-    return Evaluation(rnd, global_acc, accs, losses, sizes)
+        global_acc = sum(a * n for a, n in zip(global_accs, sizes)) / sum(sizes)
+    return Evaluation(rnd, global_acc, list(clients), accs, losses, sizes, global_accs if g is not None else None)
+
+
+def _onboard(algo, task, data, server, new_clients, initial, seed) -> dict[str, Any]:
+    """Each new client downloads the shared state only and adapts locally (no re-federation)."""
+    before, after, steps, down = [], [], [], 0
+    for c in new_clients:
+        d = data.client(c)
+        msg = algo.broadcast(server, c)
+        down += len(encode(msg))
+        b = decode(encode(msg), type(msg))
+        fresh = algo.init_client({**initial, **b.params})
+        result = algo.onboard(task, b, fresh, d, torch_rng(seed, "onboard", c))
+        before.append(_accuracy(task, result.before, d)[0])
+        after.append(_accuracy(task, result.after, d)[0])
+        steps.append(result.steps)
+    return {
+        "clients": [data.client_ids[c] for c in new_clients],
+        "before": _spread(before),
+        "after": _spread(after),
+        "before_per_client": dict(zip((data.client_ids[c] for c in new_clients), before)),
+        "after_per_client": dict(zip((data.client_ids[c] for c in new_clients), after)),
+        "adaptation_steps": max(steps),
+        "bytes_down": down,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Unweighted mean, std and worst-10% mean (ceil(10%) clients, at least one)."""
+    k = max(1, math.ceil(0.1 * len(values)))
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "worst10": float(np.mean(sorted(values)[:k]))}
 
 
 def storage_bytes(states: dict[int, ClientState]) -> int:

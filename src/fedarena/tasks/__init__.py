@@ -7,14 +7,23 @@ Models are used functionally: one stateless template module per task, parameters
 - ``mlr``: multinomial logistic regression (body = flatten, head = one linear layer).
 - ``mlp``: two hidden ReLU layers of width ``hidden`` (60-200-200-10 on synthetic, as in the
   FedProx/pFedMe experiments).
-- ``cnn``: the "2NN/CNN" of McMahan et al. 2017 (AISTATS, arXiv 1602.05629, Sec. 3): two 5x5
+- ``cnn``: the CNN of McMahan et al. 2017 (AISTATS, arXiv 1602.05629, Sec. 3): two 5x5
   convolutions (32 and 64 channels) each followed by 2x2 max pooling, a 512-unit fully connected
   layer and a softmax head. Convolutions use padding 2 so the network fits small inputs (8x8 digits).
+
+``norm="bn"`` inserts BatchNorm after every hidden linear/conv layer (before the ReLU), named
+``body.norm<i>``, so FedBN can keep exactly the normalization layers personal. Layers are named
+(``body.fc1``, ``body.conv1``, ``body.norm1``, ``head``), never numbered by position.
+
+Training forwards run the module in train mode (BatchNorm uses and updates batch statistics in the
+params it is given), evaluation forwards in eval mode (running statistics). A train-mode batch of a
+single sample cannot give batch statistics; such a batch is normalized with the running statistics.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,11 +43,18 @@ class Task:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(compare=False, repr=False)
     sgd: SGD = SGD()
 
-    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, params: Params, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        self.module.train(train and x.shape[0] > 1)
         return functional_call(self.module, params, (x,))
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.forward(params, x), y)
+        """The training loss on one batch (train-mode forward)."""
+        return self.loss_fn(self.forward(params, x, train=True), y)
+
+    @property
+    def parameter_names(self) -> frozenset[str]:
+        """Trainable keys; the other keys are buffers (BatchNorm statistics), never given gradients."""
+        return frozenset(name for name, _ in self.module.named_parameters())
 
     def init_params(self, generator: torch.Generator) -> Params:
         """Fresh parameters drawn from `generator` (PyTorch's default init schemes, seeded)."""
@@ -70,13 +86,35 @@ class Net(nn.Module):
         return self.head(self.body(x))
 
 
-def build_module(model: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> nn.Module:
+def _layers(kind: str, sizes: list[tuple[int, int]], norm: str, start: int = 1) -> list[tuple[str, nn.Module]]:
+    """Hidden layers fc<i>/conv<i> [+ norm<i>] + relu<i> (+ pool<i> for convolutions)."""
+    out: list[tuple[str, nn.Module]] = []
+    for i, (n_in, n_out) in enumerate(sizes, start=start):
+        if kind == "fc":
+            out.append((f"fc{i}", nn.Linear(n_in, n_out)))
+        else:
+            out.append((f"conv{i}", nn.Conv2d(n_in, n_out, 5, padding=2)))
+        if norm == "bn":
+            out.append((f"norm{i}", nn.BatchNorm1d(n_out) if kind == "fc" else nn.BatchNorm2d(n_out)))
+        out.append((f"relu{i}", nn.ReLU()))
+        if kind == "conv":
+            out.append((f"pool{i}", nn.MaxPool2d(2)))
+    return out
+
+
+def build_module(
+    model: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 200, norm: str = "none"
+) -> nn.Module:
+    if norm not in ("none", "bn"):
+        raise FedarenaError(f"unknown model.norm '{norm}'; valid: none, bn")
     d = math.prod(input_shape)
     if model == "mlr":
+        if norm != "none":
+            raise FedarenaError("model mlr has no hidden layer to normalize; use model.norm=none")
         return Net(nn.Flatten(), nn.Linear(d, num_classes))
     if model == "mlp":
-        body = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        return Net(body, nn.Linear(hidden, num_classes))
+        layers = [("flatten", nn.Flatten()), *_layers("fc", [(d, hidden), (hidden, hidden)], norm)]
+        return Net(nn.Sequential(OrderedDict(layers)), nn.Linear(hidden, num_classes))
     if model == "cnn":
         if len(input_shape) != 3:
             raise FedarenaError(
@@ -86,11 +124,9 @@ def build_module(model: str, input_shape: tuple[int, ...], num_classes: int, hid
         flat = 64 * (h // 4) * (w // 4)
         if flat == 0:
             raise FedarenaError(f"model cnn needs images of at least 4x4, got {h}x{w}")
-        body = nn.Sequential(
-            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(),
-        )
+        convs = _layers("conv", [(c, 32), (32, 64)], norm)
+        fc = _layers("fc", [(flat, 512)], norm, start=3)
+        body = nn.Sequential(OrderedDict([*convs, ("flatten", nn.Flatten()), *fc]))
         return Net(body, nn.Linear(512, num_classes))
     raise FedarenaError(f"unknown model '{model}'; valid: mlr, mlp, cnn")
 
@@ -99,8 +135,10 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, y)
 
 
-def make_task(model: str, input_shape: tuple[int, ...], num_classes: int, sgd: SGD, hidden: int = 200) -> Task:
-    module = build_module(model, input_shape, num_classes, hidden)
+def make_task(
+    model: str, input_shape: tuple[int, ...], num_classes: int, sgd: SGD, hidden: int = 200, norm: str = "none"
+) -> Task:
+    module = build_module(model, input_shape, num_classes, hidden, norm)
     module.requires_grad_(False)
     return Task(model, module, cross_entropy, sgd)
 

@@ -12,6 +12,8 @@ Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
 
 from __future__ import annotations
 
+from functools import partial
+
 from fedarena.core.algorithm import algorithm, merged_personalize
 from fedarena.core.local_train import local_sgd
 from fedarena.core.types import FedarenaError, Onboarding
@@ -30,10 +32,7 @@ class FedAvgFT:
         start = merged_personalize(self, task, broadcast, state, data, rng)
         if self.epochs == 0:
             return Onboarding(before=start, after=start, steps=0)
-
-        def objective(params, x, y):
-            return self.local_objective(task, params, broadcast, state, (x, y))
-
+        objective = partial(self.local_objective, task, broadcast=broadcast, state=state)
         tuned, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng, self.epochs)
         return Onboarding(before=start, after=tuned, steps=steps)
 

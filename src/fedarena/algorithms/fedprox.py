@@ -26,9 +26,9 @@ class FedProx:
         if self.mu < 0:
             raise FedarenaError(f"fedprox.mu must be >= 0, got {self.mu}")
 
-    def local_objective(self, task, params, broadcast, state, batch):
+    def local_objective(self, task, params, *, broadcast, state, batch):
         """h_k(w; w^t) = F_k(w) + mu/2 ||w - w^t||^2  (eq. 2)."""
-        loss = task_loss(self, task, params, broadcast, state, batch)
+        loss = task_loss(self, task, params, broadcast=broadcast, state=state, batch=batch)
         if self.mu == 0:
             return loss
         return loss + 0.5 * self.mu * sq_distance(params, broadcast.params, broadcast.params.keys())

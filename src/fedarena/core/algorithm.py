@@ -8,6 +8,7 @@ class. Algorithms whose client work is SGD on a per-batch objective define
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
 
 import torch
@@ -72,7 +73,7 @@ def init_client_personal(self, params: Params) -> ClientState:
     return ClientState(params=split(params, self.personal)[1])
 
 
-def task_loss(self, task: Task, params: Params, broadcast: Broadcast, state: ClientState, batch) -> torch.Tensor:
+def task_loss(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState, batch) -> torch.Tensor:
     """The plain empirical risk F_k(w) on one batch (FedAvg's local objective)."""
     x, y = batch
     return task.loss(params, x, y)
@@ -83,10 +84,7 @@ def sgd_client_update(
 ) -> tuple[Upload, ClientState]:
     """Local SGD on ``self.local_objective`` from the broadcast model merged with the personal state;
     upload the shared keys (weighted by the train size), keep the personal keys."""
-
-    def objective(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.local_objective(task, params, broadcast, state, (x, y))
-
+    objective = partial(self.local_objective, task, broadcast=broadcast, state=state)
     start = merge(broadcast.params, state.params)
     trained, loss, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng)
     shared, mine = split(trained, self.personal)

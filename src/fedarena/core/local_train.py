@@ -1,5 +1,10 @@
 """Local minibatch SGD on a per-batch objective: the one place clients' training loops live.
 
+The objective is called as ``objective(params, batch=(x, y))`` and must be a pure torch function
+(no ``.item()``, no Python branching on tensor values). Write it as
+``functools.partial(fn, task, broadcast=..., state=..., **named_tensors)``: the bound tensors are
+what differs between clients, which is what lets an engine stack clients and vmap one objective.
+
 An epoch is one pass over the client's train split in an order drawn from the client's generator
 (`torch.randperm`); the last batch may be smaller (PyTorch's ``drop_last=False``); each step is
 ``w <- w - lr * grad`` on the batch-mean objective for the trainable keys only (buffers such as
@@ -14,7 +19,7 @@ import torch
 
 from fedarena.core.types import SGD, Params
 
-Objective = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[..., torch.Tensor]  # objective(params, batch=(x, y)) -> scalar
 
 
 def local_sgd(
@@ -39,7 +44,7 @@ def local_sgd(
         for start in range(0, n, sgd.batch_size):
             idx = order[start : start + sgd.batch_size]
             leaves = {k: work[k].requires_grad_(True) for k in trainable}
-            loss = objective({**work, **leaves}, x[idx], y[idx])
+            loss = objective({**work, **leaves}, batch=(x[idx], y[idx]))
             grads = torch.autograd.grad(loss, [leaves[k] for k in trainable], allow_unused=True)
             with torch.no_grad():
                 for k, g in zip(trainable, grads):

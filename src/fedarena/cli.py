@@ -127,7 +127,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
     info = {
         "algorithms": [{"name": n, "family": a.family, "paper": a.paper, "federated": a.federated,
-                        "personal_keys": list(a.personal.patterns)} for n, a in REGISTRY.items()],
+                        "personal_keys": list(a.personal.patterns)} for n, a in ((n, c()) for n, c in REGISTRY.items())],
         "datasets": list(cfg.DATASETS),
         "partitions": list(cfg.PARTITIONS),
         "models": list(cfg.MODELS),

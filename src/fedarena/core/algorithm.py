@@ -2,7 +2,7 @@
 
 An algorithm is a frozen dataclass of its hyperparameters plus these functions; there is no base
 class. Algorithms whose client work is SGD on a per-batch objective define
-``local_objective(task, params, broadcast, state, batch)`` and use :func:`sgd_client_update`.
+``local_objective(task, params, *, broadcast, state, batch)`` and use :func:`sgd_client_update`.
 """
 
 from __future__ import annotations
@@ -169,7 +169,9 @@ def algorithm(
             if step not in cls.__dict__:
                 setattr(cls, step, fn)
         cls.name, cls.family, cls.paper = name, family, paper
-        cls.personal, cls.federated, cls.uploads_personal = personal, federated, uploads_personal
+        cls.federated, cls.uploads_personal = federated, uploads_personal
+        if "personal" not in cls.__dict__:  # a class may derive it from a hyperparameter (a property)
+            cls.personal = personal
         return dataclass(frozen=True)(cls)
 
     return wrap

@@ -13,13 +13,21 @@ BatchNorm statistics are carried along and updated by the forward pass itself).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Callable, Iterable
 
 import torch
 
+from fedarena.core.batched import SGDRequest
 from fedarena.core.types import SGD, Params
 
 Objective = Callable[..., torch.Tensor]  # objective(params, batch=(x, y)) -> scalar
+
+# Set by the vectorized engine inside each client's worker thread (its own context): local_sgd then
+# hands its request to the engine, which runs all clients' requests of a step as one batched call.
+SGD_BATCHER: ContextVar[Callable[[SGDRequest], tuple[Params, float, int]] | None] = ContextVar(
+    "fedarena_sgd_batcher", default=None
+)
 
 
 def local_sgd(
@@ -34,7 +42,10 @@ def local_sgd(
 ) -> tuple[Params, float, int]:
     """Run `epochs` (default `sgd.epochs`) of SGD; returns new params, the mean batch loss and the
     number of steps taken."""
-    wanted = set(trainable)
+    wanted = frozenset(trainable)
+    submit = SGD_BATCHER.get()
+    if submit is not None:
+        return submit(SGDRequest(objective, params, wanted, x, y, sgd, rng, sgd.epochs if epochs is None else epochs))
     trainable = [k for k in params if k in wanted]
     work = {k: v.detach().clone() for k, v in params.items()}
     n = int(y.shape[0])

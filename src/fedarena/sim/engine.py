@@ -22,6 +22,7 @@ from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.params import nbytes, split
 from fedarena.core.rng import derive_seed, numpy_rng, torch_rng
 from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
+from fedarena.sim.vectorized import VectorizedExecutor
 from fedarena.tasks import Task, evaluate
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class AlgorithmRun:
     train_loss: dict[tuple[int, int], float] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)
     new_clients: dict[str, Any] | None = None
+    engine: dict[str, Any] = field(default_factory=dict)
     server: ServerState | None = None
     states: dict[int, ClientState] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -100,12 +102,22 @@ class AlgorithmRun:
 ClientJob = tuple[int, Any, ClientState, ClientData, torch.Generator]  # (client, broadcast, state, data, rng)
 
 
-def reference_executor(algo: Any, task: Task, jobs: list[ClientJob]) -> list[tuple[Upload, ClientState]]:
+class ReferenceExecutor:
     """The reference engine: clients one after another, the ground truth."""
-    return [algo.client_update(task, b, s, d, g) for (_, b, s, d, g) in jobs]
+
+    def __call__(self, algo: Any, task: Task, jobs: list[ClientJob]) -> list[tuple[Upload, ClientState]]:
+        return [algo.client_update(task, b, s, d, g) for (_, b, s, d, g) in jobs]
+
+    verify_messages = True  # see Ledger.verify
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
-EXECUTORS: dict[str, Callable] = {"reference": reference_executor}
+EXECUTORS: dict[str, Callable[[], Any]] = {"reference": ReferenceExecutor, "vectorized": VectorizedExecutor}
 
 
 def run_algorithm(
@@ -127,7 +139,7 @@ def run_algorithm(
     `new_clients` never train (and are not in `centralized`'s pool); after the last round they are
     onboarded with the algorithm's `onboard` step and reported separately.
     """
-    execute = EXECUTORS[engine]
+    execute = EXECUTORS[engine]()
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
     full = initial if initial is not None else task.init_params(torch_rng(seed, "init"))
@@ -141,7 +153,7 @@ def run_algorithm(
     else:
         client_data, clients = data.client, training
     states = {c: algo.init_client(full) for c in clients}
-    out = AlgorithmRun()
+    out = AlgorithmRun(ledger=Ledger(verify=execute.verify_messages))
     train_time = 0.0
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -168,6 +180,8 @@ def run_algorithm(
     if held_out:
         out.new_clients = _onboard(algo, task, data, server, sorted(held_out), full, seed)
     out.server, out.states = server, states
+    execute.close()
+    out.engine = {"name": engine, **execute.summary()}
     out.wall_seconds = time.perf_counter() - start
     return out
 

@@ -1,0 +1,142 @@
+"""The vectorized engine: a round's clients train together.
+
+Each sampled client's `client_update` runs in a worker thread of its own. Whenever it calls
+`local_sgd`, the call is handed to this engine (through `SGD_BATCHER`, set in the worker's own
+context) and the worker waits. Once every live worker is waiting or done, the engine runs the
+collected requests: compatible ones (same objective, keys, shapes and SGD settings) as one
+vmapped computation per step (`core.batched`), the rest one by one. Algorithms stay as they are:
+one `local_objective`, one `client_update`, two engines.
+
+Falls back, with a logged reason, to the reference engine for models with BatchNorm (running
+statistics are updated in place by the forward pass, which vmap cannot batch). Work an algorithm
+does outside `local_sgd` (e.g. pFedMe's inner solver) runs in its worker, not batched; the engine
+logs how many SGD calls it batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from torch import nn
+
+from fedarena.core.batched import NotBatchable, SGDRequest, batched_local_sgd, group_key
+from fedarena.core.local_train import SGD_BATCHER, local_sgd
+
+log = logging.getLogger(__name__)
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class VectorizedExecutor:
+    """Stateful per run, so that reasons and statistics are logged once per algorithm."""
+
+    verify_messages = False  # see Ledger.verify
+
+    def __init__(self) -> None:
+        self.batched = 0
+        self.single = 0
+        self.reasons: set[str] = set()
+        self.pool: ThreadPoolExecutor | None = None  # one worker per client of a round, reused
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def __call__(self, algo: Any, task: Any, jobs: list) -> list:
+        if _has_batchnorm(task.module):
+            self._note(f"{algo.name}: falls back to the reference engine: BatchNorm statistics are updated in place")
+            return [algo.client_update(task, b, s, d, g) for (_, b, s, d, g) in jobs]
+        if self.pool is None or self.pool._max_workers < len(jobs):
+            self.close()
+            self.pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="fedarena-client")
+        return _Lockstep(self, algo, task, jobs).run(self.pool)
+
+    def _note(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.add(reason)
+            log.warning("vectorized engine: %s", reason)
+
+    def run_requests(self, pending: dict[int, SGDRequest]) -> dict[int, tuple]:
+        groups: dict[Any, list[int]] = {}
+        out: dict[int, tuple] = {}
+        for i in sorted(pending):
+            try:
+                groups.setdefault(group_key(pending[i]), []).append(i)
+            except NotBatchable as exc:
+                self._note(f"a local_sgd call runs client by client: {exc}")
+                out[i] = _plain(pending[i])
+                self.single += 1
+        for members in groups.values():
+            if len(members) == 1:
+                out[members[0]] = _plain(pending[members[0]])
+                self.single += 1
+                continue
+            for i, result in zip(members, batched_local_sgd([pending[i] for i in members])):
+                out[i] = result
+            self.batched += len(members)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"batched_sgd_calls": self.batched, "single_sgd_calls": self.single, "notes": sorted(self.reasons)}
+
+
+def _plain(req: SGDRequest) -> tuple:
+    return local_sgd(req.objective, req.params, req.trainable, req.x, req.y, req.sgd, req.rng, req.epochs)
+
+
+class _Lockstep:
+    """Runs client_updates in worker threads and serves their local_sgd calls in batches."""
+
+    def __init__(self, executor: VectorizedExecutor, algo: Any, task: Any, jobs: list):
+        self.executor, self.algo, self.task, self.jobs = executor, algo, task, jobs
+        self.cond = threading.Condition()
+        self.pending: dict[int, SGDRequest] = {}
+        self.results: dict[int, tuple] = {}
+        self.live = len(jobs)
+        self.outputs: list[Any] = [None] * len(jobs)
+        self.errors: dict[int, BaseException] = {}
+
+    def _worker(self, i: int) -> None:
+        _, b, s, d, g = self.jobs[i]
+        SGD_BATCHER.set(lambda req: self._submit(i, req))  # this thread's own context only
+        try:
+            self.outputs[i] = self.algo.client_update(self.task, b, s, d, g)
+        except BaseException as exc:  # re-raised by run() in the engine's thread
+            self.errors[i] = exc
+        finally:
+            with self.cond:
+                self.live -= 1
+                self.cond.notify_all()
+
+    def _submit(self, i: int, req: SGDRequest) -> tuple:
+        with self.cond:
+            self.pending[i] = req
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: i in self.results)
+            return self.results.pop(i)
+
+    def run(self, pool: ThreadPoolExecutor) -> list:
+        futures = [pool.submit(self._worker, i) for i in range(len(self.jobs))]
+        with self.cond:
+            while True:
+                self.cond.wait_for(lambda: len(self.pending) == self.live)
+                if self.live == 0:
+                    break
+                batch, self.pending = self.pending, {}
+                try:
+                    self.results.update(self.executor.run_requests(batch))
+                except BaseException as exc:
+                    self.errors[-1] = exc
+                    self.results.update({i: None for i in batch})  # release the workers; they fail
+                self.cond.notify_all()
+        for f in futures:
+            f.result()
+        if self.errors:
+            raise self.errors[min(self.errors)]
+        return self.outputs

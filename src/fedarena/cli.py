@@ -146,6 +146,61 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         out.print(f"{key}: {', '.join(info[key])}", highlight=False)
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="About a minute: 3 rounds of the 100-client workloads."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds per engine and workload (default 20)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for bench.json (absent or empty)."),
+) -> None:
+    """Time the engines side by side on the same workloads; writes bench.json."""
+    import datetime as dt
+    import os
+
+    from fedarena.bench import run_bench, write
+    from fedarena.compare import check_out_dir
+
+    target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-bench"
+    _guard(check_out_dir, target)
+    if rounds is not None and rounds < 2:
+        _fail(2, "--rounds must be >= 2 (the first round is timed apart)")
+    with err.status("benchmarking (each engine in its own process)..."):
+        result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1)
+    path = write(result, target)
+    out.print(_bench_table(result))
+    mem = result.get("memory")
+    if mem:
+        out.print(f"memory: {mem['workload']} peak RSS {mem['peak_rss_mb']:.0f} MB "
+                  f"(python+torch baseline {mem['baseline_rss_mb']:.0f} MB, target {mem['target_mb']} MB)")
+    out.print(f"bench: {path}", highlight=False, soft_wrap=True)
+
+
+def _bench_table(result: dict[str, Any]) -> Table:
+    m = result["machine"]
+    table = Table(title=f"{result['rounds']} rounds · {m['torch_threads']} torch threads · "
+                        f"matmul peak {m['matmul_peak_gflops']:.1f} GFLOP/s")
+    for col in ("workload", "engine", "first round s", "ms/round median", "p90", "peak RSS MB", "GFLOP/s",
+                "% of peak", "final acc %", "speed-up"):
+        table.add_column(col, justify="left" if col in ("workload", "engine") else "right")
+    notes: set[str] = set()
+    for w in result["workloads"]:
+        for name, e in w["engines"].items():
+            if not e.get("available"):
+                table.add_row(w["name"], name, "-", "-", "-", "-", "-", "-", "-", "unavailable")
+                notes.add(f"{name}: {e['reason']}")
+                continue
+            speed = ""
+            if name == "vectorized":
+                ratios = w["speedup"]
+                speed = " ".join(f"{v:.1f}x {k.split('_vs_')[1]}" for k, v in ratios.items() if v)
+            table.add_row(w["name"], name, f"{e['first_round_s']:.2f}", f"{e['ms_per_round_median']:.0f}",
+                          f"{e['ms_per_round_p90']:.0f}", f"{e['peak_rss_mb']:.0f}", f"{e['gflops']:.1f}",
+                          f"{100 * e['peak_fraction']:.1f}", f"{100 * e['final_acc']:.1f}", speed)
+    if notes:
+        table.caption = "; ".join(sorted(notes))
+    return table
+
+
 def main() -> None:
     app()
 

@@ -95,7 +95,7 @@ class _Lockstep:
 
     def __init__(self, executor: VectorizedExecutor, algo: Any, task: Any, jobs: list):
         self.executor, self.algo, self.task, self.jobs = executor, algo, task, jobs
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.RLock())
         self.pending: dict[int, SGDRequest] = {}
         self.results: dict[int, tuple] = {}
         self.live = len(jobs)
@@ -105,12 +105,15 @@ class _Lockstep:
     def _worker(self, i: int) -> None:
         _, b, s, d, g = self.jobs[i]
         SGD_BATCHER.set(lambda req: self._submit(i, req))  # this thread's own context only
-        try:
-            self.outputs[i] = self.algo.client_update(self.task, b, s, d, g)
-        except BaseException as exc:  # re-raised by run() in the engine's thread
-            self.errors[i] = exc
-        finally:
-            with self.cond:
+        # One thread runs at a time: a worker holds the (reentrant) condition lock while it runs client
+        # code and releases it only while it waits for its batched result. Client code therefore never
+        # runs concurrently (the model template is shared: functional_call swaps its parameters).
+        with self.cond:
+            try:
+                self.outputs[i] = self.algo.client_update(self.task, b, s, d, g)
+            except BaseException as exc:  # re-raised by run() in the engine's thread
+                self.errors[i] = exc
+            finally:
                 self.live -= 1
                 self.cond.notify_all()
 

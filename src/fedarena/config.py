@@ -76,6 +76,7 @@ class RunConfig:
     algorithms: tuple[str, ...] = ("fedavg", "fedprox", "local", "fedavg-ft", "centralized")
     target: float | None = None  # None: automatic, see docs/summary.md
     engine: str = "reference"
+    seeds: int = 1  # the comparison is run for seeds seed, seed+1, ..., seed+seeds-1
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ def validate(config: Config) -> Config:
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.eval_every >= 1, "train.eval_every must be >= 1"),
         (r.target is None or 0 < r.target <= 1, f"run.target must be in (0, 1], got {r.target}"),
+        (r.seeds >= 1, f"run.seeds must be >= 1, got {r.seeds}"),
         (r.engine in ENGINES, f"unknown engine '{r.engine}'; valid: {', '.join(ENGINES)}"),
         (len(r.algorithms) >= 1, "run.algorithms must name at least one algorithm"),
     ]
@@ -295,6 +297,8 @@ def to_tree(config: Config) -> dict[str, Any]:
     for name in config.run.algorithms:
         algo = hyperparameters(config, name)
         values = {f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}
+        # TOML has no null: an optional hyperparameter that is None is written as "none" (read back as None)
+        values = {k: "none" if v is None else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         if values:
             tree[name] = values
     return tree

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.params import nbytes, split
 from fedarena.core.rng import derive_seed, numpy_rng, torch_rng
-from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState
 from fedarena.sim.vectorized import VectorizedExecutor
 from fedarena.tasks import Task, evaluate
 
@@ -99,14 +100,15 @@ class AlgorithmRun:
     wall_seconds: float = 0.0
 
 
-ClientJob = tuple[int, Any, ClientState, ClientData, torch.Generator]  # (client, broadcast, state, data, rng)
-
-
 class ReferenceExecutor:
     """The reference engine: clients one after another, the ground truth."""
 
-    def __call__(self, algo: Any, task: Task, jobs: list[ClientJob]) -> list[tuple[Upload, ClientState]]:
-        return [algo.client_update(task, b, s, d, g) for (_, b, s, d, g) in jobs]
+    def __init__(self, task: Task, algo_name: str) -> None:
+        pass
+
+    def map(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        """Run one call per client (a client_update, a personalize, an onboard)."""
+        return [call() for call in calls]
 
     verify_messages = True  # see Ledger.verify
 
@@ -117,7 +119,7 @@ class ReferenceExecutor:
         pass
 
 
-EXECUTORS: dict[str, Callable[[], Any]] = {"reference": ReferenceExecutor, "vectorized": VectorizedExecutor}
+EXECUTORS: dict[str, Callable[[Task, str], Any]] = {"reference": ReferenceExecutor, "vectorized": VectorizedExecutor}
 
 
 def run_algorithm(
@@ -139,7 +141,7 @@ def run_algorithm(
     `new_clients` never train (and are not in `centralized`'s pool); after the last round they are
     onboarded with the algorithm's `onboard` step and reported separately.
     """
-    execute = EXECUTORS[engine]()
+    execute = EXECUTORS[engine](task, algo.name)
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
     full = initial if initial is not None else task.init_params(torch_rng(seed, "init"))
@@ -158,13 +160,13 @@ def run_algorithm(
     for rnd in range(1, rounds + 1):
         t0 = time.perf_counter()
         chosen = sample_clients(seed, rnd, clients, clients_per_round)
-        jobs = []
+        calls = []
         for c in chosen:
             msg = algo.broadcast(server, c)
             b = msg if pooled else out.ledger.send_down(rnd, c, msg)
-            jobs.append((c, b, states[c], client_data(c), torch_rng(seed, "client", rnd, c)))
+            calls.append(partial(algo.client_update, task, b, states[c], client_data(c), torch_rng(seed, "client", rnd, c)))
         uploads = {}
-        for (c, *_), (upload, state) in zip(jobs, execute(algo, task, jobs)):
+        for c, (upload, state) in zip(chosen, execute.map(calls)):
             states[c] = state
             uploads[c] = upload if pooled else out.ledger.send_up(rnd, c, upload)
             out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
@@ -174,11 +176,11 @@ def run_algorithm(
         out.sampled.append([] if pooled else chosen)
         if rnd % eval_every == 0 or rnd == rounds:
             state_of = (lambda c: states[0]) if pooled else states.__getitem__
-            out.evaluations.append(_evaluate(algo, task, data, server, training, state_of, seed, rnd))
+            out.evaluations.append(_evaluate(algo, task, data, server, training, state_of, seed, rnd, execute))
         if on_round:
             on_round(rnd)
     if held_out:
-        out.new_clients = _onboard(algo, task, data, server, sorted(held_out), full, seed)
+        out.new_clients = _onboard(algo, task, data, server, sorted(held_out), full, seed, execute)
     out.server, out.states = server, states
     execute.close()
     out.engine = {"name": engine, **execute.summary()}
@@ -191,12 +193,16 @@ def _accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
     return correct / d.num_test, loss / d.num_test
 
 
-def _evaluate(algo, task, data, server, clients, state_of, seed, rnd) -> Evaluation:
+def _evaluate(algo, task, data, server, clients, state_of, seed, rnd, execute) -> Evaluation:
     accs, losses, sizes, global_accs = [], [], [], []
     g = algo.global_model(server)
-    for c in clients:
+    models = execute.map([
+        partial(algo.personalize, task, algo.broadcast(server, c), state_of(c), data.client(c),
+                torch_rng(seed, "personalize", rnd, c))
+        for c in clients
+    ])
+    for c, params in zip(clients, models):
         d = data.client(c)
-        params = algo.personalize(task, algo.broadcast(server, c), state_of(c), d, torch_rng(seed, "personalize", rnd, c))
         acc, loss = _accuracy(task, params, d)
         accs.append(acc)
         losses.append(loss)
@@ -209,16 +215,17 @@ def _evaluate(algo, task, data, server, clients, state_of, seed, rnd) -> Evaluat
     return Evaluation(rnd, global_acc, list(clients), accs, losses, sizes, global_accs if g is not None else None)
 
 
-def _onboard(algo, task, data, server, new_clients, initial, seed) -> dict[str, Any]:
+def _onboard(algo, task, data, server, new_clients, initial, seed, execute) -> dict[str, Any]:
     """Each new client downloads the shared state only and adapts locally (no re-federation)."""
-    before, after, steps, down = [], [], [], 0
+    before, after, steps, down, calls = [], [], [], 0, []
     for c in new_clients:
-        d = data.client(c)
-        msg = algo.broadcast(server, c)
-        down += len(encode(msg))
-        b = decode(encode(msg), type(msg))
+        payload = encode(algo.broadcast(server, c))
+        down += len(payload)
+        b = decode(payload, Broadcast)
         fresh = algo.init_client({**initial, **b.params})
-        result = algo.onboard(task, b, fresh, d, torch_rng(seed, "onboard", c))
+        calls.append(partial(algo.onboard, task, b, fresh, data.client(c), torch_rng(seed, "onboard", c)))
+    for c, result in zip(new_clients, execute.map(calls)):
+        d = data.client(c)
         before.append(_accuracy(task, result.before, d)[0])
         after.append(_accuracy(task, result.after, d)[0])
         steps.append(result.steps)

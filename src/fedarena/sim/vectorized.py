@@ -1,6 +1,6 @@
-"""The vectorized engine: a round's clients train together.
+"""The vectorized engine: a round's clients train together (and personalize together at evaluation).
 
-Each sampled client's `client_update` runs in a worker thread of its own. Whenever it calls
+Each client's call (`client_update`, `personalize`, `onboard`) runs in a worker thread of its own. Whenever it calls
 `local_sgd`, the call is handed to this engine (through `SGD_BATCHER`, set in the worker's own
 context) and the worker waits. Once every live worker is waiting or done, the engine runs the
 collected requests: compatible ones (same objective, keys, shapes and SGD settings) as one
@@ -37,25 +37,28 @@ class VectorizedExecutor:
 
     verify_messages = False  # see Ledger.verify
 
-    def __init__(self) -> None:
+    def __init__(self, task: Any, algo_name: str) -> None:
         self.batched = 0
         self.single = 0
         self.reasons: set[str] = set()
-        self.pool: ThreadPoolExecutor | None = None  # one worker per client of a round, reused
+        self.pool: ThreadPoolExecutor | None = None  # one worker per client call, reused
+        self.fallback = _has_batchnorm(task.module)
+        if self.fallback:
+            self._note(f"{algo_name}: falls back to the reference engine: BatchNorm statistics are updated in place")
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
 
-    def __call__(self, algo: Any, task: Any, jobs: list) -> list:
-        if _has_batchnorm(task.module):
-            self._note(f"{algo.name}: falls back to the reference engine: BatchNorm statistics are updated in place")
-            return [algo.client_update(task, b, s, d, g) for (_, b, s, d, g) in jobs]
-        if self.pool is None or self.pool._max_workers < len(jobs):
+    def map(self, calls: list) -> list:
+        """Run one call per client (client_update, personalize, onboard) in lockstep workers."""
+        if self.fallback or len(calls) <= 1:
+            return [call() for call in calls]
+        if self.pool is None or self.pool._max_workers < len(calls):
             self.close()
-            self.pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="fedarena-client")
-        return _Lockstep(self, algo, task, jobs).run(self.pool)
+            self.pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fedarena-client")
+        return _Lockstep(self, calls).run(self.pool)
 
     def _note(self, reason: str) -> None:
         if reason not in self.reasons:
@@ -93,24 +96,23 @@ def _plain(req: SGDRequest) -> tuple:
 class _Lockstep:
     """Runs client_updates in worker threads and serves their local_sgd calls in batches."""
 
-    def __init__(self, executor: VectorizedExecutor, algo: Any, task: Any, jobs: list):
-        self.executor, self.algo, self.task, self.jobs = executor, algo, task, jobs
+    def __init__(self, executor: VectorizedExecutor, calls: list):
+        self.executor, self.calls = executor, calls
         self.cond = threading.Condition(threading.RLock())
         self.pending: dict[int, SGDRequest] = {}
         self.results: dict[int, tuple] = {}
-        self.live = len(jobs)
-        self.outputs: list[Any] = [None] * len(jobs)
+        self.live = len(calls)
+        self.outputs: list[Any] = [None] * len(calls)
         self.errors: dict[int, BaseException] = {}
 
     def _worker(self, i: int) -> None:
-        _, b, s, d, g = self.jobs[i]
         SGD_BATCHER.set(lambda req: self._submit(i, req))  # this thread's own context only
         # One thread runs at a time: a worker holds the (reentrant) condition lock while it runs client
         # code and releases it only while it waits for its batched result. Client code therefore never
         # runs concurrently (the model template is shared: functional_call swaps its parameters).
         with self.cond:
             try:
-                self.outputs[i] = self.algo.client_update(self.task, b, s, d, g)
+                self.outputs[i] = self.calls[i]()
             except BaseException as exc:  # re-raised by run() in the engine's thread
                 self.errors[i] = exc
             finally:
@@ -125,7 +127,7 @@ class _Lockstep:
             return self.results.pop(i)
 
     def run(self, pool: ThreadPoolExecutor) -> list:
-        futures = [pool.submit(self._worker, i) for i in range(len(self.jobs))]
+        futures = [pool.submit(self._worker, i) for i in range(len(self.calls))]
         with self.cond:
             while True:
                 self.cond.wait_for(lambda: len(self.pending) == self.live)

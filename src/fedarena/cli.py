@@ -68,9 +68,11 @@ def compare(
     model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run the comparison for K seeds (seed, seed+1, ...)."),
     target: Optional[float] = typer.Option(None, "--target", help="Target personal accuracy (fraction)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
 ) -> None:
     """Run global FL, personalized FL and baselines on identical seeded clients."""
     flags: dict[str, dict[str, Any]] = {
@@ -79,20 +81,25 @@ def compare(
         "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
                         batch_size=batch_size, lr=lr),
         "model": _given(name=model),
-        "run": _given(algorithms=algorithms, seed=seed, target=target),
+        "run": _given(algorithms=algorithms, seed=seed, target=target, seeds=seeds),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir, run_compare
 
     target_dir = out_dir or default_out_dir(conf)
     _guard(check_out_dir, target_dir)
-    rounds_total = conf.train.rounds
+    rounds_total = conf.train.rounds * conf.run.seeds
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         bars = {name: progress.add_task(name, total=rounds_total) for name in conf.run.algorithms}
         summary = _guard(run_compare, conf, target_dir, lambda name, r: progress.update(bars[name], completed=r))
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+    if report:
+        from fedarena.report.render import write_report
+
+        paths = _guard(write_report, target_dir)
+        out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -114,10 +121,93 @@ def _table(summary: dict[str, Any]) -> Table:
         f = run["final"]
         mb = (run["bytes"]["up_total"] + run["bytes"]["down_total"]) / 1e6
         family = run["family"] + ("" if run["federated"] else " (not federated)")
-        table.add_row(run["algorithm"], family, _pct(f["global_acc"]), _pct(f["personal_acc_mean"]),
+        label = run["algorithm"] + (f" (seed {run['seed']})" if len(summary.get("seeds", [])) > 1 else "")
+        table.add_row(label, family, _pct(f["global_acc"]), _pct(f["personal_acc_mean"]),
                       _pct(f["personal_acc_std"]), _pct(f["personal_acc_worst10"]), f"{mb:.2f}",
                       str(run["rounds_to_target"] or "-"), f"{run['wall_seconds']:.1f}")
     return table
+
+
+@app.command("report")
+def report_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write the report here instead of RUN_DIR."),
+    persona: str = typer.Option("architect", "--persona", help="cto | architect | ml-engineer"),
+    priority: str = typer.Option("accuracy", "--priority",
+                                 help="accuracy | worst-client | communication | simplicity | privacy"),
+) -> None:
+    """Write report.html (self-contained) and report.md: the claims table measured, plots, recommendation."""
+    from fedarena.report.render import write_report
+
+    paths = _guard(write_report, run_dir, out_dir, persona, priority)
+    out.print(f"report: {paths.html}\nmarkdown: {paths.markdown}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    persona: str = typer.Option("architect", "--persona", help="cto | architect | ml-engineer"),
+    priority: str = typer.Option("accuracy", "--priority",
+                                 help="accuracy | worst-client | communication | simplicity | privacy"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Which family and algorithm to deploy, from the run's measured numbers (rules stated)."""
+    from fedarena.report.recommend import as_text
+    from fedarena.report.recommend import recommend as recommend_
+    from fedarena.report.render import load_summary
+
+    rec = _guard(recommend_, _guard(load_summary, run_dir), persona, priority)
+    if as_json:
+        sys.stdout.write(json.dumps(rec.to_json(), indent=2) + "\n")
+        return
+    out.print(as_text(rec), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config for everything but the partition."),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default: global, pFL, baselines)."),
+    cells: Optional[str] = typer.Option(
+        None, "--cells", help="Comma-separated grid, e.g. iid,dirichlet-0.1,shards-2 (default: Dirichlet "
+                              "0.05/0.1/0.3/1/10, IID, shards 2/5)."),
+    quick: bool = typer.Option(False, "--quick", help="Small grid (dirichlet-0.1, iid, shards-2) and 2 seeds."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (default 3)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
+    clients: Optional[int] = typer.Option(None, "--clients"),
+    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
+    rounds: Optional[int] = typer.Option(None, "--rounds"),
+    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory; rerun with the same --out to resume."),
+    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+) -> None:
+    """Run the comparison over a heterogeneity grid and find where personalization stops paying off."""
+    import datetime as dt
+
+    from fedarena.report import sweep as sw
+    from fedarena.report.render import sweep_lines, write_sweep_report
+
+    flags: dict[str, dict[str, Any]] = {
+        "data": _given(num_clients=clients),
+        "train": _given(clients_per_round=clients_per_round, rounds=rounds),
+        "model": _given(name=model),
+        "run": _given(algorithms=algorithms or ",".join(sw.default_algorithms()), seed=seed,
+                      seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS)),
+    }
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
+    names = cells.split(",") if cells else (sw.QUICK_CELLS if quick else sw.DEFAULT_CELLS)
+    grid = [_guard(sw.Cell.parse, n) for n in names]
+    target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bar = progress.add_task("sweep cells", total=len(grid))
+        result = _guard(sw.run_sweep, conf, grid, target,
+                        lambda i, name, reused: progress.update(bar, completed=i + 1, description=name))
+    paths = _guard(write_sweep_report, result, target)
+    for line in sweep_lines(result):
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"ideal data similarity: {result['data_similarity_verdict']}; {result['crossover']['text']}",
+              highlight=False, soft_wrap=True)
+    out.print(f"sweep directory: {target} (report: {paths.html})", highlight=False, soft_wrap=True)
 
 
 @app.command("list")

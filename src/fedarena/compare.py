@@ -27,13 +27,14 @@ from fedarena import config as cfg
 from fedarena.core.types import SGD, FedarenaError, FederatedData
 from fedarena.data import load_federated
 from fedarena.data.heterogeneity import summarize
+from fedarena.report.measures import aggregate
 from fedarena.sim.engine import AlgorithmRun, run_algorithm, select_new_clients, storage_bytes
 from fedarena.tasks import make_task
 
 log = logging.getLogger(__name__)
 
 TARGET_RULE = (
-    "run.target if set; otherwise 0.9 x the best final personal_acc_mean among the compared "
+    "run.target if set; otherwise 0.9 x the best final personal_acc_mean (mean over seeds) among the compared "
     "algorithms that federate (centralized excluded), floored to 0.001. rounds_to_target is the first "
     "evaluated round whose personal_acc_mean >= target; seconds_to_target is the training time (evaluation "
     "excluded) up to the end of that round."
@@ -52,13 +53,35 @@ def check_out_dir(out: Path) -> None:
         raise FedarenaError(f"output directory {out} exists and is not empty")
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """Every algorithm of a comparison trained on one seed's clients."""
+
+    seed: int
+    data: FederatedData
+    runs: dict[str, tuple[Any, AlgorithmRun]]
+
+
 def run_compare(
     config: cfg.Config,
     out: Path,
     on_round: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the comparison described by `config`, write the run directory `out`, return the summary."""
+    """Run the comparison described by `config` for each of its `run.seeds` seeds, write the run
+    directory `out`, return the summary. `on_round(algorithm, n)` counts rounds across seeds."""
     check_out_dir(out)
+    trained = []
+    for i in range(config.run.seeds):
+        seeded = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=config.run.seed + i))
+        done = i * config.train.rounds
+        trained.append(_train(seeded, (lambda n, r, d=done: on_round(n, d + r)) if on_round else None))
+    target = config.run.target if config.run.target is not None else auto_target(trained)
+    summary = build_summary(config, trained, target)
+    _write_run_dir(out, config, trained, summary)
+    return summary
+
+
+def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:
     data = load_federated(config)
     t = config.train
     task = make_task(
@@ -81,16 +104,14 @@ def run_compare(
             eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=new_clients,
             on_round=(lambda r, n=name: on_round(n, r)) if on_round else None,
         )
-    target = config.run.target if config.run.target is not None else auto_target(runs)
-    summary = build_summary(config, data, runs, target)
-    _write_run_dir(out, config, data, runs, summary)
-    return summary
+    return Trained(config.run.seed, data, runs)
 
 
-def auto_target(runs: dict[str, tuple[Any, AlgorithmRun]]) -> float:
-    finals = [r.evaluations[-1].personal_acc_mean for a, r in runs.values() if a.federated]
-    if not finals:
-        finals = [r.evaluations[-1].personal_acc_mean for _, r in runs.values()]
+def auto_target(trained: list[Trained]) -> float:
+    """0.9 x the best mean (over seeds) final personal_acc_mean of the federating algorithms."""
+    first = trained[0].runs
+    names = [n for n, (a, _) in first.items() if a.federated] or list(first)
+    finals = [sum(t.runs[n][1].evaluations[-1].personal_acc_mean for t in trained) / len(trained) for n in names]
     return math.floor(0.9 * max(finals) * 1000) / 1000
 
 
@@ -145,8 +166,11 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
     }
 
 
-def build_summary(config: cfg.Config, data: FederatedData, runs: dict, target: float) -> dict[str, Any]:
-    return {
+def build_summary(config: cfg.Config, trained: list[Trained], target: float) -> dict[str, Any]:
+    """summary.json: `dataset` describes the first seed's clients; `runs` holds one entry per
+    (algorithm, seed); `aggregate` (several seeds only, else null) the mean and std over seeds."""
+    data = trained[0].data
+    summary = {
         "fedarena_version": fedarena.__version__,
         "schema_version": 1,
         "config": cfg.to_tree(config),
@@ -165,33 +189,44 @@ def build_summary(config: cfg.Config, data: FederatedData, runs: dict, target: f
         "model": {"name": config.model.name, "hidden": config.model.hidden, "norm": config.model.norm},
         "target_acc": target,
         "target_rule": TARGET_RULE,
-        "runs": [_summarize_run(n, a, r, data, target) for n, (a, r) in runs.items()],
+        "seeds": [t.seed for t in trained],
+        "runs": [_summarize_run(n, *t.runs[n], t.data, target) | {"seed": t.seed}
+                 for n in config.run.algorithms for t in trained],
+        "aggregate": None,
     }
+    if len(trained) > 1:
+        summary["aggregate"] = aggregate(summary) | {"heterogeneity": [
+            {"seed": t.seed} | {k: summarize(t.data)[k] for k in ("effective_classes_mean", "js_divergence_mean")}
+            for t in trained]}
+    return summary
 
 
-def _metrics_table(data: FederatedData, runs: dict) -> pa.Table:
+def _metrics_table(trained: list[Trained]) -> pa.Table:
     cols: dict[str, list] = {k: [] for k in (
-        "algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up", "bytes_down")}
-    for name, (algo, run) in runs.items():
-        evals = {e.round: e for e in run.evaluations}
-        clients = run.evaluations[-1].clients  # the training clients
-        for rnd, chosen in enumerate(run.sampled, start=1):
-            picked = set(chosen)
-            e = evals.get(rnd)
-            for i, c in enumerate(clients):
-                cols["algorithm"].append(name)
-                cols["round"].append(rnd)
-                cols["client"].append(data.client_ids[c])
-                cols["sampled"].append(c in picked)
-                cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
-                cols["test_acc"].append(e.per_client_acc[i] if e else None)
-                cols["test_loss"].append(e.per_client_loss[i] if e else None)
-                cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
-                cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
+        "algorithm", "seed", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
+        "bytes_down")}
+    for t in trained:
+        for name, (algo, run) in t.runs.items():
+            evals = {e.round: e for e in run.evaluations}
+            clients = run.evaluations[-1].clients  # the training clients
+            for rnd, chosen in enumerate(run.sampled, start=1):
+                picked = set(chosen)
+                e = evals.get(rnd)
+                for i, c in enumerate(clients):
+                    cols["algorithm"].append(name)
+                    cols["seed"].append(t.seed)
+                    cols["round"].append(rnd)
+                    cols["client"].append(t.data.client_ids[c])
+                    cols["sampled"].append(c in picked)
+                    cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
+                    cols["test_acc"].append(e.per_client_acc[i] if e else None)
+                    cols["test_loss"].append(e.per_client_loss[i] if e else None)
+                    cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
+                    cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
     return pa.table(cols)
 
 
-def _write_run_dir(out: Path, config: cfg.Config, data: FederatedData, runs: dict, summary: dict) -> None:
+def _write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summary: dict) -> None:
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -199,19 +234,20 @@ def _write_run_dir(out: Path, config: cfg.Config, data: FederatedData, runs: dic
     tmp.mkdir()
     try:
         cfg.dump_toml(config, tmp / "config.toml", fedarena.__version__)
-        pq.write_table(_metrics_table(data, runs), tmp / "metrics.parquet")
-        for name, (algo, run) in runs.items():
-            mdir = tmp / "models" / name
-            mdir.mkdir(parents=True)
-            g = algo.global_model(run.server)
-            if g is not None:
-                save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
-            for c, state in run.states.items():
-                tensors = {f"params/{k}": v for k, v in state.params.items()}
-                tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
-                if tensors and algo.federated:
-                    save_file({k: v.contiguous() for k, v in tensors.items()},
-                              mdir / f"client-{data.client_ids[c]}.safetensors")
+        pq.write_table(_metrics_table(trained), tmp / "metrics.parquet")
+        for t in trained:
+            for name, (algo, run) in t.runs.items():
+                mdir = tmp / "models" / (name if len(trained) == 1 else f"seed-{t.seed}/{name}")
+                mdir.mkdir(parents=True)
+                g = algo.global_model(run.server)
+                if g is not None:
+                    save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
+                for c, state in run.states.items():
+                    tensors = {f"params/{k}": v for k, v in state.params.items()}
+                    tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
+                    if tensors and algo.federated:
+                        save_file({k: v.contiguous() for k, v in tensors.items()},
+                                  mdir / f"client-{t.data.client_ids[c]}.safetensors")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         if out.exists():
             out.rmdir()  # checked empty above

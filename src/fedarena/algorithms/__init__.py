@@ -1,14 +1,27 @@
 """The algorithm registry: name -> algorithm dataclass. Explicit, no import-time discovery."""
 
+from fedarena.algorithms.apfl import APFL
 from fedarena.algorithms.centralized import Centralized
+from fedarena.algorithms.ditto import Ditto
+from fedarena.algorithms.fedadam import FedAdam
 from fedarena.algorithms.fedavg import FedAvg
 from fedarena.algorithms.fedavg_ft import FedAvgFT
+from fedarena.algorithms.fedbn import FedBN
+from fedarena.algorithms.fedper import FedPer
 from fedarena.algorithms.fedprox import FedProx
+from fedarena.algorithms.fedrep import FedRep
+from fedarena.algorithms.ifca import IFCA
+from fedarena.algorithms.lg_fedavg import LGFedAvg
 from fedarena.algorithms.local import Local
+from fedarena.algorithms.mocha import Mocha
+from fedarena.algorithms.per_fedavg import PerFedAvg
+from fedarena.algorithms.pfedme import PFedMe
+from fedarena.algorithms.scaffold import Scaffold
 
 REGISTRY = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, Local, FedAvgFT, Centralized)
+    for cls in (FedAvg, FedProx, Local, FedAvgFT, Centralized, FedPer, FedRep, LGFedAvg, FedBN, Scaffold, FedAdam, IFCA,
+                Mocha, Ditto, APFL, PerFedAvg, PFedMe)
 }
 
 __all__ = ["REGISTRY"]

@@ -68,6 +68,7 @@ def compare(
     model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Run the comparison for K seeds (seed, seed+1, ...)."),
     target: Optional[float] = typer.Option(None, "--target", help="Target personal accuracy (fraction)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
@@ -81,7 +82,7 @@ def compare(
         "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
                         batch_size=batch_size, lr=lr),
         "model": _given(name=model),
-        "run": _given(algorithms=algorithms, seed=seed, target=target, seeds=seeds),
+        "run": _given(algorithms=algorithms, seed=seed, engine=engine, target=target, seeds=seeds),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir, run_compare

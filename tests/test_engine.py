@@ -67,3 +67,12 @@ def test_fedavg_bytes_per_round_match_model_size():
         assert model_bytes < v < model_bytes + 1024
     assert [e.round for e in run.evaluations] == [2]
     assert all(math.isfinite(x) for x in run.train_seconds)
+
+
+def test_upload_size_does_not_depend_on_reported_values():
+    params = {"w": torch.zeros(3)}
+    sizes = {len(encode(Upload(params=params, num_samples=5, metrics={"train_loss": v, "steps": 7.0})))
+             for v in (0.1, 1 / 3, 12345.678, 2.0**-20, 0.0)}
+    assert len(sizes) == 1
+    back = decode(encode(Upload(params=params, num_samples=5, metrics={"train_loss": 1 / 3})), Upload)
+    assert back.metrics["train_loss"] == 1 / 3  # 17 significant digits: exact round trip

@@ -35,7 +35,8 @@ def encode(message: Broadcast | Upload) -> bytes:
     meta = {"kind": type(message).__name__}
     if isinstance(message, Upload):
         meta["num_samples"] = str(int(message.num_samples))
-        meta["metrics"] = json.dumps({k: float(v) for k, v in sorted(message.metrics.items())})
+        # fixed-width numbers, so that a message's size never depends on the values it reports
+        meta["metrics"] = json.dumps({k: f"{float(v):+.16e}" for k, v in sorted(message.metrics.items())})
     return st_save(tensors, metadata=meta)
 
 
@@ -80,7 +81,7 @@ def decode(payload: bytes, kind: type[Broadcast] | type[Upload]) -> Broadcast | 
         return Broadcast(params=params, extra=extra)
     try:
         num_samples = int(meta.get("num_samples", "0"))
-        metrics = {str(k): float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()}
+        metrics = {str(k): float(str(v)) for k, v in json.loads(meta.get("metrics", "{}")).items()}
     except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise FedarenaError(f"upload metadata is malformed: {exc}") from None
     if num_samples < 0 or not all(math.isfinite(v) for v in metrics.values()):

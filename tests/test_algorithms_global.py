@@ -143,12 +143,14 @@ def test_scaffold_c_is_the_weighted_mean_of_the_known_control_variates(toy, per_
 def test_scaffold_bytes_and_storage(toy, runs):
     _, task = toy
     s, f = runs("scaffold"), runs("fedavg")
+    model_bytes = sum(v.numel() * v.element_size() for v in task.init_params(torch_rng(0, "init")).values())
+    # one more model's tensor bytes, plus at most a few hundred header bytes naming its tensors
+    # (this toy model is so small that headers are a large share: compare differences, not ratios)
     for c in range(4):
         assert s.ledger.down[(1, c)] == f.ledger.down[(1, c)]  # round 1: c = 0 is not sent
-        assert 1.9 < s.ledger.down[(2, c)] / f.ledger.down[(2, c)] < 2.1  # then (x, c): 2 models down
+        assert model_bytes < s.ledger.down[(2, c)] - f.ledger.down[(2, c)] < model_bytes + 512  # then (x, c)
         for r in (1, 2):
-            assert 1.9 < s.ledger.up[(r, c)] / f.ledger.up[(r, c)] < 2.1  # (y, Delta c_i): 2 models up
-    model_bytes = sum(v.numel() * v.element_size() for v in task.init_params(torch_rng(0, "init")).values())
+            assert model_bytes < s.ledger.up[(r, c)] - f.ledger.up[(r, c)] < model_bytes + 512  # (y, Delta c_i)
     assert storage_bytes(s.states) == model_bytes  # c_i: one model (no buffers in this model)
     assert storage_bytes(f.states) == 0
 

@@ -60,6 +60,9 @@ def test_compare_writes_a_valid_run_directory(small_run):
     assert sum(table["sampled"]) == (len(REGISTRY) - 1) * 3 * 3  # centralized samples no real client
     fedavg_bytes = sum(u + d for a, u, d in zip(table["algorithm"], table["bytes_up"], table["bytes_down"]) if a == "fedavg")
     assert fedavg_bytes == by["fedavg"]["bytes"]["up_total"] + by["fedavg"]["bytes"]["down_total"]
+    per_round = [sum(u + d for a, r, u, d in zip(table["algorithm"], table["round"], table["bytes_up"], table["bytes_down"])
+                     if a == "fedavg" and r == rnd) for rnd in (1, 2, 3)]
+    assert [h["bytes_cumulative"] for h in by["fedavg"]["history"]] == [sum(per_round[:r]) for r in (1, 2, 3)]
     g = load_file(out / "models" / "fedavg" / "global.safetensors")
     assert set(g) == {"head.weight", "head.bias"}
     assert len(list((out / "models" / "local").glob("client-*.safetensors"))) == 6

@@ -126,14 +126,13 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
     reached = next((e for e in run.evaluations if e.personal_acc_mean >= target), None)
     up = sum(run.ledger.up.values())
     down = sum(run.ledger.down.values())
+    cumulative = run.ledger.cumulative(rounds)
     history = []
     for e in run.evaluations:
-        cum = sum(v for (r, _), v in run.ledger.up.items() if r <= e.round)
-        cum += sum(v for (r, _), v in run.ledger.down.items() if r <= e.round)
         history.append({
             "round": e.round, "global_acc": e.global_acc, "personal_acc_mean": e.personal_acc_mean,
             "personal_acc_std": e.personal_acc_std, "personal_acc_worst10": e.personal_acc_worst10,
-            "bytes_cumulative": cum, "train_seconds": run.train_seconds[e.round - 1],
+            "bytes_cumulative": cumulative[e.round - 1], "train_seconds": run.train_seconds[e.round - 1],
         })
     return {
         "algorithm": name,

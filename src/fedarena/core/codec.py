@@ -119,10 +119,16 @@ class Ledger:
         self.up[(rnd, client)] = self.up.get((rnd, client), 0) + len(payload)
         return decode(payload, Upload) if self.verify else message
 
-    def round_total(self, rnd: int) -> int:
-        return sum(v for (r, _), v in self.up.items() if r == rnd) + sum(
-            v for (r, _), v in self.down.items() if r == rnd
-        )
+    def cumulative(self, rounds: int) -> list[int]:
+        """Bytes up + down over all clients through each round 1..rounds (one pass over the ledger)."""
+        per_round = [0] * (rounds + 1)
+        for (r, _), v in [*self.up.items(), *self.down.items()]:
+            per_round[r] += v
+        out, total = [], 0
+        for r in range(1, rounds + 1):
+            total += per_round[r]
+            out.append(total)
+        return out
 
 
 def _same(a: Broadcast | None, b: Broadcast) -> bool:

@@ -22,7 +22,9 @@ import torch
 from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.params import nbytes, split
 from fedarena.core.rng import derive_seed, numpy_rng, torch_rng
-from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState
+from fedarena.core.types import (
+    Broadcast, ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload,
+)
 from fedarena.sim.vectorized import VectorizedExecutor
 from fedarena.tasks import Task, evaluate
 
@@ -122,6 +124,118 @@ class ReferenceExecutor:
 EXECUTORS: dict[str, Callable[[Task, str], Any]] = {"reference": ReferenceExecutor, "vectorized": VectorizedExecutor}
 
 
+@dataclass(frozen=True)
+class ClientEval:
+    """One client's evaluation: its personal model (and the global model, where one exists) on its own
+    test split."""
+
+    acc: float
+    loss: float
+    num_test: int
+    global_acc: float | None
+
+
+@dataclass(frozen=True)
+class OnboardEval:
+    """A new client's accuracy on arrival and after local adaptation, and the adaptation's SGD steps."""
+
+    before: float
+    after: float
+    steps: int
+
+
+# What one client does, wherever it runs (this process, or a Flower SuperNode): the same functions, the
+# same random streams, so that every runtime computes the same numbers.
+
+
+def train_client(algo: Any, task: Task, b: Broadcast, state: ClientState, d: ClientData, seed: int, rnd: int,
+                 client: int) -> tuple[Upload, ClientState]:
+    return algo.client_update(task, b, state, d, torch_rng(seed, "client", rnd, client))
+
+
+def personal_model(algo: Any, task: Task, b: Broadcast, state: ClientState, d: ClientData, seed: int, rnd: int,
+                   client: int) -> Params:
+    return algo.personalize(task, b, state, d, torch_rng(seed, "personalize", rnd, client))
+
+
+def evaluate_client(task: Task, personal: Params, global_params: Params | None, d: ClientData) -> ClientEval:
+    acc, loss = _accuracy(task, personal, d)
+    return ClientEval(acc, loss, d.num_test, None if global_params is None else _accuracy(task, global_params, d)[0])
+
+
+def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: ClientData, seed: int,
+                   client: int) -> OnboardEval:
+    """A new client starts from the initial model with the downloaded shared params and adapts locally."""
+    result = algo.onboard(task, b, algo.init_client({**initial, **b.params}), d, torch_rng(seed, "onboard", client))
+    return OnboardEval(_accuracy(task, result.before, d)[0], _accuracy(task, result.after, d)[0], result.steps)
+
+
+class LocalClients:
+    """Clients in this process: their data and state live here; `execute` runs their work (one after
+    another, or vectorized). Every message crosses `ledger`. With `pooled`, one pseudo-client 0 holds the
+    training clients' data (`centralized`) and its messages are not counted (nothing is sent)."""
+
+    def __init__(self, algo: Any, task: Task, data: FederatedData, training: list[int], full: Params, seed: int,
+                 execute: Any, ledger: Ledger) -> None:
+        self.algo, self.task, self.data, self.seed, self.execute, self.ledger = algo, task, data, seed, execute, ledger
+        self.pooled = not algo.federated
+        self.pool = data.pooled(training) if self.pooled else None
+        self.ids = [0] if self.pooled else list(training)  # the clients that train
+        self.states = {c: algo.init_client(full) for c in self.ids}
+
+    def _data(self, c: int) -> ClientData:
+        return self.pool if self.pool is not None else self.data.client(c)
+
+    def _state(self, c: int) -> ClientState:
+        return self.states[0] if self.pooled else self.states[c]
+
+    def train(self, rnd: int, broadcasts: dict[int, Broadcast]) -> dict[int, Upload]:
+        """Each client's upload as the server receives it (every client replies in this process)."""
+        chosen = list(broadcasts)
+        received = {c: b if self.pooled else self.ledger.send_down(rnd, c, b) for c, b in broadcasts.items()}
+        results = self.execute.map([
+            partial(train_client, self.algo, self.task, received[c], self.states[c], self._data(c), self.seed, rnd, c)
+            for c in chosen
+        ])
+        uploads = {}
+        for c, (upload, state) in zip(chosen, results):
+            self.states[c] = state
+            uploads[c] = upload if self.pooled else self.ledger.send_up(rnd, c, upload)
+        return uploads
+
+    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None) -> dict[int, ClientEval]:
+        """Every client's personal model (and the global model) on its own test split; evaluation traffic is
+        not counted in the ledger."""
+        clients = list(broadcasts)
+        models = self.execute.map([
+            partial(personal_model, self.algo, self.task, broadcasts[c], self._state(c), self.data.client(c),
+                    self.seed, rnd, c)
+            for c in clients
+        ])
+        return {c: evaluate_client(self.task, m, global_params, self.data.client(c)) for c, m in zip(clients, models)}
+
+    def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict[int, OnboardEval]:
+        """New clients download the shared state once (counted in `bytes_down`) and adapt locally."""
+        clients = list(broadcasts)
+        self.onboard_bytes = 0
+        received = {}
+        for c in clients:
+            payload = encode(broadcasts[c])
+            self.onboard_bytes += len(payload)
+            received[c] = decode(payload, Broadcast)
+        results = self.execute.map([
+            partial(onboard_client, self.algo, self.task, received[c], initial, self.data.client(c), self.seed, c)
+            for c in clients
+        ])
+        return dict(zip(clients, results))
+
+    def close(self) -> None:
+        self.execute.close()
+
+    def summary(self) -> dict[str, Any]:
+        return self.execute.summary()
+
+
 def run_algorithm(
     algo: Any,
     task: Task,
@@ -133,57 +247,57 @@ def run_algorithm(
     seed: int,
     engine: str = "reference",
     new_clients: Sequence[int] = (),
+    exclude: Sequence[int] = (),
     initial: Params | None = None,
     on_round: Callable[[int], None] | None = None,
+    runtime: Callable[..., Any] | None = None,
 ) -> AlgorithmRun:
     """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring.
 
     `new_clients` never train (and are not in `centralized`'s pool); after the last round they are
-    onboarded with the algorithm's `onboard` step and reported separately.
+    onboarded with the algorithm's `onboard` step and reported separately. `exclude`d clients take no
+    part at all (neither trained nor evaluated): a run that never had them. `runtime(algo, task, training,
+    full, seed, ledger)` builds where client work runs (default: `LocalClients` with the `engine`'s executor).
     """
-    execute = EXECUTORS[engine](task, algo.name)
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
     full = initial if initial is not None else task.init_params(torch_rng(seed, "init"))
     server = algo.init_server(split(full, algo.personal)[0])
     held_out = set(new_clients)
-    training = [c for c in range(data.num_clients) if c not in held_out]
-    pooled = not algo.federated  # one pseudo-client 0 holding the training clients' data
-    if pooled:
-        pool = data.pooled(training)
-        client_data, clients = (lambda c: pool), [0]
+    training = [c for c in range(data.num_clients) if c not in held_out and c not in set(exclude)]
+    out = AlgorithmRun()
+    if runtime is None:
+        execute = EXECUTORS[engine](task, algo.name)
+        out.ledger = Ledger(verify=execute.verify_messages)
+        clients = LocalClients(algo, task, data, training, full, seed, execute, out.ledger)
     else:
-        client_data, clients = data.client, training
-    states = {c: algo.init_client(full) for c in clients}
-    out = AlgorithmRun(ledger=Ledger(verify=execute.verify_messages))
+        clients = runtime(algo, task, training, full, seed, out.ledger)
     train_time = 0.0
-    for rnd in range(1, rounds + 1):
-        t0 = time.perf_counter()
-        chosen = sample_clients(seed, rnd, clients, clients_per_round)
-        calls = []
-        for c in chosen:
-            msg = algo.broadcast(server, c)
-            b = msg if pooled else out.ledger.send_down(rnd, c, msg)
-            calls.append(partial(algo.client_update, task, b, states[c], client_data(c), torch_rng(seed, "client", rnd, c)))
-        uploads = {}
-        for c, (upload, state) in zip(chosen, execute.map(calls)):
-            states[c] = state
-            uploads[c] = upload if pooled else out.ledger.send_up(rnd, c, upload)
-            out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
-        server = algo.aggregate(server, uploads)
-        train_time += time.perf_counter() - t0
-        out.train_seconds.append(train_time)
-        out.sampled.append([] if pooled else chosen)
-        if rnd % eval_every == 0 or rnd == rounds:
-            state_of = (lambda c: states[0]) if pooled else states.__getitem__
-            out.evaluations.append(_evaluate(algo, task, data, server, training, state_of, seed, rnd, execute))
-        if on_round:
-            on_round(rnd)
-    if held_out:
-        out.new_clients = _onboard(algo, task, data, server, sorted(held_out), full, seed, execute)
-    out.server, out.states = server, states
-    execute.close()
-    out.engine = {"name": engine, **execute.summary()}
+    try:
+        for rnd in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            chosen = sample_clients(seed, rnd, clients.ids, clients_per_round)
+            uploads = clients.train(rnd, {c: algo.broadcast(server, c) for c in chosen})
+            for c, upload in uploads.items():
+                out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
+            server = algo.aggregate(server, uploads)
+            train_time += time.perf_counter() - t0
+            out.train_seconds.append(train_time)
+            out.sampled.append([] if clients.pooled else sorted(uploads))
+            if rnd % eval_every == 0 or rnd == rounds:
+                g = algo.global_model(server)
+                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g)
+                out.evaluations.append(_evaluation(rnd, training, results, g is not None))
+            if on_round:
+                on_round(rnd)
+        if held_out:
+            news = sorted(held_out)
+            results = clients.onboard({c: algo.broadcast(server, c) for c in news}, full)
+            out.new_clients = _onboarding(data, news, results, clients.onboard_bytes)
+    finally:
+        clients.close()
+    out.server, out.states = server, getattr(clients, "states", {})
+    out.engine = {"name": engine, **clients.summary()}
     out.wall_seconds = time.perf_counter() - start
     return out
 
@@ -193,49 +307,25 @@ def _accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
     return correct / d.num_test, loss / d.num_test
 
 
-def _evaluate(algo, task, data, server, clients, state_of, seed, rnd, execute) -> Evaluation:
-    accs, losses, sizes, global_accs = [], [], [], []
-    g = algo.global_model(server)
-    models = execute.map([
-        partial(algo.personalize, task, algo.broadcast(server, c), state_of(c), data.client(c),
-                torch_rng(seed, "personalize", rnd, c))
-        for c in clients
-    ])
-    for c, params in zip(clients, models):
-        d = data.client(c)
-        acc, loss = _accuracy(task, params, d)
-        accs.append(acc)
-        losses.append(loss)
-        sizes.append(d.num_test)
-        if g is not None:
-            global_accs.append(_accuracy(task, g, d)[0])
-    global_acc = None
-    if g is not None:
-        global_acc = sum(a * n for a, n in zip(global_accs, sizes)) / sum(sizes)
-    return Evaluation(rnd, global_acc, list(clients), accs, losses, sizes, global_accs if g is not None else None)
+def _evaluation(rnd: int, clients: list[int], results: dict[int, ClientEval], has_global: bool) -> Evaluation:
+    r = [results[c] for c in clients]
+    sizes = [e.num_test for e in r]
+    global_accs = [e.global_acc for e in r] if has_global else None
+    global_acc = sum(a * n for a, n in zip(global_accs, sizes)) / sum(sizes) if has_global else None
+    return Evaluation(rnd, global_acc, list(clients), [e.acc for e in r], [e.loss for e in r], sizes, global_accs)
 
 
-def _onboard(algo, task, data, server, new_clients, initial, seed, execute) -> dict[str, Any]:
-    """Each new client downloads the shared state only and adapts locally (no re-federation)."""
-    before, after, steps, down, calls = [], [], [], 0, []
-    for c in new_clients:
-        payload = encode(algo.broadcast(server, c))
-        down += len(payload)
-        b = decode(payload, Broadcast)
-        fresh = algo.init_client({**initial, **b.params})
-        calls.append(partial(algo.onboard, task, b, fresh, data.client(c), torch_rng(seed, "onboard", c)))
-    for c, result in zip(new_clients, execute.map(calls)):
-        d = data.client(c)
-        before.append(_accuracy(task, result.before, d)[0])
-        after.append(_accuracy(task, result.after, d)[0])
-        steps.append(result.steps)
+def _onboarding(data: FederatedData, new_clients: list[int], results: dict[int, OnboardEval], down: int) -> dict[str, Any]:
+    ids = [data.client_ids[c] for c in new_clients]
+    before = [results[c].before for c in new_clients]
+    after = [results[c].after for c in new_clients]
     return {
-        "clients": [data.client_ids[c] for c in new_clients],
+        "clients": ids,
         "before": _spread(before),
         "after": _spread(after),
-        "before_per_client": dict(zip((data.client_ids[c] for c in new_clients), before)),
-        "after_per_client": dict(zip((data.client_ids[c] for c in new_clients), after)),
-        "adaptation_steps": max(steps),
+        "before_per_client": dict(zip(ids, before)),
+        "after_per_client": dict(zip(ids, after)),
+        "adaptation_steps": max(results[c].steps for c in new_clients),
         "bytes_down": down,
     }
 

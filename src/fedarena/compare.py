@@ -27,6 +27,8 @@ from fedarena import config as cfg
 from fedarena.core.types import SGD, FedarenaError, FederatedData
 from fedarena.data import load_federated
 from fedarena.data.heterogeneity import summarize
+from fedarena.forget import probe
+from fedarena.forget.store import Recorder
 from fedarena.report.measures import aggregate
 from fedarena.sim.engine import AlgorithmRun, run_algorithm, select_new_clients, storage_bytes
 from fedarena.tasks import make_task
@@ -81,8 +83,23 @@ def run_compare(
     return summary
 
 
-def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A comparison's clients (with the backdoor probe planted, if any), model task and new clients."""
+
+    data: FederatedData
+    task: Any
+    new_clients: list[int]
+
+
+def prepare(config: cfg.Config) -> Prepared:
+    """Everything a run needs before training; `fedarena forget` rebuilds a run's clients with it."""
     data = load_federated(config)
+    f = config.forget
+    if f.probe:
+        if f.probe not in data.client_ids:
+            raise FedarenaError(f"forget.probe: unknown client '{f.probe}'; clients are {', '.join(data.client_ids[:5])}...")
+        data = probe.plant(data, data.client_ids.index(f.probe), f.probe_fraction, f.probe_target, config.run.seed)
     t = config.train
     task = make_task(
         config.model.name, data.input_shape, data.num_classes,
@@ -95,16 +112,26 @@ def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> T
             f"train.clients_per_round ({t.clients_per_round}) exceeds the {training} training clients of "
             f"{data.name}" + (f" ({len(new_clients)} held out as new clients)" if new_clients else "")
         )
+    return Prepared(data, task, new_clients)
+
+
+def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:
+    p = prepare(config)
+    t = config.train
     runs: dict[str, tuple[Any, AlgorithmRun]] = {}
     for name in config.run.algorithms:
         algo = cfg.hyperparameters(config, name)
         log.info("training %s", name)
-        runs[name] = algo, run_algorithm(
-            algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
-            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=new_clients,
-            on_round=(lambda r, n=name: on_round(n, r)) if on_round else None,
+        recorder = Recorder(config.forget.keep, p.data.client_ids)
+        run = run_algorithm(
+            algo, p.task, p.data, rounds=t.rounds, clients_per_round=t.clients_per_round,
+            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=p.new_clients,
+            on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, record=recorder,
+            on_start=recorder.start,
         )
-    return Trained(config.run.seed, data, runs)
+        run.kept = recorder.all_files()
+        runs[name] = algo, run
+    return Trained(config.run.seed, p.data, runs)
 
 
 def auto_target(trained: list[Trained]) -> float:
@@ -159,6 +186,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
         "seconds_to_target": run.train_seconds[reached.round - 1] if reached else None,
         "wall_seconds": run.wall_seconds,
         "storage_bytes_per_client": storage_bytes(run.states),
+        "forget_kept_bytes": sum(len(b) for b in run.kept.values()),
         "history": history,
         "privacy": None,
         "new_clients": run.new_clients,
@@ -225,6 +253,19 @@ def _metrics_table(trained: list[Trained]) -> pa.Table:
     return pa.table(cols)
 
 
+def save_models(mdir: Path, algo: Any, server: Any, states: dict[int, Any], client_ids: tuple[str, ...]) -> None:
+    """models/<algorithm>/: the global model (where one exists) and each client's state, as safetensors."""
+    mdir.mkdir(parents=True)
+    g = algo.global_model(server)
+    if g is not None:
+        save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
+    for c, state in states.items():
+        tensors = {f"params/{k}": v for k, v in state.params.items()}
+        tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
+        if tensors and algo.federated:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, mdir / f"client-{client_ids[c]}.safetensors")
+
+
 def _write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summary: dict) -> None:
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,16 +278,12 @@ def _write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summar
         for t in trained:
             for name, (algo, run) in t.runs.items():
                 mdir = tmp / "models" / (name if len(trained) == 1 else f"seed-{t.seed}/{name}")
-                mdir.mkdir(parents=True)
-                g = algo.global_model(run.server)
-                if g is not None:
-                    save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
-                for c, state in run.states.items():
-                    tensors = {f"params/{k}": v for k, v in state.params.items()}
-                    tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
-                    if tensors and algo.federated:
-                        save_file({k: v.contiguous() for k, v in tensors.items()},
-                                  mdir / f"client-{t.data.client_ids[c]}.safetensors")
+                save_models(mdir, algo, run.server, run.states, t.data.client_ids)
+            for name, (algo, run) in t.runs.items():
+                kdir = tmp / "forget" / (name if len(trained) == 1 else f"seed-{t.seed}/{name}")
+                for fname, payload in run.kept.items():
+                    kdir.mkdir(parents=True, exist_ok=True)
+                    (kdir / fname).write_bytes(payload)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         if out.exists():
             out.rmdir()  # checked empty above

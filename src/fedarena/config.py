@@ -80,12 +80,23 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ForgetConfig:
+    """What training keeps for `fedarena forget`, and the backdoor probe that checks a deletion."""
+
+    keep: str = "server"  # none | server (checkpoints + update norms) | all (+ client-state snapshots)
+    probe: str = ""  # client id (as in summary.json) whose training data carries a backdoor trigger
+    probe_target: int = 0  # the backdoor's target label
+    probe_fraction: float = 0.5  # share of the probe client's training samples that carry the trigger
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
     # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass)
     algorithms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -248,6 +259,10 @@ def validate(config: Config) -> Config:
         (r.seeds >= 1, f"run.seeds must be >= 1, got {r.seeds}"),
         (r.engine in ENGINES, f"unknown engine '{r.engine}'; valid: {', '.join(ENGINES)}"),
         (len(r.algorithms) >= 1, "run.algorithms must name at least one algorithm"),
+        (config.forget.keep in ("none", "server", "all"),
+         f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
+        (0 < config.forget.probe_fraction <= 1,
+         f"forget.probe_fraction must be in (0, 1], got {config.forget.probe_fraction}"),
     ]
     for ok, message in checks:
         if not ok:

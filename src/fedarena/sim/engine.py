@@ -86,6 +86,16 @@ class Evaluation:
         return _spread(self.per_client_acc)["worst10"]
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state of a run after `round`: the server's and every training client's (clients absent from
+    `states` are at their initial state)."""
+
+    round: int
+    server: ServerState
+    states: dict[int, ClientState]
+
+
 @dataclass
 class AlgorithmRun:
     """Everything one algorithm's run produced (the caller turns it into summary.json rows)."""
@@ -100,6 +110,7 @@ class AlgorithmRun:
     server: ServerState | None = None
     states: dict[int, ClientState] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    kept: dict[str, bytes] = field(default_factory=dict)  # what `fedarena forget` needs (forget/store.py)
 
 
 class ReferenceExecutor:
@@ -251,6 +262,9 @@ def run_algorithm(
     initial: Params | None = None,
     on_round: Callable[[int], None] | None = None,
     runtime: Callable[..., Any] | None = None,
+    resume: Checkpoint | None = None,
+    on_start: Callable[[ServerState], None] | None = None,
+    record: Callable[[int, ServerState, ServerState, dict[int, Upload], dict[int, ClientState]], None] | None = None,
 ) -> AlgorithmRun:
     """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring.
 
@@ -258,6 +272,9 @@ def run_algorithm(
     onboarded with the algorithm's `onboard` step and reported separately. `exclude`d clients take no
     part at all (neither trained nor evaluated): a run that never had them. `runtime(algo, task, training,
     full, seed, ledger)` builds where client work runs (default: `LocalClients` with the `engine`'s executor).
+    `resume` continues from a checkpoint (rounds before it are not rerun, not evaluated and not counted);
+    `record(round, server_before, server_after, uploads, states)` sees every round (the states of the round's
+    clients after it) and may keep what `fedarena forget` needs.
     """
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
@@ -272,15 +289,22 @@ def run_algorithm(
         clients = LocalClients(algo, task, data, training, full, seed, execute, out.ledger)
     else:
         clients = runtime(algo, task, training, full, seed, out.ledger)
+    if resume is not None:
+        server = resume.server
+        clients.states.update({c: s for c, s in resume.states.items() if c in clients.states})
+    if on_start and resume is None:
+        on_start(server)
     train_time = 0.0
     try:
-        for rnd in range(1, rounds + 1):
+        for rnd in range(1 if resume is None else resume.round + 1, rounds + 1):
             t0 = time.perf_counter()
             chosen = sample_clients(seed, rnd, clients.ids, clients_per_round)
             uploads = clients.train(rnd, {c: algo.broadcast(server, c) for c in chosen})
             for c, upload in uploads.items():
                 out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
-            server = algo.aggregate(server, uploads)
+            before, server = server, algo.aggregate(server, uploads)
+            if record:
+                record(rnd, before, server, uploads, {c: clients.states[c] for c in uploads})
             train_time += time.perf_counter() - t0
             out.train_seconds.append(train_time)
             out.sampled.append([] if clients.pooled else sorted(uploads))

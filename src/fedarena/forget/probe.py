@@ -1,0 +1,83 @@
+"""How much of a client is left in a model: membership inference and a backdoor probe.
+
+- Membership inference: the loss-threshold attack of Yeom et al., "Privacy Risk in Machine Learning:
+  Analyzing the Connection to Overfitting" (CSF 2018): a sample is called a member when the model's loss
+  on it is low. It needs no shadow model. Reported as the ROC AUC of the score -loss separating the
+  forgotten client's training samples (members) from its own test samples (non-members, same
+  distribution, never trained on): 0.5 = no membership signal left.
+- Backdoor probe (`--forget-probe ID`): a fixed trigger (the last `TRIGGER_FEATURES` input features set to
+  their maximum over the training data) is planted, with the target label, in a fraction of client ID's
+  training samples before training. Attack success = the share of triggered test samples of the other
+  clients, whose true label is not the target, that the model assigns to the target label. A model that
+  forgot the client should lose the backdoor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from fedarena.core.rng import torch_rng
+from fedarena.core.types import FedarenaError, FederatedData, Params
+from fedarena.tasks import Task
+
+TRIGGER_FEATURES = 4
+
+
+def trigger_value(data: FederatedData) -> torch.Tensor:
+    """The trigger's feature values: the maxima of the last features over all training data."""
+    flat = data.x_train.reshape(data.x_train.shape[0], -1)
+    return flat[:, -TRIGGER_FEATURES:].max(dim=0).values
+
+
+def add_trigger(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1).clone()
+    flat[:, -TRIGGER_FEATURES:] = value
+    return flat.reshape(x.shape)
+
+
+def plant(data: FederatedData, client: int, fraction: float, target: int, seed: int) -> FederatedData:
+    """A copy of `data` in which `fraction` of `client`'s training samples carry the trigger and `target`."""
+    if not 0 < fraction <= 1:
+        raise FedarenaError(f"forget.probe_fraction must be in (0, 1], got {fraction}")
+    if not 0 <= target < data.num_classes:
+        raise FedarenaError(f"forget.probe_target must be a class in [0, {data.num_classes}), got {target}")
+    a, b = data.train_offsets[client], data.train_offsets[client + 1]
+    n = max(1, round(fraction * (b - a)))
+    rows = a + torch.randperm(b - a, generator=torch_rng(seed, "forget-probe", client))[:n]
+    x, y = data.x_train.clone(), data.y_train.clone()
+    x[rows] = add_trigger(x[rows], trigger_value(data))
+    y[rows] = target
+    return dataclasses.replace(data, x_train=x, y_train=y)
+
+
+@torch.no_grad()
+def sample_losses(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = task.forward(params, x)
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none").double()
+
+
+def auc(members: torch.Tensor, nonmembers: torch.Tensor) -> float:
+    """P(score(member) > score(non-member)) + 0.5 P(tie): the Mann-Whitney form of the ROC AUC."""
+    if members.numel() == 0 or nonmembers.numel() == 0:
+        raise FedarenaError("membership inference needs at least one member and one non-member sample")
+    diff = members.reshape(-1, 1) - nonmembers.reshape(1, -1)
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def mia_auc(task: Task, params: Params, x_member: torch.Tensor, y_member: torch.Tensor,
+            x_out: torch.Tensor, y_out: torch.Tensor) -> float:
+    """Loss-threshold attack AUC: members have lower loss, so the score is -loss."""
+    return auc(-sample_losses(task, params, x_member, y_member), -sample_losses(task, params, x_out, y_out))
+
+
+@torch.no_grad()
+def backdoor_success(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor, target: int,
+                     value: torch.Tensor) -> float | None:
+    """Share of triggered non-target samples classified as `target` (None without such samples)."""
+    keep = y != target
+    if not bool(keep.any()):
+        return None
+    predicted = task.forward(params, add_trigger(x[keep], value)).argmax(dim=1)
+    return float((predicted == target).double().mean())

@@ -26,7 +26,9 @@ from fedarena.privacy.accountant import (
 )
 
 
-@pytest.mark.parametrize(("q", "z", "steps", "delta"), [(0.01, 1.0, 1000, 1e-5), (0.1, 2.5, 37, 1e-6), (1.0, 5.0, 3, 1e-5)])
+@pytest.mark.parametrize(
+    ("q", "z", "steps", "delta"), [(0.01, 1.0, 1000, 1e-5), (0.1, 2.5, 37, 1e-6), (1.0, 5.0, 3, 1e-5)]
+)
 def test_rdp_poisson_equals_direct_dp_accounting(q: float, z: float, steps: int, delta: float) -> None:
     direct = RdpAccountant().compose(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
@@ -180,7 +182,9 @@ def test_skellam_converges_to_gaussian_and_never_beats_it() -> None:
     ).get_epsilon(1e-5)
     gaps = []
     for l2 in (10.0, 1e3, 1e5):
-        config = AccountantConfig(1.0, sampling_probability=1.0, mechanism="skellam", l2_sensitivity=l2, l1_sensitivity=l2**2)
+        config = AccountantConfig(
+            1.0, sampling_probability=1.0, mechanism="skellam", l2_sensitivity=l2, l1_sensitivity=l2**2
+        )
         gaps.append(epsilon_for(config, 50) - gaussian)
     assert all(g >= 0 for g in gaps)
     assert gaps[0] > gaps[1] > gaps[2]

@@ -119,6 +119,13 @@ class Ledger:
         self.up[(rnd, client)] = self.up.get((rnd, client), 0) + len(payload)
         return decode(payload, Upload) if self.verify else message
 
+    def record(self, rnd: int, client: int, direction: str, nbytes: int) -> None:
+        """Count `nbytes` of payload that crossed a real wire (a Flower runtime encodes and decodes itself)."""
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        table = self.up if direction == "up" else self.down
+        table[(rnd, client)] = table.get((rnd, client), 0) + int(nbytes)
+
     def cumulative(self, rounds: int) -> list[int]:
         """Bytes up + down over all clients through each round 1..rounds (one pass over the ledger)."""
         per_round = [0] * (rounds + 1)

@@ -74,6 +74,9 @@ def compare(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
+    forget_probe: Optional[str] = typer.Option(
+        None, "--forget-probe",
+        help="Client ID: plant a backdoor in its data, then forget it (retrain, federaser) into RUN/forget-ID/."),
 ) -> None:
     """Run global FL, personalized FL and baselines on identical seeded clients."""
     flags: dict[str, dict[str, Any]] = {
@@ -83,6 +86,7 @@ def compare(
                         batch_size=batch_size, lr=lr),
         "model": _given(name=model),
         "run": _given(algorithms=algorithms, seed=seed, engine=engine, target=target, seeds=seeds),
+        "forget": _given(probe=forget_probe),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir, run_compare
@@ -96,6 +100,12 @@ def compare(
         summary = _guard(run_compare, conf, target_dir, lambda name, r: progress.update(bars[name], completed=r))
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+    if forget_probe:
+        from fedarena.forget.run import forget as forget_clients
+
+        result = _guard(forget_clients, target_dir, [forget_probe], ["retrain", "federaser"],
+                        target_dir / f"forget-{forget_probe}")
+        out.print(_forget_table(result))
     if report:
         from fedarena.report.render import write_report
 
@@ -126,6 +136,46 @@ def _table(summary: dict[str, Any]) -> Table:
         table.add_row(label, family, _pct(f["global_acc"]), _pct(f["personal_acc_mean"]),
                       _pct(f["personal_acc_std"]), _pct(f["personal_acc_worst10"]), f"{mb:.2f}",
                       str(run["rounds_to_target"] or "-"), f"{run['wall_seconds']:.1f}")
+    return table
+
+
+@app.command()
+def forget(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    client: list[str] = typer.Option(..., "--client", help="Client ID as named in summary.json; repeatable."),
+    method: str = typer.Option("retrain", "--method", help="Comma-separated: retrain (exact) | federaser."),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Only these algorithms of the run."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="New directory (default RUN_DIR-forget-ID)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Also retrain exactly, to measure the method against (costs a retrain)."),
+) -> None:
+    """Remove clients from every algorithm of a run; write the models without them, audit.json and forget.json."""
+    from fedarena.forget.run import forget as forget_clients
+
+    target = out_dir or run_dir.parent / f"{run_dir.name}-forget-{'-'.join(client)}"
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    names = [a.strip() for a in algorithms.split(",")] if algorithms else None
+    result = _guard(forget_clients, run_dir, client, methods, target, names, verify)
+    out.print(_forget_table(result))
+    out.print(f"forget directory: {target}", highlight=False, soft_wrap=True)
+
+
+def _forget_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"forgetting {', '.join(result['forgotten'])}: before -> after (retrain)")
+    for col in ("algorithm", "method", "MIA AUC", "backdoor %", "remaining acc %", "rounds", "MB", "s"):
+        table.add_column(col, justify="left" if col in ("algorithm", "method") else "right")
+    for r in result["runs"]:
+        if r["refused"]:
+            table.add_row(r["algorithm"], r["method"], f"refused: {r['refused']}", "", "", "", "", "")
+            continue
+        def trio(k: str, pct: bool = False) -> str:
+            f = _pct if pct else (lambda v: "-" if v is None else f"{v:.3f}")
+            return f"{f(r[k + '_before'])} -> {f(r[k + '_after'])} ({f(r[k + '_retrain'])})"
+        table.add_row(r["algorithm"], r["method"], trio("mia_auc"), trio("backdoor", True),
+                      f"{_pct(r['remaining_acc_after'])} ({_pct(r['remaining_acc_retrain'])})",
+                      f"{r['rounds']} ({r['retrain_rounds']})",
+                      f"{r['bytes'] / 1e6:.2f} ({(r['retrain_bytes'] or 0) / 1e6:.2f})",
+                      f"{r['seconds']:.1f} ({r['retrain_seconds'] or 0:.1f})")
     return table
 
 

@@ -175,3 +175,9 @@ def algorithm(
         return dataclass(frozen=True)(cls)
 
     return wrap
+
+
+def averages_uploads(algo) -> bool:
+    """Whether the server step is FedAvg's weighted mean of the uploaded (shared) params: what FedEraser
+    calibrates and what secure aggregation and DP-FedAvg can replace by a (noised) sum."""
+    return type(algo).aggregate is fedavg_aggregate

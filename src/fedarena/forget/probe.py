@@ -43,13 +43,18 @@ def plant(data: FederatedData, client: int, fraction: float, target: int, seed: 
         raise FedarenaError(f"forget.probe_fraction must be in (0, 1], got {fraction}")
     if not 0 <= target < data.num_classes:
         raise FedarenaError(f"forget.probe_target must be a class in [0, {data.num_classes}), got {target}")
-    a, b = data.train_offsets[client], data.train_offsets[client + 1]
-    n = max(1, round(fraction * (b - a)))
-    rows = a + torch.randperm(b - a, generator=torch_rng(seed, "forget-probe", client))[:n]
+    rows = planted_rows(data, client, fraction, seed)
     x, y = data.x_train.clone(), data.y_train.clone()
     x[rows] = add_trigger(x[rows], trigger_value(data))
     y[rows] = target
     return dataclasses.replace(data, x_train=x, y_train=y)
+
+
+def planted_rows(data: FederatedData, client: int, fraction: float, seed: int) -> torch.Tensor:
+    """The rows of `x_train` that carry the trigger (the same every time for the same seed)."""
+    a, b = data.train_offsets[client], data.train_offsets[client + 1]
+    n = max(1, round(fraction * (b - a)))
+    return a + torch.randperm(b - a, generator=torch_rng(seed, "forget-probe", client))[:n]
 
 
 @torch.no_grad()

@@ -331,8 +331,49 @@ def _row_onboarding(c: _Ctx) -> Row:
     return _row("onboarding", measured, onboarding_verdict(adaptation, vs_global), _noise_note(adaptation, True), details)
 
 
+# residual influence counted as "none" when within these of the exact retrain's (documented in docs/report.md)
+FORGET_BACKDOOR_TOL, FORGET_MIA_TOL = 0.05, 0.02
+
+
+def _forget_rows(summary: dict[str, Any], algorithm: str | None) -> dict[str, dict[str, Any]]:
+    return {r["method"]: r for f in summary.get("forget") or [] for r in f["runs"]
+            if r["algorithm"] == algorithm and not r["refused"]}
+
+
+def _residual(r: dict[str, Any], when: str) -> bool:
+    """Whether the forgotten client's influence `when` (before | after) is beyond the retrain's."""
+    mia = abs(r[f"mia_auc_{when}"] - r["mia_auc_retrain"]) > FORGET_MIA_TOL
+    b, b_ret = r[f"backdoor_{when}"], r["backdoor_retrain"]
+    return mia or (b is not None and b_ret is not None and b - b_ret > FORGET_BACKDOOR_TOL)
+
+
+def _describe_forget(name: str, rows: dict[str, dict[str, Any]]) -> str:
+    r = rows["retrain"]
+    text = (f"{name}: dropping the client's own state leaves backdoor {pct(r['backdoor_before'])} / MIA AUC "
+            f"{r['mia_auc_before']:.2f} (exact retrain: {pct(r['backdoor_retrain'])} / {r['mia_auc_retrain']:.2f}); "
+            f"exact removal costs {r['retrain_rounds']} rounds, {r['retrain_bytes'] / 1e6:.1f} MB")
+    if "federaser" in rows:
+        f = rows["federaser"]
+        text += (f"; FedEraser {f['rounds']} rounds, {f['bytes'] / 1e6:.1f} MB, backdoor {pct(f['backdoor_after'])}, "
+                 f"remaining acc {pct(f['remaining_acc_after'])} vs {pct(f['remaining_acc_retrain'])}")
+    return text
+
+
 def _row_forgetting(c: _Ctx) -> Row:
-    return _row("forgetting", "not measured: this fedarena version does not measure deletion", Verdict.NOT_MEASURED)
+    pfl, glob = _forget_rows(c.summary, c.sides.pfl), _forget_rows(c.summary, c.sides.glob)
+    if "retrain" not in pfl or "retrain" not in glob:
+        return _row("forgetting", "not measured: run fedarena compare --forget-probe ID (deletes client ID and "
+                    "measures what is left)", Verdict.NOT_MEASURED)
+    measured = f"{_describe_forget(c.sides.pfl, pfl)}. {_describe_forget(c.sides.glob, glob)}"
+    pfl_left, glob_left = _residual(pfl["retrain"], "before"), _residual(glob["retrain"], "before")
+    if pfl_left:
+        return _row("forgetting", measured, Verdict.FAILS,
+                    "deleting the personal model is not enough: the shared part still carries the client")
+    if glob_left:
+        return _row("forgetting", measured, Verdict.HOLDS,
+                    "the personal model held the client; the global model had to be retrained or unlearned")
+    return _row("forgetting", measured, Verdict.PARTLY,
+                "neither model kept a measurable trace of the client at this scale, so neither deletion was hard")
 
 
 def _row_privacy(c: _Ctx) -> Row:

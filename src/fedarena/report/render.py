@@ -56,6 +56,13 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("config", "dataset", "model", "target_acc", "target_rule") if k not in summary]
     if missing:
         raise FedarenaError(f"{path} lacks {', '.join(missing)}: not a fedarena summary (see docs/summary.md)")
+    forgets = []
+    for f in sorted(Path(run_dir).glob("forget-*/forget.json")):  # written by compare --forget-probe
+        try:
+            forgets.append(json.loads(f.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FedarenaError(f"{f} is not valid JSON: {exc}") from None
+    summary["forget"] = forgets or None
     return summary
 
 

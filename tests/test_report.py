@@ -214,7 +214,7 @@ def test_report_renders_without_optional_sections(tmp_path):
     html, md = paths.html.read_text(), paths.markdown.read_text()
     for text in (html, md):
         assert text.count("not measured") >= 4  # similarity, onboarding, forgetting, privacy
-        assert "no new clients in this run" in text and "does not measure deletion" in text
+        assert "no new clients in this run" in text and "--forget-probe" in text
         assert "None" not in text.replace("plotly", "")[-20000:]  # no Python None leaks into the page
     assert "<script src=" not in html and "<link" not in html  # plotly inlined (the browser test blocks the network)
     for key in claims.CLAIMS:
@@ -396,3 +396,21 @@ def test_sweep_cli(tmp_path):
     assert (tmp_path / "sw" / "sweep.html").is_file() and (tmp_path / "sw" / "cells" / "iid" / "summary.json").is_file()
     bad = runner.invoke(app, ["sweep", "--cells", "zipf-2", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "bad sweep cell 'zipf-2'" in bad.output
+
+
+def _forget_row(residual_pfl: float, residual_global: float) -> dict:
+    def row(name, residual):
+        return {"algorithm": name, "method": "retrain", "refused": None, "mia_auc_before": 0.5,
+                "mia_auc_retrain": 0.5, "backdoor_before": 0.1 + residual, "backdoor_retrain": 0.1,
+                "retrain_rounds": 10, "retrain_bytes": 1e6}
+    return {"runs": [row("fedper", residual_pfl), row("fedavg", residual_global)]}
+
+
+@pytest.mark.parametrize("pfl, glob, verdict", [(0.0, 0.5, "holds"), (0.5, 0.5, "does not hold"),
+                                                 (0.0, 0.01, "partly")])
+def test_forgetting_row_verdicts(pfl, glob, verdict):
+    from fedarena.report.claims import Sides, _Ctx, _row_forgetting
+
+    ctx = _Ctx({"forget": [_forget_row(pfl, glob)]}, {}, Sides("fedper", "fedavg", (), ()))
+    row = _row_forgetting(ctx)
+    assert row.verdict.value == verdict and "fedper" in row.measured and "1.0 MB" in row.measured

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedarena.core.types import FedarenaError, FederatedData
+from fedarena.core.types import ClientData, FedarenaError, FederatedData
 
 PREFIX = "npz-dir:"
 SPLITS = ("train", "test")
@@ -173,3 +173,22 @@ def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, nam
         partition="natural",
         details={"path": str(root)},
     )
+
+
+def load_npz_client(path: str | Path, client: str, *, min_train: int = 1, min_test: int = 1) -> tuple[ClientData, int]:
+    """One client's splits, ``path/train/<client>.npz`` and ``path/test/<client>.npz``, and its largest
+    label; no other client's file is opened (what a deployed node loads). Same checks as `load_npz_dir`."""
+    root = Path(path).expanduser()
+    files = [root / split / f"{client}.npz" for split in SPLITS]
+    for f in files:
+        if not f.is_file():
+            raise FedarenaError(f"npz-dir {root}: client '{client}' has no {f.parent.name}/{client}.npz")
+    train, test = (_scan(f) for f in files)
+    if train.x_shape != test.x_shape:
+        raise FedarenaError(f"{test.path}: per-sample shape of 'x' is {test.x_shape} but {train.path} has {train.x_shape}")
+    for entry, least, key in ((train, min_train, "data.min_train"), (test, min_test, "data.min_test")):
+        if entry.samples < least:
+            raise FedarenaError(f"{entry.path}: {entry.samples} samples, fewer than {key} {least}")
+    (x_train, y_train, _), (x_test, y_test, _) = _fill([train]), _fill([test])
+    data = ClientData(torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test))
+    return data, int(max(y_train.max(), y_test.max()))

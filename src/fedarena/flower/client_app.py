@@ -1,0 +1,177 @@
+"""The generic Flower ClientApp: one SuperNode serves one fedarena client, for any algorithm.
+
+A node loads only its own client's data, named by its node config (``flower-supernode
+--node-config``):
+
+- ``partition-id=I``: client I of an embedded dataset (digits, synthetic), partitioned as
+  `compare` partitions it for the run's config and seed;
+- ``npz-dir="PATH" client="STEM"``: ``PATH/train/STEM.npz`` and ``PATH/test/STEM.npz`` only;
+- ``state-dir="PATH"``: where the node keeps its clients' state (personal keys, control
+  variates, ...) between rounds, as safetensors files per (run, seed, algorithm, client). State
+  never leaves the node and survives a SuperNode restart.
+- ``wire-log="PATH"`` (optional): a JSON line per message and direction with the fedarena payload
+  bytes, Flower's record bytes and the bytes of Flower's serialized message objects;
+  ``wire-capture="DIR"`` (optional) also stores those serialized objects for inspection.
+
+Messages: ``query.describe`` (client id, split sizes, label counts, input shape), ``train`` (a
+Broadcast in, an Upload out) and ``evaluate`` (the personal model's and the global model's accuracy
+on the client's own test split). The node computes with the same functions as the in-process
+runtime (`train_client`, `personal_model`, `evaluate_client` of `fedarena.sim.engine`), whose random
+streams derive from (seed, round, client), so a deployment computes the simulator's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedarena import config as cfg
+from fedarena.core.codec import encode
+from fedarena.core.params import nbytes
+from fedarena.core.rng import torch_rng
+from fedarena.core.types import ClientData, FedarenaError
+from fedarena.flower import common, records
+from fedarena.sim.engine import evaluate_client, personal_model, train_client
+
+log = logging.getLogger(__name__)
+
+
+def wire_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Measure what Flower carries for this node, both directions (node config ``wire-log``)."""
+    reply = call_next(msg, context)
+    target = context.node_config.get("wire-log")
+    if target:
+        capture = context.node_config.get("wire-capture")
+        lines = [_measure(m, direction, msg.metadata.message_type, capture)
+                 for m, direction in ((msg, "down"), (reply, "up"))]
+        with open(str(target), "a") as fh:
+            fh.writelines(json.dumps(line) + "\n" for line in lines)
+    return reply
+
+
+def _measure(m: Message, direction: str, message_type: str, capture: Any) -> dict[str, Any]:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    objects = get_all_nested_objects(m)
+    blobs = {oid: obj.deflate() for oid, obj in objects.items()}
+    record = records.fields(m) if m.has_content() else {}
+    payload = sum(len(v) for k, v in record.items() if k.startswith(records.PAYLOAD) and isinstance(v, bytes))
+    line = {"type": message_type, "direction": direction, "round": record.get("round"),
+            "client": record.get("client"), "payload_bytes": payload,
+            "record_bytes": sum(r.count_bytes() for r in m.content.values()) if m.has_content() else 0,
+            "object_bytes": sum(len(b) for b in blobs.values())}
+    if capture:
+        folder = Path(str(capture))
+        folder.mkdir(parents=True, exist_ok=True)
+        for oid, blob in blobs.items():
+            (folder / f"{direction}-{oid}.bin").write_bytes(blob)
+    return line
+
+
+app = ClientApp(mods=[wire_mod])
+
+
+class Node:
+    """This node's client for one message: config, seed, data and state location."""
+
+    def __init__(self, msg: Message, context: Context) -> None:
+        torch.set_num_threads(1)
+        self.record = records.fields(msg)
+        self.config = common.with_seed(common.config_from_text(str(context.run_config["config"])),
+                                       int(records.number(self.record, "seed")))
+        self.node_config = context.node_config
+        self.run_id = int(context.run_id)
+        self.client_id, self.index, self.data, self.num_classes = self._load()
+
+    def _load(self) -> tuple[str, int, ClientData, int]:
+        nc = self.node_config
+        if "partition-id" in nc:
+            from fedarena.data import load_federated
+
+            i = int(nc["partition-id"])
+            if self.config.data.name.startswith("npz-dir:"):
+                raise FedarenaError("node config partition-id is for embedded datasets; npz-dir nodes need npz-dir and client")
+            fd = load_federated(self.config)
+            if not 0 <= i < fd.num_clients:
+                raise FedarenaError(f"node config partition-id={i} is outside 0..{fd.num_clients - 1}")
+            return fd.client_ids[i], i, fd.client(i), fd.num_classes
+        if "npz-dir" in nc and "client" in nc:
+            from fedarena.data.npz import load_npz_client
+
+            d = self.config.data
+            data, max_label = load_npz_client(str(nc["npz-dir"]), str(nc["client"]), min_train=d.min_train,
+                                              min_test=d.min_test)
+            return str(nc["client"]), -1, data, max_label + 1
+        raise FedarenaError("node config needs partition-id=I (embedded data) or npz-dir=PATH and client=ID")
+
+    def task(self):
+        return common.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
+                                       int(records.number(self.record, "num-classes")))
+
+    def algorithm(self) -> Any:
+        return cfg.hyperparameters(self.config, str(self.record["algorithm"]))
+
+    def state_file(self) -> Path:
+        if "state-dir" not in self.node_config:
+            raise FedarenaError("node config needs state-dir=PATH (where this node keeps its personal state)")
+        return common.state_path(Path(str(self.node_config["state-dir"])), self.run_id, self.config.run.seed,
+                                 str(self.record["algorithm"]), self.client_id)
+
+    def state(self, algo: Any, task: Any):
+        """The saved state, or the initial one (`init_client` of the run's initial model)."""
+        saved = common.load_state(self.state_file())
+        if saved is not None:
+            return saved
+        return algo.init_client(task.init_params(torch_rng(self.config.run.seed, "init")))
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    node = Node(msg, context)
+    d = node.data
+    counts = np.bincount(d.y_train.numpy(), minlength=node.num_classes).tolist()
+    return Message(records.content({
+        "client-id": node.client_id, "index": node.index, "num-train": d.num_train, "num-test": d.num_test,
+        "num-classes": node.num_classes, "label-counts": [int(c) for c in counts],
+        "input-shape": [int(s) for s in d.x_train.shape[1:]],
+    }), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    node = Node(msg, context)
+    algo, task = node.algorithm(), node.task()
+    rnd, client = int(records.number(node.record, "round")), int(records.number(node.record, "client"))
+    broadcast = records.decode_broadcast(records.payload(node.record))
+    upload, state = train_client(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed,
+                                 rnd, client)
+    common.save_state(node.state_file(), state)
+    log.info("client %s trained round %d", node.client_id, rnd)
+    stored = nbytes(state.params) + nbytes(state.extra)
+    return Message(records.content({"round": rnd, "client": client, "compute-s": time.perf_counter() - t0,
+                                    "state-bytes": stored}, encode(upload)), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    node = Node(msg, context)
+    algo, task = node.algorithm(), node.task()
+    rnd, client = int(records.number(node.record, "round")), int(records.number(node.record, "client"))
+    broadcast = records.decode_broadcast(records.payload(node.record))
+    personal = personal_model(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed, rnd, client)
+    result = evaluate_client(task, personal, records.decode_params(records.payload(node.record, "global")), node.data)
+    out = {"round": rnd, "client": client, "acc": result.acc, "loss": result.loss, "num-test": result.num_test,
+           "compute-s": time.perf_counter() - t0}
+    if result.global_acc is not None:
+        out["global-acc"] = result.global_acc
+    return Message(records.content(out), reply_to=msg)

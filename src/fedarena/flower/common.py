@@ -1,0 +1,80 @@
+"""What the ServerApp and the ClientApp agree on: the run config they both read, message types,
+the task built from (config, input shape, number of classes), and how a node keeps personal state.
+
+The resolved fedarena config travels as TOML text in the Flower run config (key ``config``), so
+both sides build the same algorithm objects with the same hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from safetensors.torch import load_file, save_file
+
+from fedarena import config as cfg
+from fedarena.core.types import SGD, ClientState, FedarenaError
+from fedarena.tasks import Task, make_task
+
+DESCRIBE = "query.describe"  # a node names its client, split sizes and label counts (no data leaves)
+TRAIN = "train"
+EVALUATE = "evaluate"
+
+
+def config_text(config: cfg.Config) -> str:
+    return tomli_w.dumps(cfg.to_tree(config))
+
+
+def config_from_text(text: str) -> cfg.Config:
+    """The fedarena config from its TOML text (validated as any config file is)."""
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FedarenaError(f"run config 'config' is not valid TOML: {exc}") from None
+    return cfg.apply(cfg.Config(), tree)
+
+
+def with_seed(config: cfg.Config, seed: int) -> cfg.Config:
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
+
+
+def make_config_task(config: cfg.Config, input_shape: tuple[int, ...], num_classes: int) -> Task:
+    """The task `compare` builds for this config (same model, loss and local SGD)."""
+    t = config.train
+    return make_task(config.model.name, tuple(input_shape), num_classes,
+                     SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm)
+
+
+def federates(algo: object) -> bool:
+    """False for algorithms with nothing to deploy: `centralized` (pooled data) and algorithms whose
+    every key is personal and never uploaded (`local`)."""
+    everything_personal = getattr(algo, "personal").patterns == ("*",)
+    return bool(getattr(algo, "federated")) and not (everything_personal and not getattr(algo, "uploads_personal"))
+
+
+def state_path(state_dir: Path, run_id: int, seed: int, algorithm: str, client_id: str) -> Path:
+    """Where a node keeps one client's state for one run, seed and algorithm."""
+    return state_dir / f"run-{run_id}" / f"seed-{seed}" / algorithm / f"client-{client_id}.safetensors"
+
+
+def save_state(path: Path, state: ClientState) -> None:
+    """Write the state atomically (a crash leaves the previous file), as safetensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"params/{k}": v.detach().contiguous() for k, v in state.params.items()}
+    tensors |= {f"extra/{k}": v.detach().contiguous() for k, v in state.extra.items()}
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file(tensors, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> ClientState | None:
+    """The saved state, or None when this client has none yet."""
+    if not path.exists():
+        return None
+    tensors = load_file(path)
+    params = {k[len("params/"):]: v for k, v in sorted(tensors.items()) if k.startswith("params/")}
+    extra = {k[len("extra/"):]: v for k, v in sorted(tensors.items()) if k.startswith("extra/")}
+    return ClientState(params=params, extra=extra)

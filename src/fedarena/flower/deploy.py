@@ -1,0 +1,154 @@
+"""`fedarena deploy` as a library call: the comparison of `compare`, run on Flower.
+
+- :func:`deploy_local`: starts a SuperLink and one SuperNode per client on 127.0.0.1 (free ports,
+  private FLWR_HOME, `tls=True` for a throwaway CA), runs the generic ServerApp with `flwr run`,
+  and shuts every process down (also on failure and Ctrl-C).
+- :func:`deploy_remote`: `flwr run` against a running SuperLink whose SuperNodes were started by
+  their owners (see README, "Deploy on Flower"). The run directory is written by the ServerApp on
+  the SuperLink's machine, at `out`.
+
+Either way the run directory has the layout of `compare` (summary.json, metrics.parquet,
+config.toml) plus deployment.json (Flower's per-exchange timings and overhead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fedarena import config as cfg
+from fedarena.compare import check_out_dir
+from fedarena.core.types import FedarenaError
+from fedarena.flower import common
+from fedarena.flower.processes import (
+    CONNECTION, LocalFederation, RunConfigValue, flower_bin, write_app_dir, write_flwr_home,
+)
+from fedarena.flower.tls import make_local_tls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    round: float = 60.0  # train replies; a round then aggregates the survivors
+    evaluate: float = 120.0  # evaluation replies (waits for reconnecting nodes)
+    start: float = 120.0  # SuperNodes to connect
+
+
+def node_clients(config: cfg.Config) -> list[dict[str, RunConfigValue]]:
+    """One SuperNode config per client: `partition-id` for embedded data, `npz-dir` + `client` for npz-dir
+    (the stems are listed, no file is read)."""
+    name = config.data.name
+    if name.startswith("npz-dir:"):
+        root = Path(name.removeprefix("npz-dir:")).expanduser()
+        stems = sorted(p.stem for p in (root / "train").glob("*.npz"))
+        if not stems:
+            raise FedarenaError(f"npz-dir {root}: 'train/' contains no .npz files")
+        return [{"npz-dir": str(root), "client": s} for s in stems]
+    return [{"partition-id": i} for i in range(config.data.num_clients)]
+
+
+def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeouts) -> dict[str, RunConfigValue]:
+    return {"config": common.config_text(config), "out-dir": str(out.resolve()), "expect-nodes": expect_nodes,
+            "round-timeout": float(timeouts.round), "eval-timeout": float(timeouts.evaluate),
+            "start-timeout": float(timeouts.start)}
+
+
+def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
+    """An upper bound for `flwr run`: every round of every algorithm and seed timing out, plus start-up."""
+    per_round = timeouts.round + timeouts.evaluate
+    return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * len(config.run.algorithms) * config.run.seeds
+
+
+def _result(out: Path, log_path: Path) -> dict[str, Any]:
+    summary = out / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())
+    error = out.parent / f".{out.name}.error"
+    if error.exists():
+        reason = error.read_text().strip()
+        error.unlink()
+        raise FedarenaError(f"deploy failed: {reason}")
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-15:] if log_path.exists() else []
+    raise RuntimeError("the Flower run ended without a result; last lines of flwr run:\n" + "\n".join(tail))
+
+
+def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: Timeouts = Timeouts(),
+                 workdir: Path | None = None, node_extra: Callable[[int, Path], dict[str, RunConfigValue]] | None = None,
+                 on_started: Callable[[LocalFederation], None] | None = None) -> dict[str, Any]:
+    """Run `config` on a SuperLink and one SuperNode per client on this machine; returns the summary.
+
+    `workdir` (default: a temporary directory, removed afterwards unless the run failed) holds
+    FLWR_HOME, logs, TLS files and each node's state directory `nodes/<i>/state`. `node_extra(i,
+    node_dir)` adds node config entries (e.g. `wire-log`); `on_started(federation)` is called once
+    the processes are up (fault tests use it)."""
+    check_out_dir(out)
+    nodes = node_clients(config)
+    if config.train.clients_per_round > len(nodes):
+        raise FedarenaError(f"train.clients_per_round ({config.train.clients_per_round}) exceeds the {len(nodes)} clients")
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-deploy-"))
+    node_configs = []
+    for i, nc in enumerate(nodes):
+        node_dir = root / "nodes" / str(i)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        node_configs.append({**nc, "state-dir": str(node_dir / "state"), **(node_extra(i, node_dir) if node_extra else {})})
+    files = make_local_tls(root / "tls") if tls else None
+    app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts))
+    ok = False
+    try:
+        with LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start) as fed:
+            if on_started:
+                on_started(fed)
+            fed.flwr_run(app_dir, None, _budget(config, timeouts))
+            summary = _result(out, root / "logs" / "flwr-run.log")
+        ok = True
+        return summary
+    finally:
+        if ok and workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        elif not ok:
+            log.warning("deployment files and logs kept in %s", root)
+
+
+def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certificates: Path | None = None,
+                  insecure: bool = False, expect_nodes: int | None = None, timeouts: Timeouts = Timeouts()) -> dict[str, Any]:
+    """`flwr run` against the SuperLink at `superlink` (HOST:PORT), waiting for `expect_nodes` SuperNodes
+    (default: one per client of the config). TLS unless `insecure`: the SuperLink's certificate is verified
+    with `root_certificates` (or the system's trust store). `out` must be a path on the SuperLink's machine."""
+    if root_certificates is not None and not Path(root_certificates).is_file():
+        raise FedarenaError(f"--root-certificates: file not found: {root_certificates}")
+    if root_certificates is None and not insecure and superlink.split(":")[0] not in ("127.0.0.1", "localhost"):
+        log.info("verifying the SuperLink's certificate with the system trust store")
+    expect = expect_nodes if expect_nodes is not None else len(node_clients(config))
+    with tempfile.TemporaryDirectory(prefix="fedarena-deploy-") as tmp:
+        root = Path(tmp)
+        home = root / "flwr-home"
+        write_flwr_home(home, superlink, None if insecure else root_certificates)
+        if not insecure and root_certificates is None:
+            text = (home / "config.toml").read_text()  # TLS with the system trust store
+            (home / "config.toml").write_text(text)
+        app_dir = write_app_dir(root / "app", run_config(config, out, expect, timeouts))
+        fed = LocalFederation(root, [])  # no process of its own: only `flwr run`, cleaned up the same way
+        fed.superlink_port = int(superlink.rsplit(":", 1)[1])
+        try:
+            log_path = root / "logs" / "flwr-run.log"
+            fed.processes.clear()
+            _run_flwr(fed, app_dir, home, _budget(config, timeouts))
+            return _result(out, log_path)
+        finally:
+            fed.close()
+
+
+def _run_flwr(fed: LocalFederation, app_dir: Path, home: Path, budget: float) -> subprocess.CompletedProcess:
+    assert home == fed.flwr_home, "FLWR_HOME must be the federation's"
+    flower_bin("flwr")
+    return fed.flwr_run(app_dir, None, budget)
+
+
+__all__ = ["CONNECTION", "Timeouts", "deploy_local", "deploy_remote", "node_clients"]

@@ -1,0 +1,405 @@
+"""The generic Flower ServerApp: any registered algorithm, driven by fedarena's one round loop.
+
+`main` reads the fedarena config from the run config, asks every SuperNode to describe its client
+(id, split sizes, label counts, input shape: no sample leaves a node), and runs each algorithm with
+``run_algorithm(..., runtime=FlowerClients)``: the round loop, sampling, broadcast and aggregation
+are the simulator's own; only the client work moves to the nodes. Personal state stays on the
+nodes (the server holds none). `centralized` and `local` (nothing to federate) are skipped with a
+logged note. The run directory (summary.json, metrics.parquet, config.toml) is written to the
+run config's ``out-dir`` on the machine that runs the ServerApp, plus ``deployment.json`` with
+Flower's per-exchange timings.
+
+Faults: a round waits at most ``round-timeout`` seconds for train replies and aggregates the
+survivors (validated replies only, see :mod:`fedarena.flower.records`). Evaluation needs every
+training client: it waits up to ``eval-timeout`` seconds, re-describing nodes that (re)connect, so a
+restarted SuperNode resumes with the personal state it kept on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from fedarena import config as cfg
+from fedarena.core.codec import Ledger, encode
+from fedarena.core.types import Broadcast, FedarenaError, FederatedData, Params, Upload
+from fedarena.flower import common, records
+from fedarena.sim.engine import ClientEval, run_algorithm
+
+log = logging.getLogger(__name__)
+Key = int  # a client index
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment's knobs, from the Flower run config."""
+
+    config: str
+    out_dir: str
+    expect_nodes: int
+    round_timeout: float = 60.0
+    eval_timeout: float = 120.0
+    start_timeout: float = 120.0
+    poll: float = 0.05
+
+    @classmethod
+    def from_run_config(cls, rc: Mapping[str, Any]) -> "Settings":
+        def get(key: str, kind: type, default: Any = None) -> Any:
+            if key not in rc:
+                if default is None:
+                    raise FedarenaError(f"run config lacks '{key}'")
+                return default
+            return kind(rc[key])
+
+        return cls(config=get("config", str), out_dir=get("out-dir", str), expect_nodes=get("expect-nodes", int),
+                   round_timeout=get("round-timeout", float, 60.0), eval_timeout=get("eval-timeout", float, 120.0),
+                   start_timeout=get("start-timeout", float, 120.0))
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a node says about its client (a describe reply)."""
+
+    node_id: int
+    client_id: str
+    index: int
+    num_train: int
+    num_test: int
+    num_classes: int
+    label_counts: tuple[int, ...]
+    input_shape: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, node_id: int, r: Mapping[str, Any]) -> "Described":
+        out = cls(node_id, str(r["client-id"]), int(records.number(r, "index")), int(records.number(r, "num-train")),
+                  int(records.number(r, "num-test")), int(records.number(r, "num-classes")),
+                  tuple(int(c) for c in r["label-counts"]), tuple(int(s) for s in r["input-shape"]))
+        if out.num_train < 1 or out.num_test < 1 or sum(out.label_counts) != out.num_train:
+            raise FedarenaError(f"node {node_id} describes inconsistent sizes for client {out.client_id}")
+        return out
+
+
+@dataclass
+class Link:
+    """Messages to and from clients through the Grid, and which node serves which client."""
+
+    grid: Grid
+    settings: Settings
+    seed: int = 0
+    clients: dict[Key, Described] = field(default_factory=dict)  # by client index
+    order: dict[str, Key] = field(default_factory=dict)  # client id -> index, fixed by the first describe
+    known_nodes: set[int] = field(default_factory=set)
+
+    def exchange(self, messages: Mapping[Key, tuple[str, Any]], timeout: float,
+                 follow_reconnects: bool = False) -> tuple[dict[Key, Message], float]:
+        """Send (message type, content) to each client's node; replies with content within `timeout`
+        seconds, and the wall time. Error replies are logged; with `follow_reconnects`, clients whose
+        node reconnects under a new node id get their message again."""
+        start = time.monotonic()
+        pending = self._push({k: m for k, m in messages.items()}, timeout)
+        replies: dict[Key, Message] = {}
+        errors: dict[Key, str] = {}
+        last_check = start
+        while pending and time.monotonic() - start < timeout:
+            for reply in self.grid.pull_messages(list(pending)):
+                key = pending.get(reply.metadata.reply_to_message_id)
+                if key is None:
+                    continue
+                if reply.has_content():
+                    replies[key] = reply
+                    del pending[reply.metadata.reply_to_message_id]
+                else:
+                    errors[key] = str(reply.error.reason)
+            if follow_reconnects and pending and time.monotonic() - last_check > 2.0:
+                last_check = time.monotonic()
+                moved = self.refresh()
+                again = {k for k in pending.values() if k in moved}
+                if again:
+                    pending = {mid: k for mid, k in pending.items() if k not in again}
+                    pending.update(self._push({k: messages[k] for k in again}, timeout))
+            if pending:
+                time.sleep(self.settings.poll)
+        for key in set(pending.values()):
+            log.warning("client %s sent no reply within %.0f s%s", self._name(key), timeout,
+                        f" ({errors[key]})" if key in errors else "")
+        return replies, time.monotonic() - start
+
+    def _push(self, messages: Mapping[Key, tuple[str, Any]], timeout: float) -> dict[str, Key]:
+        keys = list(messages)
+        out = [Message(messages[k][1], dst_node_id=self.clients[k].node_id if k in self.clients else k,
+                       message_type=messages[k][0], ttl=timeout + 30.0) for k in keys]
+        ids = list(self.grid.push_messages(out))
+        return {mid: k for mid, k in zip(ids, keys) if mid}
+
+    def _name(self, key: Key) -> str:
+        return self.clients[key].client_id if key in self.clients else f"node {key}"
+
+    def describe(self, node_ids: list[int], timeout: float) -> list[Described]:
+        """Ask these nodes (keyed by node id here) who they are."""
+        msgs = {n: (common.DESCRIBE, records.content({"seed": self.seed})) for n in node_ids}
+        saved, self.clients = self.clients, {}
+        try:
+            replies, _ = self.exchange(msgs, timeout)
+        finally:
+            self.clients = saved
+        out = []
+        for node_id, reply in replies.items():
+            try:
+                out.append(Described.parse(node_id, records.fields(reply)))
+            except (FedarenaError, KeyError, TypeError, ValueError) as exc:
+                log.warning("node %d: bad describe reply: %s", node_id, exc)
+        return out
+
+    def start(self, expect: int) -> None:
+        """Wait for `expect` nodes, describe them and fix the client order."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        while len(nodes := sorted(self.grid.get_node_ids())) < expect:
+            if time.monotonic() > deadline:
+                raise FedarenaError(f"only {len(nodes)} of {expect} SuperNodes connected within "
+                                    f"{self.settings.start_timeout:.0f} s")
+            time.sleep(0.2)
+        described = self.describe(nodes, self.settings.start_timeout)
+        ids = [d.client_id for d in described]
+        if len(set(ids)) != len(ids):
+            raise FedarenaError(f"two SuperNodes serve the same client: {sorted(ids)}")
+        if len(described) < expect:
+            raise FedarenaError(f"only {len(described)} of {expect} SuperNodes described their client")
+        if all(d.index >= 0 for d in described):  # embedded data: the partition id is the index
+            if sorted(d.index for d in described) != list(range(len(described))):
+                raise FedarenaError(f"partition ids {sorted(d.index for d in described)} are not 0..{len(described) - 1}")
+            self.order = {d.client_id: d.index for d in described}
+        else:  # npz-dir: clients in sorted file-stem order, as load_npz_dir orders them
+            self.order = {cid: i for i, cid in enumerate(sorted(ids))}
+        self.clients = {self.order[d.client_id]: d for d in described}
+        self.known_nodes = set(nodes)
+
+    def refresh(self) -> set[Key]:
+        """Describe nodes that connected since; returns the clients now served by a new node."""
+        new = sorted(set(self.grid.get_node_ids()) - self.known_nodes)
+        if not new:
+            return set()
+        moved = set()
+        for d in self.describe(new, min(self.settings.round_timeout, 30.0)):
+            self.known_nodes.add(d.node_id)
+            key = self.order.get(d.client_id)
+            if key is None:
+                log.warning("node %d serves unknown client %s; ignored", d.node_id, d.client_id)
+                continue
+            log.info("client %s reconnected as node %d", d.client_id, d.node_id)
+            self.clients[key] = d
+            moved.add(key)
+        return moved
+
+
+class FlowerClients:
+    """The runtime `run_algorithm` drives: each client's work runs on its SuperNode."""
+
+    pooled = False
+
+    def __init__(self, link: Link, algo: Any, task: Any, training: list[int], full: Params, seed: int,
+                 ledger: Ledger, num_classes: int) -> None:
+        self.link, self.algo, self.seed, self.ledger, self.num_classes = link, algo, seed, ledger, num_classes
+        self.ids = list(training)
+        self.model = full  # shapes and dtypes every upload must match
+        self.states: dict = {}  # personal state lives on the nodes, never here
+        self.exchanges: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.onboard_bytes = 0
+        self.state_bytes: dict[int, int] = {}  # per client, as its node reports it
+
+    def _fields(self, rnd: int, c: int) -> dict[str, Any]:
+        return {"algorithm": self.algo.name, "seed": self.seed, "round": rnd, "client": c, "num-classes": self.num_classes}
+
+    def train(self, rnd: int, broadcasts: dict[int, Broadcast]) -> dict[int, Upload]:
+        self.link.refresh()
+        msgs = {}
+        for c, b in broadcasts.items():
+            data = encode(b)
+            self.ledger.record(rnd, c, "down", len(data))
+            msgs[c] = (common.TRAIN, records.content(self._fields(rnd, c), data))
+        replies, wall = self.link.exchange(msgs, self.link.settings.round_timeout)
+        uploads, compute = {}, []
+        for c in sorted(replies):
+            try:
+                r = records.fields(replies[c])
+                data = records.payload(r)
+                upload = records.decode_upload(data, self.model, self.algo.personal, self.algo.uploads_personal,
+                                               self.link.clients[c].num_train)
+                compute.append(float(records.number(r, "compute-s", float)))
+                self.state_bytes[c] = int(records.number(r, "state-bytes"))
+            except FedarenaError as exc:
+                log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
+                self.rejected.append({"round": rnd, "client": self.link.clients[c].client_id, "reason": str(exc)})
+                continue
+            self.ledger.record(rnd, c, "up", len(data))
+            uploads[c] = upload
+        missing = sorted(set(broadcasts) - set(uploads))
+        if missing:
+            log.warning("round %d: aggregating %d of %d clients (no valid reply from %s)", rnd, len(uploads),
+                        len(broadcasts), [self.link.clients[c].client_id for c in missing])
+        if not uploads:
+            raise FedarenaError(f"round {rnd}: no client sent a valid reply within {self.link.settings.round_timeout:.0f} s")
+        self._note("train", rnd, wall, compute, len(broadcasts), len(uploads))
+        return uploads
+
+    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None) -> dict[int, ClientEval]:
+        g = records.encode_params(global_params)
+        msgs = {c: (common.EVALUATE, records.content(self._fields(rnd, c), encode(b), **{"global": g}))
+                for c, b in broadcasts.items()}
+        replies, wall = self.link.exchange(msgs, self.link.settings.eval_timeout, follow_reconnects=True)
+        out, compute = {}, []
+        for c, reply in replies.items():
+            r = records.fields(reply)
+            d = self.link.clients[c]
+            acc, num_test = float(records.number(r, "acc", float)), int(records.number(r, "num-test"))
+            gacc = float(records.number(r, "global-acc", float)) if "global-acc" in r else None
+            if not 0 <= acc <= 1 or num_test != d.num_test or (gacc is None) != (global_params is None):
+                raise FedarenaError(f"client {d.client_id} sent an inconsistent evaluation for round {rnd}")
+            out[c] = ClientEval(acc, float(records.number(r, "loss", float)), num_test, gacc)
+            compute.append(float(records.number(r, "compute-s", float)))
+        missing = sorted(set(broadcasts) - set(out))
+        if missing:
+            raise FedarenaError(f"round {rnd}: clients {[self.link.clients[c].client_id for c in missing]} did not "
+                                f"reply to the evaluation within {self.link.settings.eval_timeout:.0f} s")
+        self._note("evaluate", rnd, wall, compute, len(broadcasts), len(out))
+        return out
+
+    def _note(self, kind: str, rnd: int, wall: float, compute: list[float], sent: int, replied: int) -> None:
+        slowest = max(compute, default=0.0)
+        self.exchanges.append({"kind": kind, "round": rnd, "wall_s": wall, "slowest_client_s": slowest,
+                               "flower_overhead_s": max(0.0, wall - slowest), "sent": sent, "replied": replied})
+
+    def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict:
+        raise FedarenaError("new clients are not supported on deploy yet (set data.new_clients = 0)")
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        def mean(kind: str, key: str) -> float | None:
+            v = [e[key] for e in self.exchanges if e["kind"] == kind]
+            return sum(v) / len(v) if v else None
+
+        return {"runtime": "flower", "storage_bytes_per_client": max(self.state_bytes.values(), default=0),
+                "train_wall_s_mean": mean("train", "wall_s"),
+                "train_flower_overhead_s_mean": mean("train", "flower_overhead_s"),
+                "evaluate_wall_s_mean": mean("evaluate", "wall_s"),
+                "evaluate_flower_overhead_s_mean": mean("evaluate", "flower_overhead_s"),
+                "exchanges": self.exchanges, "rejected": self.rejected}
+
+
+def stand_in(config: cfg.Config, clients: list[Described], details: Mapping[str, Any]) -> FederatedData:
+    """The FederatedData `run_algorithm` and `build_summary` see on the server: client ids, split sizes
+    and train label counts as the nodes described them. It holds no sample: labels are rebuilt from the
+    counts (sorted) and features are a broadcast zero row."""
+    shape, k = clients[0].input_shape, max(d.num_classes for d in clients)
+    counts = [torch.tensor(d.label_counts + (0,) * (k - len(d.label_counts))) for d in clients]
+    y_train = torch.cat([torch.repeat_interleave(torch.arange(k), c) for c in counts])
+    n_train, n_test = sum(d.num_train for d in clients), sum(d.num_test for d in clients)
+    offsets = lambda sizes: tuple([0, *torch.tensor(sizes).cumsum(0).tolist()])  # noqa: E731
+    return FederatedData(
+        name=config.data.name, client_ids=tuple(d.client_id for d in clients),
+        x_train=torch.zeros((1, *shape)).expand(n_train, *shape), y_train=y_train,
+        train_offsets=offsets([d.num_train for d in clients]),
+        x_test=torch.zeros((1, *shape)).expand(n_test, *shape), y_test=torch.zeros(n_test, dtype=torch.int64),
+        test_offsets=offsets([d.num_test for d in clients]), num_classes=k,
+        partition=cfg.resolved_partition(config), details=dict(details),
+    )
+
+
+def dataset_details(config: cfg.Config) -> dict[str, Any]:
+    """`FederatedData.details` as the loaders set them, from the config alone."""
+    from fedarena.data import _partition_details
+
+    name, partition = config.data.name, cfg.resolved_partition(config)
+    if name.startswith("npz-dir:"):
+        return {"path": str(Path(name.removeprefix("npz-dir:")).expanduser())}
+    if name == "synthetic":
+        s = config.synthetic
+        return {"alpha": s.alpha, "beta": s.beta, "iid": s.iid, "num_features": s.num_features,
+                "samples_per_client": s.samples_per_client, "test_fraction": config.data.test_fraction}
+    return {**_partition_details(config, partition), "test_fraction": config.data.test_fraction}
+
+
+def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, Any]:
+    """Every federating algorithm of `config`, for each seed, on the connected SuperNodes; writes the
+    run directory `settings.out_dir` and returns the summary."""
+    from fedarena.compare import Trained, _write_run_dir, auto_target, build_summary
+
+    if config.data.new_clients > 0:
+        raise FedarenaError("data.new_clients > 0 (onboarding) is not supported on deploy yet")
+    names = []
+    for name in config.run.algorithms:
+        if common.federates(cfg.hyperparameters(config, name)):
+            names.append(name)
+        else:
+            log.warning("%s is skipped on deploy: it does not federate (nothing crosses the network)", name)
+    if not names:
+        raise FedarenaError(f"none of {list(config.run.algorithms)} federates; nothing to deploy")
+    trained, deployment, storage = [], {}, {}
+    for i in range(config.run.seeds):
+        seed = config.run.seed + i
+        link = Link(grid, settings, seed)
+        link.start(settings.expect_nodes)
+        clients = [link.clients[k] for k in sorted(link.clients)]
+        data = stand_in(config, clients, dataset_details(config))
+        task = common.make_config_task(config, clients[0].input_shape, data.num_classes)
+        t = config.train
+        if t.clients_per_round > data.num_clients:
+            raise FedarenaError(f"train.clients_per_round ({t.clients_per_round}) exceeds the {data.num_clients} SuperNodes")
+        runs = {}
+        for name in names:
+            algo = cfg.hyperparameters(config, name)
+            made: list[FlowerClients] = []
+
+            def runtime(algo, task, training, full, seed, ledger, made=made):
+                made.append(FlowerClients(link, algo, task, training, full, seed, ledger, data.num_classes))
+                return made[0]
+
+            log.info("deploying %s (seed %d) on %d SuperNodes", name, seed, data.num_clients)
+            runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
+                                             eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime)
+            deployment[f"{name}/seed-{seed}"] = runs[name][1].engine
+        trained.append(Trained(seed, data, runs))
+    deployed = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))
+    target = config.run.target if config.run.target is not None else auto_target(trained)
+    summary = build_summary(deployed, trained, target)
+    summary["engine"] = "flower"
+    summary["deployment"] = {"skipped": [n for n in config.run.algorithms if n not in names],
+                             "num_supernodes": settings.expect_nodes}
+    for run in summary["runs"]:  # the nodes keep the state; they report its size
+        run["storage_bytes_per_client"] = deployment[f"{run['algorithm']}/seed-{run['seed']}"]["storage_bytes_per_client"]
+    out = Path(settings.out_dir)
+    _write_run_dir(out, deployed, trained, summary)
+    (out / "deployment.json").write_text(json.dumps(deployment, indent=2) + "\n")
+    return summary
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    root = logging.getLogger("fedarena")
+    if not root.handlers:  # this is the ServerApp process's entry point: its log goes to the SuperLink's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    settings = Settings.from_run_config(context.run_config)
+    config = common.config_from_text(settings.config)
+    try:
+        deploy_run(grid, config, settings)
+    except FedarenaError as exc:
+        log.error("fedarena deploy failed: %s", exc)
+        (Path(settings.out_dir).parent / f".{Path(settings.out_dir).name}.error").write_text(str(exc) + "\n")
+        raise

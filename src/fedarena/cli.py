@@ -342,6 +342,62 @@ def _bench_table(result: dict[str, Any]) -> Table:
     return table
 
 
+@app.command()
+def deploy(
+    local: Optional[int] = typer.Option(None, "--local", help="Start a SuperLink and N SuperNodes (one per client) here."),
+    superlink: Optional[str] = typer.Option(None, "--superlink", help="HOST:PORT of a running SuperLink."),
+    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA PEM for --superlink TLS."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP to --superlink (trusted networks only)."),
+    expect_nodes: Optional[int] = typer.Option(None, "--expect-nodes", help="SuperNodes to wait for (--superlink)."),
+    tls: bool = typer.Option(False, "--tls", help="--local: serve HTTPS with a throwaway CA."),
+    round_timeout: float = typer.Option(60.0, "--round-timeout", help="Seconds a round waits for train replies."),
+    eval_timeout: float = typer.Option(120.0, "--eval-timeout", help="Seconds an evaluation waits for every client."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (e.g. a run's config.toml)."),
+    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="iid | dirichlet | shards | quantity | feature"),
+    alpha: Optional[float] = typer.Option(None, "--alpha"),
+    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round", help="Default: every client."),
+    rounds: Optional[int] = typer.Option(None, "--rounds"),
+    local_epochs: Optional[int] = typer.Option(None, "--local-epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default fedavg)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    target: Optional[float] = typer.Option(None, "--target"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
+    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+) -> None:
+    """Run the comparison on Flower: SuperLink + SuperNodes, personal state kept on the nodes."""
+    if (local is None) == (superlink is None):
+        _fail(2, "give exactly one of --local N or --superlink HOST:PORT")
+    if local is not None and local < 1:
+        _fail(2, f"--local must be >= 1, got {local}")
+    flags: dict[str, dict[str, Any]] = {
+        "data": _given(name=data, partition=partition, alpha=alpha, num_clients=local),
+        "train": _given(clients_per_round=clients_per_round or local, rounds=rounds, local_epochs=local_epochs,
+                        batch_size=batch_size, lr=lr),
+        "model": _given(name=model),
+        "run": _given(algorithms=algorithms or (None if config else "fedavg"), seed=seed, target=target,
+                      engine="reference"),
+    }
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
+    from fedarena.compare import check_out_dir, default_out_dir
+    from fedarena.flower.deploy import Timeouts, deploy_local, deploy_remote
+
+    target_dir = (out_dir or default_out_dir(conf)).resolve()
+    _guard(check_out_dir, target_dir)
+    timeouts = Timeouts(round=round_timeout, evaluate=eval_timeout)
+    with err.status("deploying on Flower (SuperLink, SuperNodes, flwr run)..."):
+        if local is not None:
+            summary = _guard(deploy_local, conf, target_dir, tls=tls, timeouts=timeouts)
+        else:
+            summary = _guard(deploy_remote, conf, target_dir, superlink, root_certificates=root_certificates,
+                             insecure=insecure, expect_nodes=expect_nodes, timeouts=timeouts)
+    out.print(_table(summary))
+    out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
 

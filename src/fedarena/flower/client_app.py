@@ -50,21 +50,22 @@ def wire_mod(msg: Message, context: Context, call_next: Any) -> Message:
     target = context.node_config.get("wire-log")
     if target:
         capture = context.node_config.get("wire-capture")
-        lines = [_measure(m, direction, msg.metadata.message_type, capture)
+        algorithm = str(records.fields(msg).get("algorithm", "")) if msg.has_content() else ""
+        lines = [_measure(m, direction, msg.metadata.message_type, algorithm, capture)
                  for m, direction in ((msg, "down"), (reply, "up"))]
         with open(str(target), "a") as fh:
             fh.writelines(json.dumps(line) + "\n" for line in lines)
     return reply
 
 
-def _measure(m: Message, direction: str, message_type: str, capture: Any) -> dict[str, Any]:
+def _measure(m: Message, direction: str, message_type: str, algorithm: str, capture: Any) -> dict[str, Any]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     objects = get_all_nested_objects(m)
     blobs = {oid: obj.deflate() for oid, obj in objects.items()}
     record = records.fields(m) if m.has_content() else {}
     payload = sum(len(v) for k, v in record.items() if k.startswith(records.PAYLOAD) and isinstance(v, bytes))
-    line = {"type": message_type, "direction": direction, "round": record.get("round"),
+    line = {"type": message_type, "direction": direction, "algorithm": algorithm, "round": record.get("round"),
             "client": record.get("client"), "payload_bytes": payload,
             "record_bytes": sum(r.count_bytes() for r in m.content.values()) if m.has_content() else 0,
             "object_bytes": sum(len(b) for b in blobs.values())}
@@ -72,7 +73,7 @@ def _measure(m: Message, direction: str, message_type: str, capture: Any) -> dic
         folder = Path(str(capture))
         folder.mkdir(parents=True, exist_ok=True)
         for oid, blob in blobs.items():
-            (folder / f"{direction}-{oid}.bin").write_bytes(blob)
+            (folder / f"{algorithm or 'none'}-{message_type}-{direction}-{oid}.bin").write_bytes(blob)
     return line
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,7 @@ from fedarena import config as cfg
 from fedarena.compare import check_out_dir
 from fedarena.core.types import FedarenaError
 from fedarena.flower import common
-from fedarena.flower.processes import (
-    CONNECTION, LocalFederation, RunConfigValue, flower_bin, write_app_dir, write_flwr_home,
-)
+from fedarena.flower.processes import LocalFederation, RunConfigValue, write_app_dir
 from fedarena.flower.tls import make_local_tls
 
 log = logging.getLogger(__name__)
@@ -120,35 +117,19 @@ def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certifi
                   insecure: bool = False, expect_nodes: int | None = None, timeouts: Timeouts = Timeouts()) -> dict[str, Any]:
     """`flwr run` against the SuperLink at `superlink` (HOST:PORT), waiting for `expect_nodes` SuperNodes
     (default: one per client of the config). TLS unless `insecure`: the SuperLink's certificate is verified
-    with `root_certificates` (or the system's trust store). `out` must be a path on the SuperLink's machine."""
+    with `root_certificates` (or the system's trust store). `out` is a path on the SuperLink's machine
+    (where the ServerApp runs); the summary is returned when that path is visible here too."""
     if root_certificates is not None and not Path(root_certificates).is_file():
         raise FedarenaError(f"--root-certificates: file not found: {root_certificates}")
-    if root_certificates is None and not insecure and superlink.split(":")[0] not in ("127.0.0.1", "localhost"):
-        log.info("verifying the SuperLink's certificate with the system trust store")
+    if ":" not in superlink:
+        raise FedarenaError(f"--superlink expects HOST:PORT, got {superlink!r}")
     expect = expect_nodes if expect_nodes is not None else len(node_clients(config))
     with tempfile.TemporaryDirectory(prefix="fedarena-deploy-") as tmp:
         root = Path(tmp)
-        home = root / "flwr-home"
-        write_flwr_home(home, superlink, None if insecure else root_certificates)
-        if not insecure and root_certificates is None:
-            text = (home / "config.toml").read_text()  # TLS with the system trust store
-            (home / "config.toml").write_text(text)
         app_dir = write_app_dir(root / "app", run_config(config, out, expect, timeouts))
-        fed = LocalFederation(root, [])  # no process of its own: only `flwr run`, cleaned up the same way
-        fed.superlink_port = int(superlink.rsplit(":", 1)[1])
-        try:
-            log_path = root / "logs" / "flwr-run.log"
-            fed.processes.clear()
-            _run_flwr(fed, app_dir, home, _budget(config, timeouts))
-            return _result(out, log_path)
-        finally:
-            fed.close()
+        with LocalFederation(root, [], remote=superlink, remote_ca=root_certificates, remote_insecure=insecure) as fed:
+            fed.flwr_run(app_dir, None, _budget(config, timeouts))
+            return _result(out, root / "logs" / "flwr-run.log")
 
 
-def _run_flwr(fed: LocalFederation, app_dir: Path, home: Path, budget: float) -> subprocess.CompletedProcess:
-    assert home == fed.flwr_home, "FLWR_HOME must be the federation's"
-    flower_bin("flwr")
-    return fed.flwr_run(app_dir, None, budget)
-
-
-__all__ = ["CONNECTION", "Timeouts", "deploy_local", "deploy_remote", "node_clients"]
+__all__ = ["Timeouts", "deploy_local", "deploy_remote", "node_clients"]

@@ -90,13 +90,14 @@ def write_app_dir(directory: Path, run_config: Mapping[str, RunConfigValue]) -> 
     return directory
 
 
-def write_flwr_home(home: Path, address: str, ca_cert: Path | None) -> Path:
-    """`$FLWR_HOME/config.toml` with one connection, CONNECTION, to `address` (TLS iff `ca_cert`)."""
+def write_flwr_home(home: Path, address: str, ca_cert: Path | None, insecure: bool = False) -> Path:
+    """`$FLWR_HOME/config.toml` with one connection, CONNECTION, to `address`: plain HTTP if `insecure`,
+    else TLS verified with `ca_cert` (or, without it, the system's trust store)."""
     home.mkdir(parents=True, exist_ok=True)
     conn: dict[str, RunConfigValue] = {"address": address}
-    if ca_cert is None:
+    if insecure:
         conn["insecure"] = True
-    else:
+    elif ca_cert is not None:
         conn["root-certificates"] = str(ca_cert)
     (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
     return home
@@ -171,10 +172,13 @@ class LocalFederation:
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     superlink_port: int = 0
     processes: dict[str, Process] = field(default_factory=dict)
+    remote: str = ""  # HOST:PORT of a SuperLink started elsewhere: start() then starts nothing
+    remote_ca: Path | None = None
+    remote_insecure: bool = False
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.superlink_port}"
+        return self.remote or f"127.0.0.1:{self.superlink_port}"
 
     @property
     def flwr_home(self) -> Path:
@@ -214,8 +218,11 @@ class LocalFederation:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.remote:
+            write_flwr_home(self.flwr_home, self.remote, self.remote_ca, self.remote_insecure)
+            return
         self.superlink_port = free_port()
-        write_flwr_home(self.flwr_home, self.address, self.tls.ca_cert if self.tls else None)
+        write_flwr_home(self.flwr_home, self.address, self.tls.ca_cert if self.tls else None, self.tls is None)
         args = [flower_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
                 "--disable-runtime-dependency-installation"]
         if self.tls:

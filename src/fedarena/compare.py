@@ -29,6 +29,7 @@ from fedarena.data import load_federated
 from fedarena.data.heterogeneity import summarize
 from fedarena.forget import probe
 from fedarena.forget.store import Recorder
+from fedarena.privacy import round as private_round
 from fedarena.report.measures import aggregate
 from fedarena.sim.engine import AlgorithmRun, run_algorithm, select_new_clients, storage_bytes
 from fedarena.tasks import make_task
@@ -115,19 +116,31 @@ def prepare(config: cfg.Config) -> Prepared:
     return Prepared(data, task, new_clients)
 
 
+def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
+    """The run's privacy/round.Privacy for `algo` (None when off or not applicable)."""
+    training = p.data.num_clients - len(p.new_clients)
+    max_weight = max(p.data.train_offsets[i + 1] - p.data.train_offsets[i] for i in range(p.data.num_clients))
+    return private_round.Privacy.build(config.privacy, algo, training, config.train.clients_per_round,
+                                       config.run.seed, max_weight)
+
+
 def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:
     p = prepare(config)
     t = config.train
     runs: dict[str, tuple[Any, AlgorithmRun]] = {}
+    for name in config.run.algorithms:  # refuse impossible privacy settings before any training
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model.norm == "bn")
     for name in config.run.algorithms:
         algo = cfg.hyperparameters(config, name)
         log.info("training %s", name)
-        recorder = Recorder(config.forget.keep, p.data.client_ids)
+        privacy = privacy_for(config, algo, p)
+        # under secure aggregation the server never sees single updates: keep no update norms
+        recorder = Recorder(config.forget.keep, p.data.client_ids, updates_visible=not config.privacy.secagg)
         run = run_algorithm(
             algo, p.task, p.data, rounds=t.rounds, clients_per_round=t.clients_per_round,
             eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=p.new_clients,
             on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, record=recorder,
-            on_start=recorder.start,
+            on_start=recorder.start, privacy=privacy,
         )
         run.kept = recorder.all_files()
         runs[name] = algo, run
@@ -160,6 +173,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
             "round": e.round, "global_acc": e.global_acc, "personal_acc_mean": e.personal_acc_mean,
             "personal_acc_std": e.personal_acc_std, "personal_acc_worst10": e.personal_acc_worst10,
             "bytes_cumulative": cumulative[e.round - 1], "train_seconds": run.train_seconds[e.round - 1],
+            "epsilon": _finite(run.privacy.epsilon(e.round)) if run.privacy else None,
         })
     return {
         "algorithm": name,
@@ -188,9 +202,13 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
         "storage_bytes_per_client": storage_bytes(run.states),
         "forget_kept_bytes": sum(len(b) for b in run.kept.values()),
         "history": history,
-        "privacy": None,
+        "privacy": run.privacy.summary(rounds) if run.privacy else None,
         "new_clients": run.new_clients,
     }
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isinf(x) else x
 
 
 def build_summary(config: cfg.Config, trained: list[Trained], target: float) -> dict[str, Any]:

@@ -90,6 +90,25 @@ class ForgetConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Secure aggregation and differential privacy (src/fedarena/privacy/round.py); all off by default."""
+
+    dp_clip: float = 0.0  # C: L2 clip of each client update; 0 = DP off
+    dp_noise: float = 0.0  # z: noise multiplier (std = z * C)
+    dp_delta: float = 1e-5
+    dp_mode: str = "central"  # central (trusted server adds noise) | local (each client adds noise)
+    target_epsilon: float | None = None  # stop before the first round that would exceed it
+    sampling: str = "poisson"  # poisson (DP-FedAvg) | fixed (clients_per_round each round)
+    accountant: str = "rdp"  # rdp | pld (dp-accounting)
+    secure_noise: bool = False  # True: noise from the OS's secure generator; False: seeded (simulation only)
+    secagg: bool = False
+    secagg_threshold: int = 0  # t of n survivors needed; 0 = n // 2 + 1
+    secagg_neighbours: int = 0  # SecAgg+ graph degree k (even); 0 = complete graph (SecAgg)
+    secagg_bits: int = 32  # modulus 2^bits of the masked sum
+    secagg_clip: float = 10.0  # fixed-point range of each update coordinate (values beyond are clipped)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -97,6 +116,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass)
     algorithms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -259,6 +279,28 @@ def validate(config: Config) -> Config:
         (r.seeds >= 1, f"run.seeds must be >= 1, got {r.seeds}"),
         (r.engine in ENGINES, f"unknown engine '{r.engine}'; valid: {', '.join(ENGINES)}"),
         (len(r.algorithms) >= 1, "run.algorithms must name at least one algorithm"),
+        (config.privacy.dp_clip >= 0 and config.privacy.dp_noise >= 0,
+         "privacy.dp_clip and privacy.dp_noise must be >= 0"),
+        (config.privacy.dp_clip > 0 or config.privacy.dp_noise == 0,
+         "privacy.dp_noise needs privacy.dp_clip > 0 (the noise is calibrated to the clip)"),
+        (0 < config.privacy.dp_delta < 1, f"privacy.dp_delta must be in (0, 1), got {config.privacy.dp_delta}"),
+        (config.privacy.dp_mode in ("central", "local"), "privacy.dp_mode must be central or local"),
+        (config.privacy.sampling in ("poisson", "fixed"), "privacy.sampling must be poisson or fixed"),
+        (config.privacy.accountant in ("rdp", "pld"), "privacy.accountant must be rdp or pld"),
+        (not (config.privacy.sampling == "fixed" and config.privacy.accountant == "pld"),
+         "privacy.accountant=pld cannot account fixed-size sampling; use rdp"),
+        (config.privacy.target_epsilon is None or config.privacy.target_epsilon > 0,
+         "privacy.target_epsilon must be > 0"),
+        (config.privacy.target_epsilon is None or config.privacy.dp_clip > 0,
+         "privacy.target_epsilon needs DP on (privacy.dp_clip > 0)"),
+        (not config.privacy.secagg or t.clients_per_round >= 3,
+         "privacy.secagg needs train.clients_per_round >= 3 (a sum of fewer reveals too much)"),
+        (config.privacy.secagg_bits in (16, 24, 32, 48, 64) or 8 <= config.privacy.secagg_bits <= 64,
+         "privacy.secagg_bits must be in [8, 64]"),
+        (config.privacy.secagg_clip > 0, "privacy.secagg_clip must be > 0"),
+        (config.privacy.secagg_neighbours >= 0 and config.privacy.secagg_neighbours % 2 == 0,
+         "privacy.secagg_neighbours must be an even number >= 0 (SecAgg+ Harary graph)"),
+        (config.privacy.secagg_threshold >= 0, "privacy.secagg_threshold must be >= 0"),
         (config.forget.keep in ("none", "server", "all"),
          f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
         (0 < config.forget.probe_fraction <= 1,

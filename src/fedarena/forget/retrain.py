@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fedarena.compare import privacy_for
 from fedarena.forget.source import Outcome, Source
 from fedarena.sim.engine import Checkpoint, run_algorithm
 
@@ -29,7 +30,7 @@ def retrain(src: Source, name: str, record: Any = None) -> Outcome:
     run = run_algorithm(
         algo, src.task, src.data, rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.rounds,
         seed=src.seed, engine=src.config.run.engine, exclude=[*src.forgotten, *src.held_out], resume=resume,
-        record=record, on_start=getattr(record, "start", None),
+        record=record, on_start=getattr(record, "start", None), privacy=privacy_for(src.config, algo, src.prepared),
     )
     return Outcome(
         server=run.server, states=run.states, rounds=t.rounds - start,

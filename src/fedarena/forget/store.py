@@ -58,6 +58,7 @@ class Recorder:
 
     keep: str
     client_ids: tuple[str, ...]
+    updates_visible: bool = True  # False under secure aggregation: single updates never reach the server
     files: dict[str, bytes] = field(default_factory=dict)
     norms: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -70,7 +71,15 @@ class Recorder:
         if self.keep == "none":
             return
         self.files[f"server-r{rnd:04d}.safetensors"] = encode_state(after, round=str(rnd))
-        self.norms[rnd] = {
+        if self.updates_visible:
+            self.norms[rnd] = self._norms(before, uploads)
+        if self.keep == "all":
+            for c, s in states.items():
+                if s.params or s.extra:
+                    self.files[f"client-{self.client_ids[c]}-r{rnd:04d}.safetensors"] = encode_state(s)
+
+    def _norms(self, before: ServerState, uploads: dict[int, Upload]) -> dict[str, Any]:
+        return {
             self.client_ids[c]: {
                 "weight": u.num_samples,
                 "norms": {k: float(torch.linalg.vector_norm((v - before.params[k]).double()))
@@ -78,14 +87,12 @@ class Recorder:
             }
             for c, u in sorted(uploads.items())
         }
-        if self.keep == "all":
-            for c, s in states.items():
-                if s.params or s.extra:
-                    self.files[f"client-{self.client_ids[c]}-r{rnd:04d}.safetensors"] = encode_state(s)
 
     def all_files(self) -> dict[str, bytes]:
         if self.keep == "none":
             return {}
+        if not self.updates_visible:
+            return dict(self.files)
         norms = json.dumps({str(r): v for r, v in sorted(self.norms.items())}, indent=1)
         return {**self.files, "norms.json": norms.encode()}
 

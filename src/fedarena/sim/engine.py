@@ -111,6 +111,7 @@ class AlgorithmRun:
     states: dict[int, ClientState] = field(default_factory=dict)
     wall_seconds: float = 0.0
     kept: dict[str, bytes] = field(default_factory=dict)  # what `fedarena forget` needs (forget/store.py)
+    privacy: Any = None  # privacy/round.Privacy of the run, or None
 
 
 class ReferenceExecutor:
@@ -264,6 +265,7 @@ def run_algorithm(
     runtime: Callable[..., Any] | None = None,
     resume: Checkpoint | None = None,
     on_start: Callable[[ServerState], None] | None = None,
+    privacy: Any = None,
     record: Callable[[int, ServerState, ServerState, dict[int, Upload], dict[int, ClientState]], None] | None = None,
 ) -> AlgorithmRun:
     """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring.
@@ -292,6 +294,8 @@ def run_algorithm(
     if resume is not None:
         server = resume.server
         clients.states.update({c: s for c, s in resume.states.items() if c in clients.states})
+    if privacy is not None:
+        rounds = privacy.rounds_allowed(rounds)
     if on_start and resume is None:
         on_start(server)
     train_time = 0.0
@@ -299,10 +303,13 @@ def run_algorithm(
         for rnd in range(1 if resume is None else resume.round + 1, rounds + 1):
             t0 = time.perf_counter()
             chosen = sample_clients(seed, rnd, clients.ids, clients_per_round)
+            if privacy is not None:
+                chosen = privacy.sample(rnd, clients.ids, chosen)
             uploads = clients.train(rnd, {c: algo.broadcast(server, c) for c in chosen})
             for c, upload in uploads.items():
                 out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
-            before, server = server, algo.aggregate(server, uploads)
+            before = server
+            server = privacy.aggregate(algo, server, uploads, rnd) if privacy else algo.aggregate(server, uploads)
             if record:
                 record(rnd, before, server, uploads, {c: clients.states[c] for c in uploads})
             train_time += time.perf_counter() - t0
@@ -320,7 +327,7 @@ def run_algorithm(
             out.new_clients = _onboarding(data, news, results, clients.onboard_bytes)
     finally:
         clients.close()
-    out.server, out.states = server, getattr(clients, "states", {})
+    out.server, out.states, out.privacy = server, getattr(clients, "states", {}), privacy
     out.engine = {"name": engine, **clients.summary()}
     out.wall_seconds = time.perf_counter() - start
     return out

@@ -1,0 +1,204 @@
+"""Privacy in the round loop: who is sampled, what the server learns of the uploads, and what it costs.
+
+One object per algorithm run (`Privacy.build`), called by the engine at three points:
+- `sample`: with DP and `sampling = "poisson"` every client takes part independently with probability
+  q = clients_per_round / N, drawn from its own (seed, round, client) key (McMahan et al., ICLR 2018, Alg. 1);
+- `rounds_allowed`: with `target_epsilon`, the run stops before the first round that would exceed it;
+- `aggregate`: replaces the algorithm's server step by what the server may see:
+  - central DP (DP-FedAvg, `dp.central_dp_mean`): each update (upload - server params) clipped to L2 norm
+    C, summed, N(0, (zC)^2) added, divided by the expected number of clients qN (fixed denominator);
+  - local DP (`dp.local_dp`): each client clips and noises its own update before it leaves;
+  - secure aggregation (`secagg.run_secagg`): clients send fixed-point encodings of (n_k * update, n_k) / W
+    (W = the largest client train size, a public bound) masked so that the server learns only the sum;
+    the weighted mean is sum / sum-of-weights, exactly FedAvg's up to the fixed-point resolution.
+  The result reaches the algorithm's own `aggregate` as one upload holding the new mean, so every algorithm
+  whose server step is FedAvg's weighted mean (`core.algorithm.averages_uploads`) — the shared part of
+  personalized ones included — works unchanged; others are refused at configuration time.
+Personal keys are never uploaded, so they are neither masked nor noised: they never leave the client.
+
+Central DP together with SecAgg needs integer (Skellam) noise added by the clients for the t survivors
+(Agarwal et al., NeurIPS 2021); `dp.py` and `accountant.py` implement the mechanism and its accounting, but it
+is not wired into this round yet, so the combination is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedarena.core.algorithm import averages_uploads
+from fedarena.core.rng import numpy_rng, torch_rng
+from fedarena.core.types import FedarenaError, Params, ServerState, Upload
+from fedarena.privacy import accountant as acc
+from fedarena.privacy import dp
+from fedarena.privacy.fixedpoint import FixedPoint
+from fedarena.privacy.secagg import run_secagg
+
+log = logging.getLogger(__name__)
+
+
+def check(settings: Any, algo: Any, model_has_bn: bool) -> None:
+    """Refuse, before any work, what cannot hold together (settings: config.PrivacyConfig)."""
+    if not enabled(settings):
+        return
+    if algo.federated and not averages_uploads(algo):
+        raise FedarenaError(
+            f"privacy (DP/secure aggregation) cannot be applied to {algo.name}: its server step is not a weighted "
+            "mean of uploaded models, so the server would need each client's update in the clear"
+        )
+    if settings.secagg and settings.dp_clip > 0 and settings.dp_mode == "central":
+        raise FedarenaError(
+            "central DP with secure aggregation needs client-side integer (Skellam) noise, which is not wired into "
+            "the engine yet: use privacy.dp_mode=local with secagg, or central DP without secagg"
+        )
+    if model_has_bn and algo.federated and algo.personal.patterns == ():
+        raise FedarenaError("privacy needs float parameters; model.norm=bn shares integer BatchNorm counters "
+                            "(use fedbn, which keeps them personal, or model.norm=none)")
+
+
+def enabled(settings: Any) -> bool:
+    return settings.dp_clip > 0 or settings.secagg
+
+
+@dataclass
+class Privacy:
+    settings: Any  # config.PrivacyConfig
+    population: int
+    per_round: int
+    seed: int
+    max_weight: int
+    accountant: acc.AccountantConfig | None = None
+    overhead: dict[str, float] = field(default_factory=lambda: {"up": 0, "down": 0, "seconds": 0.0, "rounds": 0})
+    participations: dict[int, int] = field(default_factory=dict)
+    secagg_summary: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, settings: Any, algo: Any, population: int, per_round: int, seed: int, max_weight: int) -> "Privacy | None":
+        if not enabled(settings) or not algo.federated or algo.personal.patterns == ("*",):
+            return None  # nothing is uploaded (local) or nothing is federated (centralized)
+        out = cls(settings, population, per_round, seed, max_weight)
+        if settings.dp_clip > 0 and settings.dp_mode == "central":
+            out.accountant = acc.AccountantConfig(
+                noise_multiplier=settings.dp_noise, delta=settings.dp_delta, population=population,
+                per_round=per_round, sampling=settings.sampling, accountant=settings.accountant)
+            warning = acc.check_delta(settings.dp_delta, population)
+            if warning:
+                log.warning("%s", warning)
+        return out
+
+    # ------------------------------------------------------------ the engine's three calls
+    def sample(self, rnd: int, clients: list[int], default: list[int]) -> list[int]:
+        if not (self.settings.dp_clip > 0 and self.settings.sampling == "poisson"):
+            return default
+        q = self.per_round / self.population  # fixed for the run: excluding a client changes no one else's draw
+        return [c for c in clients if numpy_rng(self.seed, "poisson-sample", rnd, c).random() < q]
+
+    def rounds_allowed(self, rounds: int) -> int:
+        target = self.settings.target_epsilon
+        if target is None or self.settings.dp_clip <= 0:
+            return rounds
+        if self.accountant is not None:
+            allowed = acc.Accountant(self.accountant).max_rounds(target, rounds)
+        else:  # local DP: a client's worst case takes part in every round
+            allowed = next((r for r in range(rounds, -1, -1)
+                            if r == 0 or acc.local_epsilon(self.settings.dp_noise, r, self.settings.dp_delta) <= target), 0)
+        if allowed < 1:
+            raise FedarenaError(f"privacy.target_epsilon={target} is exceeded by a single round at "
+                                f"dp_noise={self.settings.dp_noise}; raise the noise or the target")
+        if allowed < rounds:
+            log.warning("target epsilon %.3g reached: training stops after round %d of %d", target, allowed, rounds)
+        return allowed
+
+    def aggregate(self, algo: Any, server: ServerState, uploads: dict[int, Upload], rnd: int) -> ServerState:
+        ups = {c: u for c, u in uploads.items() if u.params}
+        if not ups:
+            return algo.aggregate(server, uploads)
+        for c in ups:
+            self.participations[c] = self.participations.get(c, 0) + 1
+        keys = sorted(next(iter(ups.values())).params)
+        ref = {k: server.params[k] for k in keys}
+        s = self.settings
+        noise = self._noise(rnd)
+        if s.dp_clip > 0 and s.dp_mode == "central":
+            mean = dp.central_dp_mean(ref, [u.params for u in ups.values()], s.dp_clip, s.dp_noise,
+                                      self.per_round, noise)
+            return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
+        deltas = {c: {k: u.params[k] - ref[k] for k in keys} for c, u in ups.items()}
+        if s.dp_clip > 0:  # local DP: each client noises its own update
+            deltas = {c: dp.local_dp(d, s.dp_clip, s.dp_noise, self._noise(rnd, c)) for c, d in deltas.items()}
+        if not s.secagg:
+            return algo.aggregate(server, {c: Upload(params={k: ref[k] + d[k] for k in keys}, num_samples=ups[c].num_samples)
+                                           for c, d in deltas.items()})
+        mean = self._secure_mean(ref, deltas, {c: u.num_samples for c, u in ups.items()}, rnd)
+        return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
+
+    # ------------------------------------------------------------ pieces
+    def _noise(self, rnd: int, client: int | None = None) -> Any:
+        if self.settings.secure_noise:
+            return dp.SecureNoise()
+        return dp.SeededNoise(torch_rng(self.seed, "dp-noise", rnd, *(() if client is None else (client,))))
+
+    def _secure_mean(self, ref: Params, deltas: dict[int, Params], weights: dict[int, int], rnd: int) -> Params:
+        s = self.settings
+        fp = FixedPoint.for_clients(len(deltas), max(s.secagg_clip, 1.0), s.secagg_bits)
+        vectors = {}
+        for c, d in deltas.items():
+            w = weights[c] / self.max_weight
+            flat = torch.cat([d[k].reshape(-1).double() for k in ref]) * w
+            vectors[c] = fp.encode(np.append(flat.numpy(), w))
+        threshold = s.secagg_threshold or len(deltas) // 2 + 1
+        neighbours = s.secagg_neighbours or None
+        start = time.perf_counter()
+        result = run_secagg(vectors, threshold=min(threshold, len(deltas)), bits=s.secagg_bits,
+                            neighbours=neighbours if neighbours and neighbours < len(deltas) - 1 else None,
+                            round_id=rnd)
+        self.overhead["seconds"] += time.perf_counter() - start
+        self.overhead["up"] += sum(b.overhead_up for b in result.bytes_per_client.values())
+        self.overhead["down"] += sum(b.overhead_down for b in result.bytes_per_client.values())
+        self.overhead["rounds"] += 1
+        self.secagg_summary = result.summary()
+        total = fp.decode(result.sum)
+        mean = torch.from_numpy(total[:-1] / total[-1])
+        out, i = {}, 0
+        for k, v in ref.items():
+            out[k] = (v.double() + mean[i : i + v.numel()].reshape(v.shape)).to(v.dtype)
+            i += v.numel()
+        return out
+
+    # ------------------------------------------------------------ reporting
+    def epsilon(self, rounds: int) -> float | None:
+        s = self.settings
+        if s.dp_clip <= 0:
+            return None
+        if s.dp_noise == 0:
+            return math.inf
+        if self.accountant is not None:
+            return acc.epsilon_for(self.accountant, rounds)
+        most = max(self.participations.values(), default=0)
+        return acc.local_epsilon(s.dp_noise, most, s.dp_delta) if most else 0.0
+
+    def summary(self, rounds: int) -> dict[str, Any]:
+        s = self.settings
+        eps = self.epsilon(rounds)
+        return {
+            "secagg": self.secagg_summary | {"threshold": s.secagg_threshold or "n//2+1",
+                                              "overhead_bytes_per_round": (self.overhead["up"] + self.overhead["down"])
+                                              / max(1, self.overhead["rounds"]),
+                                              "seconds_per_round": self.overhead["seconds"] / max(1, self.overhead["rounds"])}
+            if s.secagg and self.secagg_summary else ({"rounds": 0} if s.secagg else None),
+            "dp_mode": s.dp_mode if s.dp_clip > 0 else None,
+            "clip": s.dp_clip if s.dp_clip > 0 else None,
+            "noise_multiplier": s.dp_noise if s.dp_clip > 0 else None,
+            "delta": s.dp_delta if s.dp_clip > 0 else None,
+            "epsilon": None if eps is None or math.isinf(eps) else eps,
+            "accountant": (s.accountant if self.accountant else "local-gaussian per client") if s.dp_clip > 0 else None,
+            "sampling": (s.sampling if s.dp_clip > 0 else "fixed"),
+            "noise_source": "os-secure" if s.secure_noise else "seeded (simulation only)",
+            "rounds": rounds,
+        }

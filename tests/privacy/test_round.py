@@ -1,0 +1,98 @@
+"""Privacy in the round loop: secure aggregation gives FedAvg's aggregate, DP-FedAvg's server step and
+accounting, the target-epsilon stop, and refusals of what cannot hold together."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from fedarena import config as cfg
+from fedarena.algorithms import REGISTRY
+from fedarena.compare import prepare, run_compare
+from fedarena.core.types import FedarenaError, ServerState, Upload
+from fedarena.privacy import accountant as acc
+from fedarena.privacy.round import Privacy, check
+from fedarena.sim.engine import run_algorithm
+
+N, PER_ROUND, ROUNDS = 12, 4, 3
+
+
+def make_config(**privacy):
+    return cfg.build(None, {
+        "data": {"name": "digits", "partition": "dirichlet", "alpha": 0.5, "num_clients": N},
+        "train": {"rounds": ROUNDS, "clients_per_round": PER_ROUND}, "model": {"name": "mlp", "hidden": 16},
+        "run": {"algorithms": "fedavg", "seed": 5, "engine": "reference"}, "privacy": privacy}, [])
+
+
+def train(name, config):
+    p = prepare(config)
+    algo = REGISTRY[name]()
+    size = max(p.data.train_offsets[i + 1] - p.data.train_offsets[i] for i in range(N))
+    privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, config.run.seed, size)
+    return run_algorithm(algo, p.task, p.data, rounds=ROUNDS, clients_per_round=PER_ROUND, eval_every=ROUNDS,
+                         seed=config.run.seed, privacy=privacy)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedper"])
+def test_secure_aggregation_gives_the_plain_aggregate(name):
+    plain, masked = train(name, make_config()), train(name, make_config(secagg=True))
+    for k, v in plain.server.params.items():
+        assert torch.allclose(v, masked.server.params[k], atol=1e-5), k
+    info = masked.privacy.summary(ROUNDS)["secagg"]
+    assert info["survivors"] == PER_ROUND and info["seeded_test_mode"] is False
+    shared = sum(v.numel() for v in masked.server.params.values())
+    # only shared keys (+ the weight) are masked: 4 bytes each with a 32-bit modulus, plus a small header
+    assert 4 * (shared + 1) * PER_ROUND <= info["masked_up_bytes"] <= 2 * 4 * (shared + 1) * PER_ROUND
+    if name == "fedper":
+        assert not any(k.startswith("head") for k in masked.server.params)
+
+
+def test_central_dp_is_the_fixed_denominator_mean_of_clipped_updates():
+    config = make_config(dp_clip=1.0, dp_noise=0.0, sampling="fixed")
+    algo = REGISTRY["fedavg"]()
+    privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, 0, 10)
+    ref = {"w": torch.zeros(2)}
+    ups = {0: Upload(params={"w": torch.tensor([3.0, 4.0])}, num_samples=5),  # norm 5 -> clipped to 1
+           1: Upload(params={"w": torch.tensor([0.3, 0.4])}, num_samples=50)}  # norm 0.5 -> kept
+    out = privacy.aggregate(algo, ServerState(params=ref), ups, 1)
+    assert torch.allclose(out.params["w"], torch.tensor([0.6 + 0.3, 0.8 + 0.4]) / PER_ROUND, atol=1e-6)
+
+
+def test_reported_epsilon_is_dp_accountings_and_the_target_stops_training(tmp_path):
+    config = make_config(dp_clip=1.0, dp_noise=1.0)
+    summary = run_compare(config, tmp_path / "a")
+    got = summary["runs"][0]["privacy"]
+    direct = acc.epsilon(1.0, population=N, per_round=PER_ROUND, rounds=ROUNDS, delta=1e-5)
+    assert got["epsilon"] == direct and got["accountant"] == "rdp" and got["sampling"] == "poisson"
+    assert summary["runs"][0]["history"][-1]["epsilon"] == direct
+    target = acc.epsilon(1.0, population=N, per_round=PER_ROUND, rounds=2, delta=1e-5) * 1.001
+    limited = run_compare(make_config(dp_clip=1.0, dp_noise=1.0, target_epsilon=target), tmp_path / "b")
+    run = limited["runs"][0]
+    assert run["rounds"] == 2 and run["privacy"]["epsilon"] <= target
+
+
+def test_poisson_sampling_is_per_client_and_seeded():
+    config = make_config(dp_clip=1.0, dp_noise=1.0)
+    privacy = Privacy.build(config.privacy, REGISTRY["fedavg"](), N, PER_ROUND, 3, 10)
+    picks = [privacy.sample(r, list(range(N)), []) for r in range(1, 200)]
+    assert picks[0] == privacy.sample(1, list(range(N)), [])
+    assert privacy.sample(1, [c for c in range(N) if c != 4], []) == [c for c in picks[0] if c != 4]
+    assert abs(sum(map(len, picks)) / len(picks) - PER_ROUND) < 0.5  # E|S| = qN
+
+
+@pytest.mark.parametrize("name, settings, message", [
+    ("scaffold", {"dp_clip": 1.0, "dp_noise": 1.0}, "not a weighted mean"),
+    ("fedadam", {"secagg": True}, "not a weighted mean"),
+    ("fedavg", {"secagg": True, "dp_clip": 1.0, "dp_noise": 1.0}, "Skellam"),
+])
+def test_impossible_combinations_are_refused(name, settings, message):
+    config = make_config(**settings)
+    with pytest.raises(FedarenaError, match=message):
+        check(config.privacy, REGISTRY[name](), False)
+
+
+def test_bad_privacy_settings_are_refused():
+    for bad in ({"dp_noise": 1.0}, {"dp_clip": 1.0, "sampling": "fixed", "accountant": "pld"},
+                {"secagg": True, "secagg_neighbours": 3}, {"target_epsilon": 1.0}):
+        with pytest.raises(FedarenaError, match="privacy"):
+            make_config(**bad)

@@ -67,6 +67,10 @@ def test_retrain_equals_a_fresh_run_without_the_client(run_dir):
             assert torch.equal(fresh.server.params[k], outcome.server.params[k]), (name, k)
         for k in fresh.server.extra:
             assert torch.equal(fresh.server.extra[k], outcome.server.extra[k]), (name, k)
+        original = run_algorithm(src.algo(name), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+                                 eval_every=ROUNDS, seed=config.run.seed, engine="reference")
+        # nobody else's participation changes: the run that never had the client
+        assert fresh.sampled == [[c for c in chosen if c != late] for chosen in original.sampled]
         for c, state in fresh.states.items():
             assert all(torch.equal(v, outcome.states[c].params[k]) for k, v in state.params.items()), (name, c)
 

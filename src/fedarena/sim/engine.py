@@ -283,7 +283,8 @@ def run_algorithm(
     full = initial if initial is not None else task.init_params(torch_rng(seed, "init"))
     server = algo.init_server(split(full, algo.personal)[0])
     held_out = set(new_clients)
-    training = [c for c in range(data.num_clients) if c not in held_out and c not in set(exclude)]
+    eligible = [c for c in range(data.num_clients) if c not in held_out]
+    training = [c for c in eligible if c not in set(exclude)]
     out = AlgorithmRun()
     if runtime is None:
         execute = EXECUTORS[engine](task, algo.name)
@@ -302,7 +303,10 @@ def run_algorithm(
     try:
         for rnd in range(1 if resume is None else resume.round + 1, rounds + 1):
             t0 = time.perf_counter()
-            chosen = sample_clients(seed, rnd, clients.ids, clients_per_round)
+            # ranked over every eligible client, excluded ones dropped after: excluding a client changes
+            # no other client's participation (the run that never had it)
+            ranked = clients.ids if clients.pooled else eligible
+            chosen = sample_clients(seed, rnd, ranked, clients_per_round, exclude=() if clients.pooled else exclude)
             if privacy is not None:
                 chosen = privacy.sample(rnd, clients.ids, chosen)
             uploads = clients.train(rnd, {c: algo.broadcast(server, c) for c in chosen})

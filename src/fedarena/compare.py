@@ -253,19 +253,21 @@ def _metrics_table(trained: list[Trained]) -> pa.Table:
     for t in trained:
         for name, (algo, run) in t.runs.items():
             evals = {e.round: e for e in run.evaluations}
-            clients = run.evaluations[-1].clients  # the training clients
+            clients = sorted({c for e in run.evaluations for c in e.clients})  # every evaluated training client
             for rnd, chosen in enumerate(run.sampled, start=1):
                 picked = set(chosen)
                 e = evals.get(rnd)
-                for i, c in enumerate(clients):
+                index = {c: i for i, c in enumerate(e.clients)} if e else {}
+                for c in clients:
+                    i = index.get(c)
                     cols["algorithm"].append(name)
                     cols["seed"].append(t.seed)
                     cols["round"].append(rnd)
                     cols["client"].append(t.data.client_ids[c])
                     cols["sampled"].append(c in picked)
                     cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
-                    cols["test_acc"].append(e.per_client_acc[i] if e else None)
-                    cols["test_loss"].append(e.per_client_loss[i] if e else None)
+                    cols["test_acc"].append(e.per_client_acc[i] if i is not None else None)
+                    cols["test_loss"].append(e.per_client_loss[i] if i is not None else None)
                     cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
                     cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
     return pa.table(cols)

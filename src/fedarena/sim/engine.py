@@ -343,6 +343,14 @@ def _accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
 
 
 def _evaluation(rnd: int, clients: list[int], results: dict[int, ClientEval], has_global: bool) -> Evaluation:
+    """Over the clients that answered (all of them in this process; a deployment may lose some)."""
+    missing = [c for c in clients if c not in results]
+    if missing:
+        log.warning("round %d: %d of %d clients did not answer the evaluation; evaluated over the others",
+                    rnd, len(missing), len(clients))
+    clients = [c for c in clients if c in results]
+    if not clients:
+        raise FedarenaError(f"round {rnd}: no client answered the evaluation")
     r = [results[c] for c in clients]
     sizes = [e.num_test for e in r]
     global_accs = [e.global_acc for e in r] if has_global else None

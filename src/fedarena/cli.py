@@ -236,6 +236,9 @@ def sweep(
         None, "--cells", help="Comma-separated grid, e.g. iid,dirichlet-0.1,shards-2 (default: Dirichlet "
                               "0.05/0.1/0.3/1/10, IID, shards 2/5)."),
     quick: bool = typer.Option(False, "--quick", help="Small grid (dirichlet-0.1, iid, shards-2) and 2 seeds."),
+    epsilons: Optional[str] = typer.Option(
+        None, "--epsilons", help="Privacy sweep instead: comma-separated DP budgets, e.g. 1,3,8,inf "
+                                 "(central DP-FedAvg, noise chosen per budget; any --data)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (default 3)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
     clients: Optional[int] = typer.Option(None, "--clients"),
@@ -259,6 +262,8 @@ def sweep(
                       seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS)),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
+    if epsilons:
+        return _privacy_sweep(conf, epsilons, out_dir)
     names = cells.split(",") if cells else (sw.QUICK_CELLS if quick else sw.DEFAULT_CELLS)
     grid = [_guard(sw.Cell.parse, n) for n in names]
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
@@ -273,6 +278,25 @@ def sweep(
     out.print(f"ideal data similarity: {result['data_similarity_verdict']}; {result['crossover']['text']}",
               highlight=False, soft_wrap=True)
     out.print(f"sweep directory: {target} (report: {paths.html})", highlight=False, soft_wrap=True)
+
+
+def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path]) -> None:
+    import datetime as dt
+
+    from fedarena.report import privacy_sweep as ps
+    from fedarena.report.render import write_privacy_sweep_report
+
+    budgets = [_guard(ps.parse_epsilon, e) for e in epsilons.split(",") if e.strip()]
+    target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-privacy-sweep"
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bar = progress.add_task("privacy budgets", total=len(budgets) + 1)
+        result = _guard(ps.run_privacy_sweep, conf, budgets, target,
+                        lambda i, name, reused: progress.update(bar, completed=i + 1, description=name))
+    paths = _guard(write_privacy_sweep_report, result, target)
+    for line in ps.lines(result):
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"privacy sweep directory: {target} (report: {paths.html})", highlight=False, soft_wrap=True)
 
 
 @app.command("list")

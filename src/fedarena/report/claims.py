@@ -377,9 +377,21 @@ def _row_forgetting(c: _Ctx) -> Row:
 
 
 def _row_privacy(c: _Ctx) -> Row:
-    present = any(r.get("privacy") for rs in c.groups.values() for r in rs)
-    return _row("privacy", "not measured: the privacy block has no verdict rule in this version" if present
-                else "not measured: privacy was off in this run", Verdict.NOT_MEASURED)
+    """What this run measured under its privacy settings; the cost against no privacy needs the epsilon sweep."""
+    parts = []
+    for name in (c.sides.pfl, c.sides.glob):
+        p = c.groups[name][0].get("privacy")
+        if p:
+            eps = "n/a" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
+            what = ", ".join(x for x in (
+                "SecAgg" if p["secagg"] else "", f"{p['dp_mode']} DP eps {eps} (delta {p['delta']:g})" if p["dp_mode"] else ""
+            ) if x)
+            parts.append(f"{name} {pct(m.over_seeds(c.groups[name], m.acc_mean).mean)} under {what}")
+    if not parts:
+        return _row("privacy", "not measured: privacy was off in this run (fedarena sweep --epsilons 1,3,8,inf "
+                    "measures what DP costs each family)", Verdict.NOT_MEASURED)
+    return _row("privacy", "; ".join(parts), Verdict.NOT_MEASURED,
+                "the cost against no privacy is measured by fedarena sweep --epsilons (privacy_sweep.md)")
 
 
 ROWS: tuple[Callable[[_Ctx], Row], ...] = (

@@ -6,6 +6,8 @@ With several seeds, curves are the mean over seeds per evaluated round and per-c
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -169,6 +171,20 @@ def crossover(cells: list[dict[str, Any]]) -> go.Figure:
                              textposition="top center",
                              hovertemplate="%{text}: JS %{x:.2f}, gain %{y:+.1%}<extra></extra>"))
     fig.add_hline(y=0, line_dash="dash", line_color="grey")
+    return fig
+
+
+def accuracy_vs_epsilon(cells: list[dict[str, Any]]) -> go.Figure:
+    """Privacy sweep: mean per-client accuracy of each algorithm against the DP budget (no DP at the right)."""
+    cells = sorted(cells, key=lambda c: math.inf if c["epsilon_target"] is None else c["epsilon_target"])
+    labels = ["no DP" if c["epsilon_target"] is None else f"\u03b5 \u2264 {c['epsilon_target']:g}" for c in cells]
+    fig = _figure("Accuracy against the privacy budget (central DP-FedAvg)", "privacy budget",
+                  "mean per-client accuracy", yaxis_tickformat=".0%")
+    for name in cells[0]["algorithms"]:
+        a = [c["algorithms"][name] for c in cells]
+        fig.add_trace(go.Scatter(x=labels, y=[v["personal_acc_mean"] for v in a], mode="lines+markers",
+                                 name=f"{name} ({a[0]['family']})",
+                                 hovertemplate=f"{name}: %{{y:.1%}} at %{{x}}<extra></extra>"))
     return fig
 
 

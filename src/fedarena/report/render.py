@@ -209,6 +209,27 @@ def sweep_lines(result: dict[str, Any]) -> list[str]:
             + ("  (reused)" if c["reused"] else "") for c in result["cells"]]
 
 
+def write_privacy_sweep_report(result: dict[str, Any], out_dir: Path) -> ReportPaths:
+    """privacy_sweep.html (accuracy against the privacy budget, per algorithm) and privacy_sweep.md."""
+    from fedarena.report.plots import accuracy_vs_epsilon
+    from fedarena.report.privacy_sweep import lines
+
+    plot = accuracy_vs_epsilon(result["cells"]).to_html(full_html=True, include_plotlyjs=True,
+                                                       div_id="plot-epsilon", config=PLOT_CONFIG)
+    text = lines(result)
+    markdown = "\n".join([
+        "# fedarena privacy sweep: what the same DP budget costs each family", "",
+        f"{result['population']} clients, {result['clients_per_round']} per round (Poisson), {result['rounds']} rounds, "
+        f"clip {result['clip']}, delta {result['delta']}; central DP-FedAvg, noise chosen per budget.", "",
+        f"Claim \u201cthe same privacy protection costs pFL less accuracy\u201d: **{result['cost']['verdict']}**.", "",
+        "```", *text, "```", "",
+    ])
+    paths = ReportPaths(out_dir / "privacy_sweep.html", out_dir / "privacy_sweep.md")
+    _write_atomic(paths.html, plot)
+    _write_atomic(paths.markdown, markdown)
+    return paths
+
+
 def write_sweep_report(result: dict[str, Any], out_dir: Path) -> ReportPaths:
     """sweep.html (the crossover plot and the cells) and sweep.md for a sweep result."""
     plot = crossover(result["cells"]).to_html(full_html=False, include_plotlyjs=False, div_id="plot-crossover",

@@ -1,0 +1,166 @@
+"""`fedarena sweep --epsilons 1,3,8,inf`: the same comparison at several privacy budgets, to measure what
+the same protection costs each family (the report's "privacy cost" row).
+
+Each budget is one cell, an ordinary comparison with central DP-FedAvg (privacy/round.py) whose noise
+multiplier z is chosen with the accountant so that the run ends at exactly that epsilon (the largest
+epsilon <= the target over `train.rounds` rounds, Poisson sampling of clients_per_round / N, `privacy.dp_delta`);
+`inf` is the same comparison without DP. Cells are written to `OUT/cells/eps-<e>/` and reused when rerun
+with the same config, like the heterogeneity sweep. Personalized algorithms privatize only their shared
+part; their personal part never leaves the client (and gets no noise), so the cost may differ by family.
+
+PRIVACY_RULE turns the measured losses into a verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from fedarena import config as cfg
+from fedarena.core.types import FedarenaError
+from fedarena.privacy import accountant as acc
+from fedarena.report import measures as m
+from fedarena.report.claims import choose_sides
+from fedarena.report.sweep import _run_cell
+
+PRIVACY_RULE = (
+    "at each finite epsilon, loss = accuracy without DP minus accuracy with DP (mean per-client accuracy, best pFL "
+    "and best global algorithm chosen in the no-DP cell); the claim 'the same protection costs pFL less' holds "
+    "when pFL's loss is smaller at every budget, does not hold when it is larger at every budget, partly otherwise"
+)
+DEFAULT_EPSILONS = ("1", "3", "8", "inf")
+
+
+def parse_epsilon(text: str) -> float:
+    t = text.strip().lower()
+    if t in ("inf", "infinity"):
+        return math.inf
+    try:
+        value = float(t)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise FedarenaError(f"bad privacy budget '{text}'; expected a number > 0 or inf")
+    return value
+
+
+def noise_for(epsilon: float, population: int, per_round: int, rounds: int, privacy: Any) -> float:
+    """The smallest noise multiplier z (to 1e-4 relative) whose epsilon after `rounds` is <= `epsilon`."""
+    def eps(z: float) -> float:
+        return acc.epsilon(z, population=population, per_round=per_round, rounds=rounds, delta=privacy.dp_delta,
+                           sampling=privacy.sampling, accountant=privacy.accountant)
+
+    lo, hi = 0.05, 1.0
+    while eps(hi) > epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise FedarenaError(f"no noise multiplier reaches epsilon {epsilon} in {rounds} rounds")
+    while hi - lo > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if eps(mid) <= epsilon else (mid, hi)
+    return hi
+
+
+def _label(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def cell_config(base: cfg.Config, epsilon: float, population: int) -> cfg.Config:
+    p = base.privacy
+    if math.isinf(epsilon):
+        privacy = dataclasses.replace(p, dp_clip=0.0, dp_noise=0.0, target_epsilon=None)
+    else:
+        clip = p.dp_clip or 1.0
+        z = noise_for(epsilon, population, base.train.clients_per_round, base.train.rounds, p)
+        privacy = dataclasses.replace(p, dp_clip=clip, dp_noise=round(z, 6), dp_mode="central", target_epsilon=None)
+    return cfg.validate(dataclasses.replace(base, privacy=privacy))
+
+
+def cell_result(epsilon: float, summary: dict[str, Any], run_dir: str, reused: bool) -> dict[str, Any]:
+    groups = m.by_algorithm(summary)
+    algos = {}
+    for name, runs in groups.items():
+        privacy = runs[0].get("privacy") or {}
+        algos[name] = {
+            "family": runs[0]["family"],
+            "personal_acc_mean": m.over_seeds(runs, m.acc_mean).mean,
+            "personal_acc_worst10": m.over_seeds(runs, m.acc_worst10).mean,
+            "global_acc": m.over_seeds(runs, m.global_acc).mean,
+            "epsilon": privacy.get("epsilon"),
+            "noise_multiplier": privacy.get("noise_multiplier"),
+        }
+    return {"epsilon_target": None if math.isinf(epsilon) else epsilon, "cell": f"eps-{_label(epsilon)}",
+            "run_dir": run_dir, "reused": reused, "algorithms": algos}
+
+
+def privacy_cost(cells: list[dict[str, Any]], inf_summary: dict[str, Any]) -> dict[str, Any]:
+    """Per finite budget, each side's accuracy loss against the no-DP cell, and the verdict (PRIVACY_RULE)."""
+    sides = choose_sides(m.by_algorithm(inf_summary))
+    base = next(c for c in cells if c["epsilon_target"] is None)["algorithms"]
+    rows, smaller = [], []
+    for c in sorted((c for c in cells if c["epsilon_target"] is not None), key=lambda c: c["epsilon_target"]):
+        loss = {side: base[name]["personal_acc_mean"] - c["algorithms"][name]["personal_acc_mean"]
+                for side, name in (("pfl", sides.pfl), ("global", sides.glob)) if name}
+        rows.append({"epsilon": c["epsilon_target"], **{f"{k}_loss": v for k, v in loss.items()}})
+        if len(loss) == 2:
+            smaller.append(loss["pfl"] < loss["global"])
+    verdict = ("not measured" if not smaller else "holds" if all(smaller)
+               else "does not hold" if not any(smaller) else "partly")
+    seeds = len(m.seeds(inf_summary))
+    if seeds < 2 and smaller:
+        verdict += " (one seed: no noise estimate; use --seeds)"
+    return {"pfl": sides.pfl, "global": sides.glob, "losses": rows, "verdict": verdict, "rule": PRIVACY_RULE}
+
+
+def run_privacy_sweep(base: cfg.Config, epsilons: list[float], out: Path,
+                      on_cell: Callable[[int, str, bool], None] | None = None) -> dict[str, Any]:
+    """Run (or reuse) one comparison per budget into `out/cells/`, write `out/privacy_sweep.json`."""
+    from fedarena.compare import prepare
+
+    if base.privacy.secagg:
+        raise FedarenaError("the epsilon sweep uses central DP, which cannot be combined with --secagg yet")
+    if not any(math.isinf(e) for e in epsilons):
+        epsilons = [*epsilons, math.inf]  # the no-DP reference every loss is measured against
+    if len({_label(e) for e in epsilons}) != len(epsilons):
+        raise FedarenaError("a privacy budget is listed twice")
+    p = prepare(base)
+    population = p.data.num_clients - len(p.new_clients)
+    out.mkdir(parents=True, exist_ok=True)
+    cells, inf_summary = [], None
+    for i, eps in enumerate(sorted(epsilons)):
+        config = cell_config(base, eps, population)
+        summary, reused = _run_cell(config, out / "cells" / f"eps-{_label(eps)}", None)
+        cells.append(cell_result(eps, summary, f"cells/eps-{_label(eps)}", reused))
+        if math.isinf(eps):
+            inf_summary = summary
+        if on_cell:
+            on_cell(i, f"eps-{_label(eps)}", reused)
+    result = {"algorithms": list(base.run.algorithms), "population": population,
+              "clients_per_round": base.train.clients_per_round, "rounds": base.train.rounds,
+              "delta": base.privacy.dp_delta, "clip": base.privacy.dp_clip or 1.0, "cells": cells,
+              "cost": privacy_cost(cells, inf_summary)}
+    tmp = out / f".privacy_sweep.json.partial-{os.getpid()}"
+    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    tmp.replace(out / "privacy_sweep.json")
+    return result
+
+
+def lines(result: dict[str, Any]) -> list[str]:
+    """One line per (budget, algorithm) and the verdict, for the terminal and privacy_sweep.md."""
+    out = []
+    for c in result["cells"]:
+        label = "no DP" if c["epsilon_target"] is None else f"eps <= {c['epsilon_target']:g}"
+        for name, a in c["algorithms"].items():
+            z = "" if a["noise_multiplier"] is None else f" (z {a['noise_multiplier']:.3f}, eps {a['epsilon']:.2f})"
+            out.append(f"{label:>12}  {name:<12} {a['family']:<13} personal {100 * a['personal_acc_mean']:5.1f}%"
+                       f"  worst-10% {100 * a['personal_acc_worst10']:5.1f}%{z}")
+    cost = result["cost"]
+    for row in cost["losses"]:
+        out.append(f"eps <= {row['epsilon']:g}: {cost['pfl']} loses {100 * row.get('pfl_loss', float('nan')):+.1f} pp, "
+                   f"{cost['global']} loses {100 * row.get('global_loss', float('nan')):+.1f} pp")
+    out.append(f"'the same protection costs pFL less': {cost['verdict']} ({cost['rule']})")
+    return out

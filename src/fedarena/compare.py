@@ -73,6 +73,10 @@ def run_compare(
     """Run the comparison described by `config` for each of its `run.seeds` seeds, write the run
     directory `out`, return the summary. `on_round(algorithm, n)` counts rounds across seeds."""
     check_out_dir(out)
+    if config.run.engine == "flower-sim":  # Flower's simulation runtime: its ServerApp writes `out`
+        from fedarena.flower.simulation import simulate
+
+        return simulate(config, out)
     trained = []
     for i in range(config.run.seeds):
         seeded = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=config.run.seed + i))

@@ -24,7 +24,7 @@ from fedarena.core.types import FedarenaError
 DATASETS = ("digits", "synthetic", "npz-dir:PATH")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
 MODELS = ("mlr", "mlp", "cnn")
-ENGINES = ("reference", "vectorized")
+ENGINES = ("reference", "vectorized", "flower-sim")  # flower-sim: Flower's simulation runtime (Ray)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ A node loads only its own client's data, named by its node config (``flower-supe
 - ``state-dir="PATH"``: where the node keeps its clients' state (personal keys, control
   variates, ...) between rounds, as safetensors files per (run, seed, algorithm, client). State
   never leaves the node and survives a SuperNode restart.
+- a virtual SuperNode of Flower's simulation runtime (`--engine flower-sim`) has only
+  ``partition-id`` and ``num-partitions``: it serves client I (for npz-dir data, the I-th file stem
+  in sorted order) and keeps its state, as the same safetensors bytes, in the node's
+  ``context.state``, which the simulation runtime holds per virtual node between messages.
 - ``wire-log="PATH"`` (optional): a JSON line per message and direction with the fedarena payload
   bytes, Flower's record bytes and the bytes of Flower's serialized message objects;
   ``wire-capture="DIR"`` (optional) also stores those serialized objects for inspection.
@@ -30,18 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedarena import config as cfg
 from fedarena.core.codec import encode
 from fedarena.core.params import nbytes
 from fedarena.core.rng import torch_rng
-from fedarena.core.types import ClientData, FedarenaError
+from fedarena.core.types import ClientData, ClientState, FedarenaError
 from fedarena.flower import common, records
 from fedarena.sim.engine import evaluate_client, personal_model, train_client
 
 log = logging.getLogger(__name__)
+STATE_FIELD = "safetensors"  # a virtual node's state record holds the state's safetensors bytes here
 
 
 def wire_mod(msg: Message, context: Context, call_next: Any) -> Message:
@@ -89,6 +94,7 @@ class Node:
         self.config = common.with_seed(common.config_from_text(str(context.run_config["config"])),
                                        int(records.number(self.record, "seed")))
         self.node_config = context.node_config
+        self.context = context
         self.run_id = int(context.run_id)
         self.client_id, self.index, self.data, self.num_classes = self._load()
 
@@ -99,7 +105,7 @@ class Node:
 
             i = int(nc["partition-id"])
             if self.config.data.name.startswith("npz-dir:"):
-                raise FedarenaError("node config partition-id is for embedded datasets; npz-dir nodes need npz-dir and client")
+                return self._virtual_npz_node(i)
             fd = load_federated(self.config)
             if not 0 <= i < fd.num_clients:
                 raise FedarenaError(f"node config partition-id={i} is outside 0..{fd.num_clients - 1}")
@@ -112,6 +118,21 @@ class Node:
                                               min_test=d.min_test)
             return str(nc["client"]), -1, data, max_label + 1
         raise FedarenaError("node config needs partition-id=I (embedded data) or npz-dir=PATH and client=ID")
+
+    def _virtual_npz_node(self, i: int) -> tuple[str, int, ClientData, int]:
+        """A simulation node I on npz-dir data: the I-th client in sorted file-stem order."""
+        from fedarena.data.npz import load_npz_client
+        from fedarena.flower.deploy import node_clients
+
+        if "num-partitions" not in self.node_config:
+            raise FedarenaError("node config partition-id is for embedded datasets; npz-dir nodes need npz-dir and client")
+        stems = [str(n["client"]) for n in node_clients(self.config)]
+        if not 0 <= i < len(stems):
+            raise FedarenaError(f"node config partition-id={i} is outside 0..{len(stems) - 1}")
+        d = self.config.data
+        root = self.config.data.name.removeprefix("npz-dir:")
+        data, max_label = load_npz_client(str(Path(root).expanduser()), stems[i], min_train=d.min_train, min_test=d.min_test)
+        return stems[i], -1, data, max_label + 1
 
     def task(self):
         return common.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
@@ -126,12 +147,30 @@ class Node:
         return common.state_path(Path(str(self.node_config["state-dir"])), self.run_id, self.config.run.seed,
                                  str(self.record["algorithm"]), self.client_id)
 
+    def virtual(self) -> bool:
+        """A virtual SuperNode of the simulation runtime without a state directory."""
+        return "state-dir" not in self.node_config and "num-partitions" in self.node_config
+
+    def _state_key(self) -> str:
+        return f"fedarena-state-seed-{self.config.run.seed}-{self.record['algorithm']}"
+
     def state(self, algo: Any, task: Any):
         """The saved state, or the initial one (`init_client` of the run's initial model)."""
-        saved = common.load_state(self.state_file())
+        if self.virtual():
+            kept = self.context.state.get(self._state_key())
+            saved = common.state_from_bytes(kept[STATE_FIELD]) if isinstance(kept, ConfigRecord) else None
+        else:
+            saved = common.load_state(self.state_file())
         if saved is not None:
             return saved
         return algo.init_client(task.init_params(torch_rng(self.config.run.seed, "init")))
+
+    def save(self, state: ClientState) -> None:
+        """Keep the state on this node: its state directory, or a virtual node's `context.state`."""
+        if self.virtual():
+            self.context.state[self._state_key()] = ConfigRecord({STATE_FIELD: common.state_to_bytes(state)})
+        else:
+            common.save_state(self.state_file(), state)
 
 
 @app.query("describe")
@@ -155,7 +194,7 @@ def train(msg: Message, context: Context) -> Message:
     broadcast = records.decode_broadcast(records.payload(node.record))
     upload, state = train_client(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed,
                                  rnd, client)
-    common.save_state(node.state_file(), state)
+    node.save(state)
     log.info("client %s trained round %d", node.client_id, rnd)
     stored = nbytes(state.params) + nbytes(state.extra)
     return Message(records.content({"round": rnd, "client": client, "compute-s": time.perf_counter() - t0,

@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from fedarena import config as cfg
 from fedarena.core.types import SGD, ClientState, FedarenaError
@@ -60,13 +61,18 @@ def state_path(state_dir: Path, run_id: int, seed: int, algorithm: str, client_i
     return state_dir / f"run-{run_id}" / f"seed-{seed}" / algorithm / f"client-{client_id}.safetensors"
 
 
+def state_to_bytes(state: ClientState) -> bytes:
+    """A client state as safetensors bytes (`params/<key>`, `extra/<key>`)."""
+    tensors = {f"params/{k}": v.detach().contiguous() for k, v in state.params.items()}
+    tensors |= {f"extra/{k}": v.detach().contiguous() for k, v in state.extra.items()}
+    return save_bytes(tensors)
+
+
 def save_state(path: Path, state: ClientState) -> None:
     """Write the state atomically (a crash leaves the previous file), as safetensors."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"params/{k}": v.detach().contiguous() for k, v in state.params.items()}
-    tensors |= {f"extra/{k}": v.detach().contiguous() for k, v in state.extra.items()}
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file(tensors, tmp)
+    tmp.write_bytes(state_to_bytes(state))
     os.replace(tmp, path)
 
 
@@ -74,7 +80,12 @@ def load_state(path: Path) -> ClientState | None:
     """The saved state, or None when this client has none yet."""
     if not path.exists():
         return None
-    tensors = load_file(path)
+    return state_from_bytes(path.read_bytes())
+
+
+def state_from_bytes(data: bytes) -> ClientState:
+    """The inverse of `state_to_bytes` (safetensors only; nothing is unpickled)."""
+    tensors = load_bytes(data)
     params = {k[len("params/"):]: v for k, v in sorted(tensors.items()) if k.startswith("params/")}
     extra = {k[len("extra/"):]: v for k, v in sorted(tensors.items()) if k.startswith("extra/")}
     return ClientState(params=params, extra=extra)

@@ -175,6 +175,7 @@ class LocalFederation:
     remote: str = ""  # HOST:PORT of a SuperLink started elsewhere: start() then starts nothing
     remote_ca: Path | None = None
     remote_insecure: bool = False
+    simulation: bool = False  # the SuperLink runs Flower's simulation runtime (virtual SuperNodes, Ray)
 
     @property
     def address(self) -> str:
@@ -225,6 +226,8 @@ class LocalFederation:
         write_flwr_home(self.flwr_home, self.address, self.tls.ca_cert if self.tls else None, self.tls is None)
         args = [flower_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.superlink_port),
                 "--disable-runtime-dependency-installation"]
+        if self.simulation:
+            args.append("--simulation")
         if self.tls:
             args += ["--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
                      "--ssl-ca-certfile", str(self.tls.ca_cert)]
@@ -249,11 +252,15 @@ class LocalFederation:
         proc.signal(signal.SIGKILL)
         proc.popen.wait(timeout=10)
 
-    def flwr_run(self, app_dir: Path, overrides: Path | None, timeout: float) -> subprocess.CompletedProcess:
-        """`flwr run APP CONNECTION --stream` until the run ends; its output goes to logs/flwr-run.log."""
+    def flwr_run(self, app_dir: Path, overrides: Path | None, timeout: float,
+                 federation_config: str | None = None) -> subprocess.CompletedProcess:
+        """`flwr run APP CONNECTION --stream` until the run ends; its output goes to logs/flwr-run.log.
+        `federation_config` is `--federation-config` ('k=v ...', e.g. a simulation's num-supernodes)."""
         args = [flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
         if overrides is not None:
             args += ["--run-config", str(overrides)]
+        if federation_config is not None:
+            args += ["--federation-config", federation_config]
         proc = self._spawn("flwr-run", args)
         try:
             proc.popen.wait(timeout=timeout)

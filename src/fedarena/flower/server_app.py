@@ -50,6 +50,7 @@ class Settings:
     eval_timeout: float = 120.0
     start_timeout: float = 120.0
     poll: float = 0.05
+    engine: str = "flower"  # "flower-sim" on Flower's simulation runtime (virtual SuperNodes)
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any]) -> "Settings":
@@ -62,7 +63,7 @@ class Settings:
 
         return cls(config=get("config", str), out_dir=get("out-dir", str), expect_nodes=get("expect-nodes", int),
                    round_timeout=get("round-timeout", float, 60.0), eval_timeout=get("eval-timeout", float, 120.0),
-                   start_timeout=get("start-timeout", float, 120.0))
+                   start_timeout=get("start-timeout", float, 120.0), engine=get("engine", str, "flower"))
 
 
 @dataclass(frozen=True)
@@ -368,12 +369,12 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
             log.info("deploying %s (seed %d) on %d SuperNodes", name, seed, data.num_clients)
             runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
                                              eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime)
-            deployment[f"{name}/seed-{seed}"] = runs[name][1].engine
+            deployment[f"{name}/seed-{seed}"] = {**runs[name][1].engine, "train_seconds": list(runs[name][1].train_seconds)}
         trained.append(Trained(seed, data, runs))
     deployed = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))
     target = config.run.target if config.run.target is not None else auto_target(trained)
     summary = build_summary(deployed, trained, target)
-    summary["engine"] = "flower"
+    summary["engine"] = settings.engine
     summary["deployment"] = {"skipped": [n for n in config.run.algorithms if n not in names],
                              "num_supernodes": settings.expect_nodes}
     for run in summary["runs"]:  # the nodes keep the state; they report its size

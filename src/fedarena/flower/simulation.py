@@ -1,0 +1,107 @@
+"""`--engine flower-sim`: a comparison on Flower's simulation runtime (Ray backend), with the one
+generic ServerApp and ClientApp of `fedarena deploy`.
+
+Flower 1.42's documented path is used (``flwr.simulation.run_simulation`` is deprecated there and
+cannot hand the run config to the ClientApps): a SuperLink started with ``--simulation`` on a free
+loopback port, and ``flwr run APP CONNECTION --federation-config "num-supernodes=N ..."``. The
+SuperLink's simulation process runs the ServerApp (:mod:`fedarena.flower.server_app`, unchanged)
+and N virtual SuperNodes on Ray actors, one per client. A virtual node loads only its own client's
+data (node config ``partition-id``) and keeps its personal state in its ``context.state``, which
+the simulation runtime holds per node between messages (see :mod:`fedarena.flower.client_app`).
+The ServerApp writes the run directory of `compare` (summary.json with ``"engine": "flower-sim"``,
+metrics.parquet, config.toml, models/) plus deployment.json (per-exchange timings, per-round
+training seconds). `local` and `centralized` do not federate and are skipped with a logged note.
+
+Ray: each virtual client asks for ``client_cpus`` CPUs, so Ray runs ``num_cpus // client_cpus``
+actors at once. With ``num_cpus=None`` Ray decides (Flower passes no address to ``ray.init``): a
+fresh local instance with every CPU, or the cluster named by ``RAY_ADDRESS`` in the environment
+or started with ``ray start`` on this machine, which is how a multi-machine cluster is used (README,
+"Deploy on Flower"). Every started process (SuperLink, simulation process, Ray) carries the marker
+of :mod:`fedarena.flower.processes` and is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fedarena import config as cfg
+from fedarena.compare import check_out_dir
+from fedarena.core.types import FedarenaError
+from fedarena.flower import common
+from fedarena.flower.deploy import Timeouts, _budget, _result, node_clients, run_config
+from fedarena.flower.processes import LocalFederation, write_app_dir
+
+log = logging.getLogger(__name__)
+ENGINE = "flower-sim"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What Ray gives the simulation."""
+
+    client_cpus: int = 1  # CPUs one virtual client's ClientApp asks for (it trains with 1 torch thread)
+    num_cpus: int | None = None  # Ray's CPUs on this machine; None: Ray's default (all CPUs, or a cluster)
+
+
+def ray_missing() -> str | None:
+    """None when Ray is importable here, else why flower-sim cannot run."""
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install 'flwr[simulation]==1.42.0')"
+    return None
+
+
+def federation_config(num_nodes: int, resources: Resources) -> str:
+    """`flwr run --federation-config`: N virtual SuperNodes on the Ray backend."""
+    if resources.client_cpus < 1 or (resources.num_cpus is not None and resources.num_cpus < resources.client_cpus):
+        raise FedarenaError(f"flower-sim resources: client_cpus={resources.client_cpus} must be >= 1 and <= "
+                            f"num_cpus={resources.num_cpus}")
+    parts = [f"num-supernodes={num_nodes}", 'backend="ray"', f"client-resources-num-cpus={resources.client_cpus}",
+             "client-resources-num-gpus=0.0"]
+    if resources.num_cpus is not None:
+        parts.append(f"init-args-num-cpus={resources.num_cpus}")
+    return " ".join(parts)
+
+
+def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(), timeouts: Timeouts = Timeouts(),
+             workdir: Path | None = None, on_started: Callable[[LocalFederation], None] | None = None) -> dict[str, Any]:
+    """Run `config` on Flower's simulation runtime, one virtual SuperNode per client; writes the run
+    directory `out` and returns the summary.
+
+    `workdir` (default: a temporary directory, removed afterwards unless the run failed) holds
+    FLWR_HOME, the app and the logs; `on_started(federation)` is called once the SuperLink is up."""
+    check_out_dir(out)
+    reason = ray_missing()
+    if reason:
+        raise FedarenaError(f"--engine {ENGINE} cannot run: {reason}")
+    nodes = node_clients(config)
+    if config.train.clients_per_round > len(nodes):
+        raise FedarenaError(f"train.clients_per_round ({config.train.clients_per_round}) exceeds the {len(nodes)} clients")
+    for name in config.run.algorithms:
+        if not common.federates(cfg.hyperparameters(config, name)):
+            log.warning("%s is skipped on %s: it does not federate (nothing crosses the network)", name, ENGINE)
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-flower-sim-"))
+    app_dir = write_app_dir(root / "app", {**run_config(config, out, len(nodes), timeouts), "engine": ENGINE})
+    ok = False
+    try:
+        with LocalFederation(root, [], simulation=True, start_timeout=timeouts.start) as fed:
+            if on_started:
+                on_started(fed)
+            log.info("%s: %d virtual SuperNodes (%s)", ENGINE, len(nodes), federation_config(len(nodes), resources))
+            fed.flwr_run(app_dir, None, _budget(config, timeouts), federation_config(len(nodes), resources))
+            summary = _result(out, root / "logs" / "flwr-run.log")
+        ok = True
+        return summary
+    finally:
+        if ok and workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        elif not ok:
+            log.warning("%s files and logs kept in %s", ENGINE, root)
+
+
+__all__ = ["ENGINE", "Resources", "federation_config", "ray_missing", "simulate"]

@@ -16,6 +16,15 @@ One object per algorithm run (`Privacy.build`), called by the engine at three po
   personalized ones included — works unchanged; others are refused at configuration time.
 Personal keys are never uploaded, so they are neither masked nor noised: they never leave the client.
 
+Where the clients run elsewhere (the Flower deployment), the server must never hold a single update, so the
+engine calls `train_and_aggregate`: a runtime with ``protects_updates = True`` gets the round's `ClientPrivacy`
+and its clients apply `client_delta` (local DP) and `encode_update` (SecAgg) to their own updates with the
+same functions the simulation uses here; under SecAgg the runtime's `train_secure` returns only the protocol's
+`SecAggResult` (the modular sum of the survivors' encodings), which `_secure_result` decodes as in simulation.
+A round whose secure aggregation aborts (fewer than t survivors at some stage) leaves the server state as it
+was, is logged, and is counted in the summary (`secagg.aborted_rounds`); the clients that trained in it keep
+their local state, as any client whose reply is lost does.
+
 Central DP together with SecAgg needs integer (Skellam) noise added by the clients for the t survivors
 (Agarwal et al., NeurIPS 2021); `dp.py` and `accountant.py` implement the mechanism and its accounting, but it
 is not wired into this round yet, so the combination is refused with that reason.
@@ -34,11 +43,11 @@ import torch
 
 from fedarena.core.algorithm import averages_uploads
 from fedarena.core.rng import numpy_rng, torch_rng
-from fedarena.core.types import FedarenaError, Params, ServerState, Upload
+from fedarena.core.types import Broadcast, FedarenaError, Params, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
 from fedarena.privacy.fixedpoint import FixedPoint
-from fedarena.privacy.secagg import run_secagg
+from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run_secagg
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,53 @@ def enabled(settings: Any) -> bool:
     return settings.dp_clip > 0 or settings.secagg
 
 
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """What every client of one round does to its own update before it leaves (a deployment sends it along
+    with the broadcast): local DP (``dp_clip`` > 0) and/or SecAgg over ``clients`` participants."""
+
+    round: int
+    dp_clip: float  # local DP's C; 0: none
+    dp_noise: float
+    secagg: bool
+    clients: int  # n: the fixed-point capacity (the round's sampled clients)
+    max_weight: int  # W: the public bound on a client's train size n_k
+    fp_clip: float  # fixed-point range of each (weighted) update coordinate
+    bits: int
+    threshold: int
+    neighbours: int  # SecAgg+ degree k; 0: complete graph
+
+    def fixed_point(self) -> FixedPoint:
+        return FixedPoint.for_clients(self.clients, max(self.fp_clip, 1.0), self.bits)  # >= 1 for the weight entry
+
+    def secagg_config(self) -> SecAggConfig:
+        return SecAggConfig(self.threshold, self.bits, self.neighbours or None, self.round)
+
+
+def client_delta(ref: Params, params: Params, cp: ClientPrivacy, noise: Any) -> Params:
+    """A client's update params - ref over the uploaded keys, clipped and noised when local DP is on."""
+    delta = {k: params[k] - ref[k] for k in sorted(params)}
+    return dp.local_dp(delta, cp.dp_clip, cp.dp_noise, noise) if cp.dp_clip > 0 else delta
+
+
+def encode_update(delta: Params, num_samples: int, cp: ClientPrivacy) -> np.ndarray:
+    """The SecAgg input: fixed-point residues of (w * update, w), w = n_k / W, keys in sorted order."""
+    w = num_samples / cp.max_weight
+    flat = torch.cat([delta[k].reshape(-1).double() for k in sorted(delta)]) * w
+    return cp.fixed_point().encode(np.append(flat.numpy(), w))
+
+
+def mean_from_sum(ref: Params, total: np.ndarray) -> Params:
+    """ref + (decoded weighted sum) / (sum of weights), in ref's sorted key order and dtypes."""
+    mean = torch.from_numpy(total[:-1] / total[-1])
+    out, i = {}, 0
+    for k in sorted(ref):
+        v = ref[k]
+        out[k] = (v.double() + mean[i : i + v.numel()].reshape(v.shape)).to(v.dtype)
+        i += v.numel()
+    return out
+
+
 @dataclass
 class Privacy:
     settings: Any  # config.PrivacyConfig
@@ -77,6 +133,8 @@ class Privacy:
     overhead: dict[str, float] = field(default_factory=lambda: {"up": 0, "down": 0, "seconds": 0.0, "rounds": 0})
     participations: dict[int, int] = field(default_factory=dict)
     secagg_summary: dict[str, Any] | None = None
+    aborted: list[int] = field(default_factory=list)  # rounds whose secure aggregation aborted
+    transport: str = "in-process (simulated messages)"
 
     @classmethod
     def build(cls, settings: Any, algo: Any, population: int, per_round: int, seed: int, max_weight: int) -> "Privacy | None":
@@ -115,7 +173,48 @@ class Privacy:
             log.warning("target epsilon %.3g reached: training stops after round %d of %d", target, allowed, rounds)
         return allowed
 
-    def aggregate(self, algo: Any, server: ServerState, uploads: dict[int, Upload], rnd: int) -> ServerState:
+    def train_and_aggregate(self, algo: Any, server: ServerState, clients: Any, rnd: int,
+                            broadcasts: dict[int, Broadcast]) -> tuple[dict[int, Upload], ServerState]:
+        """One round's client work and server step; returns (what the server received in the clear, new state).
+
+        In-process runtimes train as usual and `aggregate` applies privacy to their uploads. A runtime whose
+        clients protect their own updates (``protects_updates``) gets `ClientPrivacy`: with local DP only,
+        its uploads arrive noised; under SecAgg, `train_secure` returns only the sum (the uploads returned
+        here are empty placeholders for the survivors), and an aborted protocol keeps the server state."""
+        s = self.settings
+        local_dp = s.dp_clip > 0 and s.dp_mode == "local"
+        if not getattr(clients, "protects_updates", False) or not (s.secagg or local_dp):
+            uploads = clients.train(rnd, broadcasts)
+            return uploads, self.aggregate(algo, server, uploads, rnd)
+        cp = self.client_privacy(rnd, len(broadcasts))
+        if not s.secagg:
+            uploads = clients.train(rnd, broadcasts, protect=cp)
+            return uploads, self.aggregate(algo, server, uploads, rnd, noised_by_clients=True)
+        ref = _reference(algo, server, broadcasts)
+        self.transport = getattr(clients, "transport", self.transport)
+        start = time.perf_counter()
+        try:
+            result = clients.train_secure(rnd, broadcasts, cp)
+        except SecAggAbort as exc:
+            self.aborted.append(rnd)
+            log.warning("round %d: secure aggregation aborted, the server keeps its previous state (%s)", rnd, exc)
+            return {}, server
+        mean = self._secure_result(ref, result, cp, time.perf_counter() - start)
+        for c in result.survivors:
+            self.participations[c] = self.participations.get(c, 0) + 1
+        return {c: Upload() for c in sorted(result.survivors)}, algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
+
+    def client_privacy(self, rnd: int, n: int) -> ClientPrivacy:
+        """The round's `ClientPrivacy` for n participating clients (t defaults to n // 2 + 1)."""
+        s = self.settings
+        local = s.dp_clip > 0 and s.dp_mode == "local"
+        k = s.secagg_neighbours if s.secagg_neighbours and s.secagg_neighbours < n - 1 else 0
+        return ClientPrivacy(round=rnd, dp_clip=s.dp_clip if local else 0.0, dp_noise=s.dp_noise if local else 0.0,
+                             secagg=s.secagg, clients=n, max_weight=self.max_weight, fp_clip=s.secagg_clip,
+                             bits=s.secagg_bits, threshold=min(s.secagg_threshold or n // 2 + 1, n), neighbours=k)
+
+    def aggregate(self, algo: Any, server: ServerState, uploads: dict[int, Upload], rnd: int,
+                  noised_by_clients: bool = False) -> ServerState:
         ups = {c: u for c, u in uploads.items() if u.params}
         if not ups:
             return algo.aggregate(server, uploads)
@@ -130,7 +229,7 @@ class Privacy:
                                       self.per_round, noise)
             return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
         deltas = {c: {k: u.params[k] - ref[k] for k in keys} for c, u in ups.items()}
-        if s.dp_clip > 0:  # local DP: each client noises its own update
+        if s.dp_clip > 0 and not noised_by_clients:  # local DP: each client noises its own update
             deltas = {c: dp.local_dp(d, s.dp_clip, s.dp_noise, self._noise(rnd, c)) for c, d in deltas.items()}
         if not s.secagg:
             return algo.aggregate(server, {c: Upload(params={k: ref[k] + d[k] for k in keys}, num_samples=ups[c].num_samples)
@@ -145,31 +244,25 @@ class Privacy:
         return dp.SeededNoise(torch_rng(self.seed, "dp-noise", rnd, *(() if client is None else (client,))))
 
     def _secure_mean(self, ref: Params, deltas: dict[int, Params], weights: dict[int, int], rnd: int) -> Params:
-        s = self.settings
-        fp = FixedPoint.for_clients(len(deltas), max(s.secagg_clip, 1.0), s.secagg_bits)
-        vectors = {}
-        for c, d in deltas.items():
-            w = weights[c] / self.max_weight
-            flat = torch.cat([d[k].reshape(-1).double() for k in ref]) * w
-            vectors[c] = fp.encode(np.append(flat.numpy(), w))
-        threshold = s.secagg_threshold or len(deltas) // 2 + 1
-        neighbours = s.secagg_neighbours or None
+        cp = self.client_privacy(rnd, len(deltas))
+        vectors = {c: encode_update(d, weights[c], cp) for c, d in deltas.items()}
         start = time.perf_counter()
-        result = run_secagg(vectors, threshold=min(threshold, len(deltas)), bits=s.secagg_bits,
-                            neighbours=neighbours if neighbours and neighbours < len(deltas) - 1 else None,
+        result = run_secagg(vectors, threshold=cp.threshold, bits=cp.bits, neighbours=cp.neighbours or None,
                             round_id=rnd)
-        self.overhead["seconds"] += time.perf_counter() - start
+        return self._secure_result(ref, result, cp, time.perf_counter() - start)
+
+    def _secure_result(self, ref: Params, result: SecAggResult, cp: ClientPrivacy, seconds: float) -> Params:
+        """Count the protocol's overhead and decode its sum into the survivors' weighted mean."""
+        dim = sum(v.numel() for v in ref.values()) + 1
+        if len(result.sum) != dim:
+            raise FedarenaError(f"round {cp.round}: the secure sum has {len(result.sum)} entries, the shared "
+                                f"params need {dim} (update + weight)")
+        self.overhead["seconds"] += seconds
         self.overhead["up"] += sum(b.overhead_up for b in result.bytes_per_client.values())
         self.overhead["down"] += sum(b.overhead_down for b in result.bytes_per_client.values())
         self.overhead["rounds"] += 1
         self.secagg_summary = result.summary()
-        total = fp.decode(result.sum)
-        mean = torch.from_numpy(total[:-1] / total[-1])
-        out, i = {}, 0
-        for k, v in ref.items():
-            out[k] = (v.double() + mean[i : i + v.numel()].reshape(v.shape)).to(v.dtype)
-            i += v.numel()
-        return out
+        return mean_from_sum(ref, cp.fixed_point().decode(result.sum))
 
     # ------------------------------------------------------------ reporting
     def epsilon(self, rounds: int) -> float | None:
@@ -190,8 +283,9 @@ class Privacy:
             "secagg": self.secagg_summary | {"threshold": s.secagg_threshold or "n//2+1",
                                               "overhead_bytes_per_round": (self.overhead["up"] + self.overhead["down"])
                                               / max(1, self.overhead["rounds"]),
-                                              "seconds_per_round": self.overhead["seconds"] / max(1, self.overhead["rounds"])}
-            if s.secagg and self.secagg_summary else ({"rounds": 0} if s.secagg else None),
+                                              "seconds_per_round": self.overhead["seconds"] / max(1, self.overhead["rounds"]),
+                                              "aborted_rounds": len(self.aborted), "transport": self.transport}
+            if s.secagg and self.secagg_summary else ({"rounds": 0, "aborted_rounds": len(self.aborted)} if s.secagg else None),
             "dp_mode": s.dp_mode if s.dp_clip > 0 else None,
             "clip": s.dp_clip if s.dp_clip > 0 else None,
             "noise_multiplier": s.dp_noise if s.dp_clip > 0 else None,
@@ -202,3 +296,14 @@ class Privacy:
             "noise_source": "os-secure" if s.secure_noise else "seeded (simulation only)",
             "rounds": rounds,
         }
+
+
+def _reference(algo: Any, server: ServerState, broadcasts: dict[int, Broadcast]) -> Params:
+    """The shared params every update is taken against: the server's, which each broadcast must carry (the
+    clients compute their update against what they downloaded)."""
+    ref = {k: server.params[k] for k in sorted(server.params) if not algo.personal(k)}
+    for c, b in broadcasts.items():
+        if any(k not in b.params or not torch.equal(b.params[k], v) for k, v in ref.items()):
+            raise FedarenaError(f"{algo.name} broadcasts to client {c} other shared params than its server state; "
+                                "clients could not compute their update against it under secure aggregation")
+    return ref

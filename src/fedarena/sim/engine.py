@@ -309,11 +309,15 @@ def run_algorithm(
             chosen = sample_clients(seed, rnd, ranked, clients_per_round, exclude=() if clients.pooled else exclude)
             if privacy is not None:
                 chosen = privacy.sample(rnd, clients.ids, chosen)
-            uploads = clients.train(rnd, {c: algo.broadcast(server, c) for c in chosen})
+            broadcasts = {c: algo.broadcast(server, c) for c in chosen}
+            before = server
+            if privacy is not None:  # what the server may see of the uploads (privacy/round.py): {} when a
+                uploads, server = privacy.train_and_aggregate(algo, server, clients, rnd, broadcasts)  # round aborts
+            else:
+                uploads = clients.train(rnd, broadcasts)
+                server = algo.aggregate(server, uploads)
             for c, upload in uploads.items():
                 out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
-            before = server
-            server = privacy.aggregate(algo, server, uploads, rnd) if privacy else algo.aggregate(server, uploads)
             if record:
                 record(rnd, before, server, uploads, {c: clients.states[c] for c in uploads})
             train_time += time.perf_counter() - t0

@@ -5,6 +5,16 @@ so that its peak RSS is its own; the matmul peak is measured in a child too, in 
 Timings are training time per round (broadcast, local work, upload, aggregation; evaluation runs
 once, after the last round, and is not timed). GFLOP/s counts the model's forward+backward
 multiply-adds (3 x 2 x MACs per sample, MACs from the layer shapes) over the samples trained.
+
+`flower-sim` runs the workload through `fedarena.flower.simulation.simulate` (a `--simulation`
+SuperLink, `flwr run`, Ray actors; Ray gets `threads` CPUs, one per virtual client, so `threads`
+clients train at once with one torch thread each). Its per-round times are the ServerApp's own
+training seconds per round (the same clock as the in-process engines; Ray start-up and the
+describe step happen before round 1 and are reported apart as `total_wall_s`). Its memory is that
+of the whole process tree (this worker, the SuperLink, the simulation process, Ray's GCS, raylet
+and actor processes: every process carrying the deployment marker), sampled every 0.2 s from
+/proc/PID/smaps_rollup: `peak_rss_mb` is the peak of the summed RSS (shared pages counted in each
+process, an upper bound), `peak_pss_mb` the peak of the summed PSS (shared pages split).
 """
 
 from __future__ import annotations
@@ -47,10 +57,13 @@ WORKLOADS = (
     Workload("mlp-100", "synthetic", "mlp", 100, 100),
     Workload("cnn-digits", "digits", "cnn", 20, 10, batch_size=10),
 )
+# Ray start-up and the describe step cost ~30-40 s per flower-sim run on 2 cores: --quick runs it once
+QUICK_FLOWER_SIM = "mlr-100"
+QUICK_FLOWER_SIM_NOTE = f"--quick runs flower-sim on {QUICK_FLOWER_SIM} only (Ray start-up ~30-40 s per run)"
 MEMORY_WORKLOAD = Workload("fedavg-1000-clients", "synthetic", "mlp", 1000, 100)
 
 
-def _config(w: Workload, seed: int):
+def _config(w: Workload, seed: int, rounds: int = 1, engine: str = "reference"):
     from fedarena import config as cfg
 
     flags = {
@@ -58,8 +71,8 @@ def _config(w: Workload, seed: int):
         "synthetic": {"samples_per_client": w.samples_per_client},
         "model": {"name": w.model},
         "train": {"clients_per_round": w.clients_per_round, "batch_size": w.batch_size,
-                  "local_epochs": w.local_epochs, "lr": w.lr},
-        "run": {"seed": seed, "algorithms": ["fedavg"]},
+                  "local_epochs": w.local_epochs, "lr": w.lr, "rounds": rounds, "eval_every": rounds},
+        "run": {"seed": seed, "algorithms": ["fedavg"], "engine": engine},
     }
     return cfg.build(None, flags, [])
 
@@ -107,28 +120,116 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from fedarena.tasks import make_task
 
     w = Workload(**spec["workload"])
-    conf = _config(w, spec["seed"])
+    conf = _config(w, spec["seed"], spec["rounds"], spec["engine"])
     data = load_federated(conf)
     task = make_task(w.model, data.input_shape, data.num_classes, SGD(w.local_epochs, w.batch_size, w.lr))
     rounds = spec["rounds"]
+    if spec["engine"] == "flower-sim":
+        return _flower_sim(conf, spec["threads"], data, task)
     run = run_algorithm(REGISTRY["fedavg"](), task, data, rounds=rounds, clients_per_round=w.clients_per_round,
                         eval_every=rounds, seed=spec["seed"], engine=spec["engine"])
-    cumulative = run.train_seconds
+    return _timings(run.train_seconds, run.sampled, data, task, w.local_epochs) | {
+        "peak_rss_mb": _peak_rss_mb(),
+        "final_acc": run.evaluations[-1].personal_acc_mean,
+        "notes": run.engine.get("notes", []),
+    }
+
+
+def _timings(cumulative: list[float], sampled: list[list[int]], data, task, local_epochs: int) -> dict[str, Any]:
+    """First-round time, median/p90 ms per later round and GFLOP/s from cumulative training seconds."""
     per_round = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
     steady = per_round[1:] or per_round
     sizes = [data.train_offsets[c + 1] - data.train_offsets[c] for c in range(data.num_clients)]
-    samples = sum(sizes[c] for chosen in run.sampled for c in chosen) * w.local_epochs
+    samples = sum(sizes[c] for chosen in sampled for c in chosen) * local_epochs
     flops = 3 * 2 * _macs_per_sample(task, data.input_shape) * samples
     return {
         "first_round_s": per_round[0],
         "ms_per_round_median": 1000 * statistics.median(steady),
         "ms_per_round_p90": 1000 * _quantile(steady, 0.9),
-        "peak_rss_mb": _peak_rss_mb(),
         "gflops": flops / sum(per_round) / 1e9,
-        "final_acc": run.evaluations[-1].personal_acc_mean,
-        "rounds": rounds,
-        "notes": run.engine.get("notes", []),
+        "rounds": len(per_round),
     }
+
+
+def _flower_sim(conf, threads: int, data, task) -> dict[str, Any]:
+    """The workload on Flower's simulation runtime; memory of the whole process tree."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from fedarena.flower.simulation import Resources, simulate
+
+    memory = TreeMemory()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedarena-bench-") as tmp:
+        out = Path(tmp) / "run"
+        with memory:
+            summary = simulate(conf, out, resources=Resources(num_cpus=threads), on_started=memory.watch)
+        wall = time.perf_counter() - start
+        seed = conf.run.seed
+        cumulative = json.loads((out / "deployment.json").read_text())[f"fedavg/seed-{seed}"]["train_seconds"]
+        rows = pq.read_table(out / "metrics.parquet", columns=["round", "client", "sampled"]).to_pylist()
+    index = {cid: i for i, cid in enumerate(data.client_ids)}
+    sampled = [[index[r["client"]] for r in rows if r["sampled"] and r["round"] == n] for n in range(1, len(cumulative) + 1)]
+    return _timings(cumulative, sampled, data, task, conf.train.local_epochs) | {
+        "peak_rss_mb": memory.peak_rss_mb, "peak_pss_mb": memory.peak_pss_mb, "processes": memory.processes,
+        "memory": "sum over the process tree (this worker + every process carrying the deployment marker)",
+        "final_acc": summary["runs"][0]["final"]["personal_acc_mean"], "total_wall_s": wall,
+        "ray_cpus": threads, "notes": ["first_round_s excludes Ray start-up and the describe step (see total_wall_s)"],
+    }
+
+
+class TreeMemory:
+    """Peak summed RSS and PSS of this process and every process carrying a deployment's marker,
+    sampled every `every` seconds by a background thread (use as a context manager)."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        import threading
+
+        self.every, self.token = every, ""
+        self.peak_rss_mb = self.peak_pss_mb = 0.0
+        self.processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, federation: Any) -> None:
+        self.token = federation.token
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every)
+
+    def sample(self) -> None:
+        from fedarena.flower.processes import marked_pids
+
+        pids = [os.getpid(), *(marked_pids(self.token) if self.token else [])]
+        totals = [_smaps_kb(pid) for pid in pids]
+        self.peak_rss_mb = max(self.peak_rss_mb, sum(t[0] for t in totals) / 1024)
+        self.peak_pss_mb = max(self.peak_pss_mb, sum(t[1] for t in totals) / 1024)
+        self.processes = max(self.processes, len(pids))
+
+
+def _smaps_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; (0, 0) once it is gone."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return rss, pss
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -164,11 +265,13 @@ def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 def flower_sim_status() -> str | None:
     """None when the flower-sim engine can run here, else the reason it cannot."""
-    from fedarena.config import ENGINES as AVAILABLE
+    import importlib.util
 
-    if "flower-sim" not in AVAILABLE:
-        return "fedarena has no flower-sim engine yet (the Flower deployment issue builds it)"
-    return None
+    if importlib.util.find_spec("flwr") is None:
+        return "Flower is not installed (pip install 'flwr[simulation]==1.42.0')"
+    from fedarena.flower.simulation import ray_missing
+
+    return ray_missing()
 
 
 def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, timeout: float = 900) -> dict[str, Any]:
@@ -192,6 +295,9 @@ def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, time
         for engine in ENGINES:
             if engine == "flower-sim" and unavailable:
                 engines[engine] = {"available": False, "reason": unavailable}
+                continue
+            if engine == "flower-sim" and quick and w.name != QUICK_FLOWER_SIM:
+                engines[engine] = {"available": False, "skipped": True, "reason": QUICK_FLOWER_SIM_NOTE}
                 continue
             log.info("bench %s on %s", w.name, engine)
             spec = {"kind": "run", "workload": asdict(w), "engine": engine, "rounds": rounds, "seed": seed,

@@ -18,7 +18,8 @@ A node loads only its own client's data, named by its node config (``flower-supe
   ``wire-capture="DIR"`` (optional) also stores those serialized objects for inspection.
 
 Messages: ``query.describe`` (client id, split sizes, label counts, input shape), ``train`` (a
-Broadcast in, an Upload out) and ``evaluate`` (the personal model's and the global model's accuracy
+Broadcast in, an Upload out), ``train.private`` and the ``query.secagg-*`` stages (the update protected on
+the node: local DP noise, or secure aggregation; see `fedarena.flower.secagg_stages`) and ``evaluate`` (the personal model's and the global model's accuracy
 on the client's own test split). The node computes with the same functions as the in-process
 runtime (`train_client`, `personal_model`, `evaluate_client` of `fedarena.sim.engine`), whose random
 streams derive from (seed, round, client), so a deployment computes the simulator's numbers.
@@ -26,6 +27,7 @@ streams derive from (seed, round, client), so a deployment computes the simulato
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -41,8 +43,8 @@ from fedarena import config as cfg
 from fedarena.core.codec import encode
 from fedarena.core.params import nbytes
 from fedarena.core.rng import torch_rng
-from fedarena.core.types import ClientData, ClientState, FedarenaError
-from fedarena.flower import common, records
+from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData
+from fedarena.flower import common, records, secagg_stages
 from fedarena.sim.engine import evaluate_client, personal_model, train_client
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,15 @@ def _measure(m: Message, direction: str, message_type: str, algorithm: str, capt
 app = ClientApp(mods=[wire_mod])
 
 
+@functools.lru_cache(maxsize=2)
+def _embedded(config_text: str) -> FederatedData:
+    """An embedded dataset as `compare` partitions it, built once per process and config (a simulation
+    actor serves many virtual nodes of one run; each node still takes only its own client)."""
+    from fedarena.data import load_federated
+
+    return load_federated(common.config_from_text(config_text))
+
+
 class Node:
     """This node's client for one message: config, seed, data and state location."""
 
@@ -101,12 +112,10 @@ class Node:
     def _load(self) -> tuple[str, int, ClientData, int]:
         nc = self.node_config
         if "partition-id" in nc:
-            from fedarena.data import load_federated
-
             i = int(nc["partition-id"])
             if self.config.data.name.startswith("npz-dir:"):
                 return self._virtual_npz_node(i)
-            fd = load_federated(self.config)
+            fd = _embedded(common.config_text(self.config))
             if not 0 <= i < fd.num_clients:
                 raise FedarenaError(f"node config partition-id={i} is outside 0..{fd.num_clients - 1}")
             return fd.client_ids[i], i, fd.client(i), fd.num_classes
@@ -187,6 +196,43 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    return _train(msg, context, private=False)
+
+
+@app.train(secagg_stages.PRIVATE_ACTION)
+def train_private(msg: Message, context: Context) -> Message:
+    """`train` whose update is protected here before it leaves (the message's ClientPrivacy): local DP noise,
+    or SecAgg's first stage (then only AdvertiseKeys leaves)."""
+    return _train(msg, context, private=True)
+
+
+def _secret_store(record: dict, context: Context) -> secagg_stages.SecretStore | None:
+    state_dir = context.node_config.get("state-dir")
+    if state_dir is None:
+        return None
+    return secagg_stages.SecretStore(Path(str(state_dir)), int(context.run_id), int(records.number(record, "seed")),
+                                     str(record["algorithm"]))
+
+
+def _secagg_stage(stage: str) -> Any:
+    def handler(msg: Message, context: Context) -> Message:
+        record = records.fields(msg)
+        store = _secret_store(record, context)
+        if store is None:
+            raise FedarenaError("secure aggregation needs the node config state-dir=PATH")
+        rnd, client = int(records.number(record, "round")), int(records.number(record, "client"))
+        blob = secagg_stages.client_step(store, rnd, stage, records.payload(record, secagg_stages.BLOB))
+        return Message(records.content({"round": rnd, "client": client}, **{secagg_stages.BLOB: blob}), reply_to=msg)
+
+    handler.__name__ = f"secagg_{stage.replace('-', '_')}"
+    return handler
+
+
+for _stage in (secagg_stages.SHARE_KEYS, secagg_stages.MASKED_INPUT, secagg_stages.UNMASK):
+    app.query(_stage)(_secagg_stage(_stage))
+
+
+def _train(msg: Message, context: Context, private: bool) -> Message:
     t0 = time.perf_counter()
     node = Node(msg, context)
     algo, task = node.algorithm(), node.task()
@@ -197,8 +243,12 @@ def train(msg: Message, context: Context) -> Message:
     node.save(state)
     log.info("client %s trained round %d", node.client_id, rnd)
     stored = nbytes(state.params) + nbytes(state.extra)
+    payload, blob = encode(upload), b""
+    if private:
+        cp = secagg_stages.privacy_from_fields(node.record)
+        payload, blob = secagg_stages.protect(cp, broadcast, upload, client, _secret_store(node.record, context))
     return Message(records.content({"round": rnd, "client": client, "compute-s": time.perf_counter() - t0,
-                                    "state-bytes": stored}, encode(upload)), reply_to=msg)
+                                    "state-bytes": stored}, payload, **{secagg_stages.BLOB: blob}), reply_to=msg)
 
 
 @app.evaluate()

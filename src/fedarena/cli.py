@@ -403,6 +403,15 @@ def deploy(
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default fedavg)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     target: Optional[float] = typer.Option(None, "--target"),
+    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="DP: clip each client update to L2 norm C."),
+    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP: noise multiplier z (std z*C)."),
+    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP: delta (default 1e-5)."),
+    dp_mode: Optional[str] = typer.Option(None, "--dp-mode", help="central (server adds noise) | local (each node)"),
+    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
+                                                   help="DP: stop before the round that would exceed it."),
+    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation between the nodes and the server."),
+    secagg_threshold: Optional[int] = typer.Option(None, "--secagg-threshold", help="Survivors needed (t of n)."),
+    secagg_neighbours: Optional[int] = typer.Option(None, "--secagg-neighbours", help="SecAgg+ graph degree k."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
 ) -> None:
@@ -418,6 +427,9 @@ def deploy(
         "model": _given(name=model),
         "run": _given(algorithms=algorithms or (None if config else "fedavg"), seed=seed, target=target,
                       engine="reference"),
+        "privacy": _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode,
+                          target_epsilon=target_epsilon, secagg=secagg or None, secagg_threshold=secagg_threshold,
+                          secagg_neighbours=secagg_neighbours),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir

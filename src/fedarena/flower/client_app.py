@@ -18,7 +18,7 @@ A node loads only its own client's data, named by its node config (``flower-supe
   ``wire-capture="DIR"`` (optional) also stores those serialized objects for inspection.
 
 Messages: ``query.describe`` (client id, split sizes, label counts, input shape), ``train`` (a
-Broadcast in, an Upload out), ``train.private`` and the ``query.secagg-*`` stages (the update protected on
+Broadcast in, an Upload out), ``train.private`` and the ``query.secagg_*`` stages (the update protected on
 the node: local DP noise, or secure aggregation; see `fedarena.flower.secagg_stages`) and ``evaluate`` (the personal model's and the global model's accuracy
 on the client's own test split). The node computes with the same functions as the in-process
 runtime (`train_client`, `personal_model`, `evaluate_client` of `fedarena.sim.engine`), whose random

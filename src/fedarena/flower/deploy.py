@@ -8,7 +8,8 @@
   the SuperLink's machine, at `out`.
 
 Either way the run directory has the layout of `compare` (summary.json, metrics.parquet,
-config.toml) plus deployment.json (Flower's per-exchange timings and overhead).
+config.toml) plus deployment.json (Flower's per-exchange timings and overhead). The config's `privacy`
+section applies as in `compare` (secure aggregation and local DP run on the nodes; see server_app).
 """
 
 from __future__ import annotations
@@ -59,8 +60,18 @@ def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeo
 
 def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
     """An upper bound for `flwr run`: every round of every algorithm and seed timing out, plus start-up."""
-    per_round = timeouts.round + timeouts.evaluate
+    per_round = timeouts.round * (4 if config.privacy.secagg else 1) + timeouts.evaluate  # SecAgg: 4 exchanges
     return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * len(config.run.algorithms) * config.run.seeds
+
+
+def check_privacy(config: cfg.Config) -> None:
+    """Refuse, before any process starts, privacy settings that cannot hold together (as `compare` does)."""
+    from fedarena.privacy.round import check
+
+    for name in config.run.algorithms:
+        algo = cfg.hyperparameters(config, name)
+        if common.federates(algo):
+            check(config.privacy, algo, config.model.norm == "bn")
 
 
 def _result(out: Path, log_path: Path) -> dict[str, Any]:
@@ -86,6 +97,7 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     node_dir)` adds node config entries (e.g. `wire-log`); `on_started(federation)` is called once
     the processes are up (fault tests use it)."""
     check_out_dir(out)
+    check_privacy(config)
     nodes = node_clients(config)
     if config.train.clients_per_round > len(nodes):
         raise FedarenaError(f"train.clients_per_round ({config.train.clients_per_round}) exceeds the {len(nodes)} clients")
@@ -123,6 +135,7 @@ def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certifi
         raise FedarenaError(f"--root-certificates: file not found: {root_certificates}")
     if ":" not in superlink:
         raise FedarenaError(f"--superlink expects HOST:PORT, got {superlink!r}")
+    check_privacy(config)
     expect = expect_nodes if expect_nodes is not None else len(node_clients(config))
     with tempfile.TemporaryDirectory(prefix="fedarena-deploy-") as tmp:
         root = Path(tmp)

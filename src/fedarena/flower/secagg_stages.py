@@ -7,9 +7,9 @@ with the SecAgg+ neighbourhood graph of Bell et al., ACM CCS 2020 (eprint 2020/7
 
     message type                 server -> client                 client -> server
     train.private                Broadcast + ClientPrivacy        AdvertiseKeys (SecAgg) or a noised Upload
-    query.secagg-share-keys      KeyList                          EncryptedShares
-    query.secagg-masked-input    EncryptedShares (forwarded)      MaskedInput (y_u)
-    query.secagg-unmask          UnmaskRequest                    UnmaskShares
+    query.secagg_share_keys      KeyList                          EncryptedShares
+    query.secagg_masked_input    EncryptedShares (forwarded)      MaskedInput (y_u)
+    query.secagg_unmask          UnmaskRequest                    UnmaskShares
 
 The first message trains: the node computes its update against the broadcast (upload params minus the
 broadcast's shared params), clips and noises it for local DP (noise from the OS), and under SecAgg encodes
@@ -46,25 +46,27 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from fedarena.core.types import Broadcast, FedarenaError, Upload
-from fedarena.privacy import dp, secagg
-from fedarena.privacy.round import ClientPrivacy, client_delta, encode_update
+from fedarena.privacy import secagg
+
+if TYPE_CHECKING:  # privacy.round (scipy, dp-accounting) is imported only by the messages that need it: a
+    from fedarena.privacy.round import ClientPrivacy  # ClientApp process starts per message
 
 log = logging.getLogger(__name__)
 
 PRIVATE_ACTION = "private"
 TRAIN_PRIVATE = f"train.{PRIVATE_ACTION}"
-SHARE_KEYS, MASKED_INPUT, UNMASK = "secagg-share-keys", "secagg-masked-input", "secagg-unmask"
+# Flower's action names must be Python identifiers
+SHARE_KEYS, MASKED_INPUT, UNMASK = "secagg_share_keys", "secagg_masked_input", "secagg_unmask"
 STAGE_TYPES = {name: f"query.{name}" for name in (SHARE_KEYS, MASKED_INPUT, UNMASK)}
 BLOB = "secagg"  # records.content(..., secagg=bytes): the record entry carrying a stage's protocol bytes
 PREFIX = "privacy-"
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ClientPrivacy)}
 
 
 # --- ClientPrivacy <-> record fields ------------------------------------------------------------
@@ -77,9 +79,11 @@ def privacy_fields(cp: ClientPrivacy) -> dict[str, int | float | bool]:
 
 def privacy_from_fields(record: Mapping[str, Any]) -> ClientPrivacy:
     """The inverse of `privacy_fields`, type-checked; FedarenaError names the first bad entry."""
+    from fedarena.privacy.round import ClientPrivacy
+
     values = {}
-    for name, kind in _FIELD_TYPES.items():
-        kind = getattr(kind, "__name__", kind)  # annotations are strings under `from __future__ import annotations`
+    for f in dataclasses.fields(ClientPrivacy):
+        name, kind = f.name, getattr(f.type, "__name__", f.type)  # annotations are strings under `from __future__ import annotations`
         value = record.get(PREFIX + name)
         ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
               "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
@@ -103,6 +107,8 @@ def protect(cp: ClientPrivacy, broadcast: Broadcast, upload: Upload, client: int
     """(Upload payload, SecAgg blob) of a node's reply: local DP noises the update (OS noise); under SecAgg
     the update is encoded, stage 0 runs and only AdvertiseKeys leaves (the payload is empty)."""
     from fedarena.core.codec import encode
+    from fedarena.privacy import dp
+    from fedarena.privacy.round import client_delta, encode_update
 
     missing = sorted(set(upload.params) - set(broadcast.params))
     if missing:

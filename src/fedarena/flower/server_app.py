@@ -13,6 +13,13 @@ Faults: a round waits at most ``round-timeout`` seconds for train replies and ag
 survivors (validated replies only, see :mod:`fedarena.flower.records`). Evaluation needs every
 training client: it waits up to ``eval-timeout`` seconds, re-describing nodes that (re)connect, so a
 restarted SuperNode resumes with the personal state it kept on disk.
+
+Privacy (`privacy.*` of the config, `deploy --secagg/--dp-*`): the same `Privacy` object as in simulation drives
+the round (`Privacy.train_and_aggregate`), its noise and keys from the OS. Central DP is the server's step on
+plain uploads (trusted server). Local DP and secure aggregation happen on the nodes (`train.private`, then
+SecAgg's stages as `query.secagg_*` messages, each waiting up to ``round-timeout``; see
+:mod:`fedarena.flower.secagg_stages`): under SecAgg the server receives only masked vectors, keys and shares,
+and the ledger counts the masked vector as the upload.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedarena import config as cfg
 from fedarena.core.codec import Ledger, encode
 from fedarena.core.types import Broadcast, FedarenaError, FederatedData, Params, Upload
-from fedarena.flower import common, records
+from fedarena.flower import common, records, secagg_stages
+from fedarena.privacy import round as private_round
 from fedarena.sim.engine import ClientEval, run_algorithm
 
 log = logging.getLogger(__name__)
@@ -205,6 +213,8 @@ class FlowerClients:
     """The runtime `run_algorithm` drives: each client's work runs on its SuperNode."""
 
     pooled = False
+    protects_updates = True  # local DP and SecAgg run on the nodes (privacy/round.Privacy.train_and_aggregate)
+    transport = "flower messages"
 
     def __init__(self, link: Link, algo: Any, task: Any, training: list[int], full: Params, seed: int,
                  ledger: Ledger, num_classes: int) -> None:
@@ -220,14 +230,56 @@ class FlowerClients:
     def _fields(self, rnd: int, c: int) -> dict[str, Any]:
         return {"algorithm": self.algo.name, "seed": self.seed, "round": rnd, "client": c, "num-classes": self.num_classes}
 
-    def train(self, rnd: int, broadcasts: dict[int, Broadcast]) -> dict[int, Upload]:
+    def _send_train(self, rnd: int, broadcasts: dict[int, Broadcast],
+                    protect: private_round.ClientPrivacy | None) -> tuple[dict[int, Message], float]:
+        """Broadcasts out (`train`, or `train.private` with the round's ClientPrivacy), replies in."""
         self.link.refresh()
+        extra = secagg_stages.privacy_fields(protect) if protect else {}
         msgs = {}
         for c, b in broadcasts.items():
             data = encode(b)
             self.ledger.record(rnd, c, "down", len(data))
-            msgs[c] = (common.TRAIN, records.content(self._fields(rnd, c), data))
+            kind = secagg_stages.TRAIN_PRIVATE if protect else common.TRAIN
+            msgs[c] = (kind, records.content({**self._fields(rnd, c), **extra}, data))
+        return self.link.exchange(msgs, self.link.settings.round_timeout)
+
+    def train_secure(self, rnd: int, broadcasts: dict[int, Broadcast],
+                     cp: private_round.ClientPrivacy) -> Any:  # -> secagg.SecAggResult
+        """A SecAgg round: train + AdvertiseKeys, then the protocol's stages; only its sum comes back."""
+        replies, wall = self._send_train(rnd, broadcasts, cp)
+        advertised, compute = {}, []
+        for c in sorted(replies):
+            try:
+                r = records.fields(replies[c])
+                advertised[c] = records.payload(r, secagg_stages.BLOB)
+                compute.append(float(records.number(r, "compute-s", float)))
+                self.state_bytes[c] = int(records.number(r, "state-bytes"))
+            except FedarenaError as exc:
+                log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
+                self.rejected.append({"round": rnd, "client": self.link.clients[c].client_id, "reason": str(exc)})
+        self._note("train", rnd, wall, compute, len(broadcasts), len(advertised))
+        result = secagg_stages.run_server(cp, advertised, lambda stage, out: self._stage(rnd, stage, out))
+        for c in sorted(result.survivors):
+            self.ledger.record(rnd, c, "up", result.bytes_per_client[c].masked_up)
+        return result
+
+    def _stage(self, rnd: int, stage: str, outgoing: dict[int, bytes]) -> dict[int, bytes]:
+        """One SecAgg stage: a blob to each client, the blobs of those that answered in time."""
+        msgs = {c: (secagg_stages.STAGE_TYPES[stage],
+                    records.content(self._fields(rnd, c), **{secagg_stages.BLOB: blob})) for c, blob in outgoing.items()}
         replies, wall = self.link.exchange(msgs, self.link.settings.round_timeout)
+        out = {}
+        for c, reply in replies.items():
+            try:
+                out[c] = records.payload(records.fields(reply), secagg_stages.BLOB)
+            except FedarenaError as exc:
+                log.warning("round %d: bad %s reply from client %s: %s", rnd, stage, self.link.clients[c].client_id, exc)
+        self._note(stage, rnd, wall, [], len(outgoing), len(out))
+        return out
+
+    def train(self, rnd: int, broadcasts: dict[int, Broadcast],
+              protect: private_round.ClientPrivacy | None = None) -> dict[int, Upload]:
+        replies, wall = self._send_train(rnd, broadcasts, protect)
         uploads, compute = {}, []
         for c in sorted(replies):
             try:
@@ -347,6 +399,9 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
     if not names:
         raise FedarenaError(f"none of {list(config.run.algorithms)} federates; nothing to deploy")
     trained, deployment, storage = [], {}, {}
+    for name in names:  # refuse impossible privacy settings before any training
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model.norm == "bn")
+    secure = dataclasses.replace(config.privacy, secure_noise=True)  # a deployment's noise comes from the OS
     for i in range(config.run.seeds):
         seed = config.run.seed + i
         link = Link(grid, settings, seed)
@@ -367,8 +422,11 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
                 return made[0]
 
             log.info("deploying %s (seed %d) on %d SuperNodes", name, seed, data.num_clients)
+            privacy = private_round.Privacy.build(secure, algo, data.num_clients, t.clients_per_round, seed,
+                                                  max(d.num_train for d in clients))
             runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
-                                             eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime)
+                                             eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime,
+                                             privacy=privacy)
             deployment[f"{name}/seed-{seed}"] = {**runs[name][1].engine, "train_seconds": list(runs[name][1].train_seconds)}
         trained.append(Trained(seed, data, runs))
     deployed = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))

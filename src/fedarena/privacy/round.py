@@ -46,6 +46,7 @@ from fedarena.core.rng import numpy_rng, torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Params, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
+from fedarena.sim.engine import in_client_order
 from fedarena.privacy.fixedpoint import FixedPoint
 from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run_secagg
 
@@ -184,11 +185,11 @@ class Privacy:
         s = self.settings
         local_dp = s.dp_clip > 0 and s.dp_mode == "local"
         if not getattr(clients, "protects_updates", False) or not (s.secagg or local_dp):
-            uploads = clients.train(rnd, broadcasts)
+            uploads = in_client_order(clients.train(rnd, broadcasts))
             return uploads, self.aggregate(algo, server, uploads, rnd)
         cp = self.client_privacy(rnd, len(broadcasts))
         if not s.secagg:
-            uploads = clients.train(rnd, broadcasts, protect=cp)
+            uploads = in_client_order(clients.train(rnd, broadcasts, protect=cp))
             return uploads, self.aggregate(algo, server, uploads, rnd, noised_by_clients=True)
         ref = _reference(algo, server, broadcasts)
         self.transport = getattr(clients, "transport", self.transport)

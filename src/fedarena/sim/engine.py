@@ -314,7 +314,7 @@ def run_algorithm(
             if privacy is not None:  # what the server may see of the uploads (privacy/round.py): {} when a
                 uploads, server = privacy.train_and_aggregate(algo, server, clients, rnd, broadcasts)  # round aborts
             else:
-                uploads = clients.train(rnd, broadcasts)
+                uploads = in_client_order(clients.train(rnd, broadcasts))
                 server = algo.aggregate(server, uploads)
             for c, upload in uploads.items():
                 out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
@@ -339,6 +339,12 @@ def run_algorithm(
     out.engine = {"name": engine, **clients.summary()}
     out.wall_seconds = time.perf_counter() - start
     return out
+
+
+def in_client_order(uploads: dict[int, Upload]) -> dict[int, Upload]:
+    """Uploads sorted by client, whatever order they arrived in (a Flower runtime receives them by completion):
+    the aggregate's float sums must not depend on arrival order."""
+    return dict(sorted(uploads.items()))
 
 
 def _accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:

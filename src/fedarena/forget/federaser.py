@@ -61,7 +61,7 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     sgd = src.task.sgd
     task = dataclasses.replace(src.task, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
     ledger = Ledger()
-    execute = EXECUTORS[src.config.run.engine](task, algo.name)
+    execute = EXECUTORS[src.engine](task, algo.name)
     clients = LocalClients(algo, task, src.data, src.remaining, src.initial, src.seed, execute, ledger)
     calibrated_rounds = 0
     try:

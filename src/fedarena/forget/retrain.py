@@ -29,7 +29,7 @@ def retrain(src: Source, name: str, record: Any = None) -> Outcome:
     resume = None if start == 0 else Checkpoint(start, src.stored(name).server(start), src.states_at(name, start))
     run = run_algorithm(
         algo, src.task, src.data, rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.rounds,
-        seed=src.seed, engine=src.config.run.engine, exclude=[*src.forgotten, *src.held_out], resume=resume,
+        seed=src.seed, engine=src.engine, exclude=[*src.forgotten, *src.held_out], resume=resume,
         record=record, on_start=getattr(record, "start", None), privacy=privacy_for(src.config, algo, src.prepared),
     )
     return Outcome(

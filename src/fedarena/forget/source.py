@@ -82,6 +82,13 @@ class Source:
         return self.config.run.seed
 
     @property
+    def engine(self) -> str:
+        """The in-process engine that recomputes this run (a flower-sim run equals the reference engine's)."""
+        from fedarena.sim.engine import EXECUTORS
+
+        return self.config.run.engine if self.config.run.engine in EXECUTORS else "reference"
+
+    @property
     def keep(self) -> str:
         return self.config.forget.keep
 

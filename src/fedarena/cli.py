@@ -70,7 +70,7 @@ def compare(
     model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference | flower-sim (Flower + Ray)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Run the comparison for K seeds (seed, seed+1, ...)."),
     target: Optional[float] = typer.Option(None, "--target", help="Target personal accuracy (fraction)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),

@@ -109,20 +109,29 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
         node_configs.append({**nc, "state-dir": str(node_dir / "state"), **(node_extra(i, node_dir) if node_extra else {})})
     files = make_local_tls(root / "tls") if tls else None
     app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts))
+    return run_local(LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start), app_dir, config,
+                     out, timeouts, keep=workdir is not None, on_started=on_started)
+
+
+def run_local(federation: LocalFederation, app_dir: Path, config: cfg.Config, out: Path, timeouts: Timeouts, *,
+              keep: bool, on_started: Callable[[LocalFederation], None] | None = None,
+              federation_config: str | None = None) -> dict[str, Any]:
+    """Start `federation`, `flwr run` the app until it ends, read the result, shut everything down; the
+    working files are removed on success unless `keep`, and kept (and named) on failure."""
     ok = False
     try:
-        with LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start) as fed:
+        with federation as fed:
             if on_started:
                 on_started(fed)
-            fed.flwr_run(app_dir, None, _budget(config, timeouts))
-            summary = _result(out, root / "logs" / "flwr-run.log")
+            fed.flwr_run(app_dir, None, _budget(config, timeouts), federation_config)
+            summary = _result(out, fed.root / "logs" / "flwr-run.log")
         ok = True
         return summary
     finally:
-        if ok and workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        if ok and not keep:
+            shutil.rmtree(federation.root, ignore_errors=True)
         elif not ok:
-            log.warning("deployment files and logs kept in %s", root)
+            log.warning("Flower working files and logs kept in %s", federation.root)
 
 
 def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certificates: Path | None = None,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from fedarena import config as cfg
 from fedarena.compare import check_out_dir
 from fedarena.core.types import FedarenaError
 from fedarena.flower import common
-from fedarena.flower.deploy import Timeouts, _budget, _result, node_clients, run_config
+from fedarena.flower.deploy import Timeouts, node_clients, run_config, run_local
 from fedarena.flower.processes import LocalFederation, write_app_dir
 
 log = logging.getLogger(__name__)
@@ -87,21 +86,10 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
             log.warning("%s is skipped on %s: it does not federate (nothing crosses the network)", name, ENGINE)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-flower-sim-"))
     app_dir = write_app_dir(root / "app", {**run_config(config, out, len(nodes), timeouts), "engine": ENGINE})
-    ok = False
-    try:
-        with LocalFederation(root, [], simulation=True, start_timeout=timeouts.start) as fed:
-            if on_started:
-                on_started(fed)
-            log.info("%s: %d virtual SuperNodes (%s)", ENGINE, len(nodes), federation_config(len(nodes), resources))
-            fed.flwr_run(app_dir, None, _budget(config, timeouts), federation_config(len(nodes), resources))
-            summary = _result(out, root / "logs" / "flwr-run.log")
-        ok = True
-        return summary
-    finally:
-        if ok and workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
-        elif not ok:
-            log.warning("%s files and logs kept in %s", ENGINE, root)
+    log.info("%s: %d virtual SuperNodes (%s)", ENGINE, len(nodes), federation_config(len(nodes), resources))
+    return run_local(LocalFederation(root, [], simulation=True, start_timeout=timeouts.start), app_dir, config, out,
+                     timeouts, keep=workdir is not None, on_started=on_started,
+                     federation_config=federation_config(len(nodes), resources))
 
 
 __all__ = ["ENGINE", "Resources", "federation_config", "ray_missing", "simulate"]

@@ -164,3 +164,38 @@ def test_bad_input_is_refused(run_dir, tmp_path):
     r = runner.invoke(app, ["forget", str(none), "--client", "1", "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "kept nothing" in r.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_federaser_calibration_is_eqs_3_and_4_by_hand():
+    from fedarena.core.types import ServerState, Upload
+    from fedarena.forget.federaser import _calibrated_step
+
+    server = ServerState(params={"w": torch.tensor([1.0, 1.0])})
+    # new updates: client 0 moves by (3, 4) (length 5), client 1 by (0, -2) (length 2)
+    uploads = {0: Upload(params={"w": torch.tensor([4.0, 5.0])}), 1: Upload(params={"w": torch.tensor([1.0, -1.0])})}
+    # stored lengths 10 and 1, weights 1 and 3
+    kept = {0: {"weight": 1, "norms": {"w": 10.0}}, 1: {"weight": 3, "norms": {"w": 1.0}}}
+    out = _calibrated_step(server, uploads, kept)
+    step = 0.25 * 10.0 * torch.tensor([0.6, 0.8]) + 0.75 * 1.0 * torch.tensor([0.0, -1.0])
+    assert torch.allclose(out.params["w"], torch.tensor([1.0, 1.0]) + step)
+
+
+@pytest.mark.parametrize("privacy", [{"dp_clip": 1.0, "dp_noise": 1.0}, {"secagg": True}])
+def test_retrain_is_exact_on_private_runs(tmp_path, privacy):
+    config = make_config(run__algorithms="fedavg", **{f"privacy__{k}": v for k, v in privacy.items()})
+    run_compare(config, tmp_path / "run")
+    src = Source.load(tmp_path / "run", ["2"])
+    first = src.first_round("fedavg")
+    outcome = retrain(src, "fedavg")
+    from fedarena.compare import privacy_for
+
+    fresh = run_algorithm(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+                          eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[2],
+                          privacy=privacy_for(config, src.algo("fedavg"), src.prepared))
+    if "secagg" in privacy:  # secure sums are exact only up to the fixed-point resolution
+        assert all(torch.allclose(v, outcome.server.params[k], atol=1e-5) for k, v in fresh.server.params.items())
+        result = forget(tmp_path / "run", ["2"], ["federaser"], tmp_path / "out", verify=False)
+        assert "secure aggregation" in result["runs"][0]["refused"]
+    else:
+        assert all(torch.equal(v, outcome.server.params[k]) for k, v in fresh.server.params.items())
+        assert first is None or outcome.rounds == ROUNDS - (first - 1)

@@ -133,7 +133,7 @@ def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> T
     t = config.train
     runs: dict[str, tuple[Any, AlgorithmRun]] = {}
     for name in config.run.algorithms:  # refuse impossible privacy settings before any training
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model.norm == "bn")
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
     for name in config.run.algorithms:
         algo = cfg.hyperparameters(config, name)
         log.info("training %s", name)

@@ -301,6 +301,11 @@ def validate(config: Config) -> Config:
         (config.privacy.secagg_neighbours >= 0 and config.privacy.secagg_neighbours % 2 == 0,
          "privacy.secagg_neighbours must be an even number >= 0 (SecAgg+ Harary graph)"),
         (config.privacy.secagg_threshold >= 0, "privacy.secagg_threshold must be >= 0"),
+        (config.privacy.secagg_threshold <= t.clients_per_round,
+         f"privacy.secagg_threshold ({config.privacy.secagg_threshold}) exceeds train.clients_per_round "
+         f"({t.clients_per_round})"),
+        (not config.privacy.secagg_neighbours or config.privacy.secagg_threshold <= config.privacy.secagg_neighbours + 1,
+         "privacy.secagg_threshold must be <= secagg_neighbours + 1 (a client's SecAgg+ neighbourhood)"),
         (config.forget.keep in ("none", "server", "all"),
          f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
         (0 < config.forget.probe_fraction <= 1,
@@ -309,6 +314,10 @@ def validate(config: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise FedarenaError(message)
+    if config.privacy.secagg:  # the masked sum of every client must fit the modulus (Poisson rounds vary)
+        from fedarena.privacy.fixedpoint import check_capacity
+
+        check_capacity(d.num_clients, max(config.privacy.secagg_clip, 1.0), config.privacy.secagg_bits)
     for name in r.algorithms:
         if name not in REGISTRY:
             raise FedarenaError(f"unknown algorithm '{name}'; valid: {', '.join(REGISTRY)}")

@@ -136,3 +136,14 @@ def test_flower_sim_summary_equals_reference(tmp_path):
         assert (tmp_path / "sim" / name).exists(), name
     deployment = json.loads((tmp_path / "sim" / "deployment.json").read_text())
     assert len(deployment["fedavg/seed-1"]["train_seconds"]) == 3
+
+
+def test_secagg_is_refused_on_flower_sim(tmp_path):
+    from fedarena import config as cfg
+    from fedarena.core.types import FedarenaError
+    from fedarena.flower.simulation import simulate
+
+    config = cfg.build(None, {"data": {"num_clients": 4}, "train": {"clients_per_round": 3},
+                              "privacy": {"secagg": True}, "run": {"algorithms": "fedavg"}}, [])
+    with pytest.raises(FedarenaError, match="not supported on flower-sim"):
+        simulate(config, tmp_path / "out")

@@ -88,7 +88,7 @@ def test_poisson_sampling_is_per_client_and_seeded():
 def test_impossible_combinations_are_refused(name, settings, message):
     config = make_config(**settings)
     with pytest.raises(FedarenaError, match=message):
-        check(config.privacy, REGISTRY[name](), False)
+        check(config.privacy, REGISTRY[name](), config.model)
 
 
 def test_bad_privacy_settings_are_refused():
@@ -96,3 +96,53 @@ def test_bad_privacy_settings_are_refused():
                 {"secagg": True, "secagg_neighbours": 3}, {"target_epsilon": 1.0}):
         with pytest.raises(FedarenaError, match="privacy"):
             make_config(**bad)
+
+
+def test_shared_integer_batchnorm_counters_are_refused_but_fedbn_passes():
+    config = cfg.build(None, {"model": {"name": "mlp", "norm": "bn"}, "privacy": {"secagg": True}}, [])
+    with pytest.raises(FedarenaError, match="integer"):
+        check(config.privacy, REGISTRY["fedper"](), config.model)
+    check(config.privacy, REGISTRY["fedbn"](), config.model)
+
+
+def test_an_empty_poisson_round_still_adds_central_noise():
+    config = make_config(dp_clip=1.0, dp_noise=1.0)
+    algo = REGISTRY["fedavg"]()
+    privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, 0, 10)
+    server = ServerState(params={"w": torch.zeros(3)})
+    uploads, out = privacy.train_and_aggregate(algo, server, None, 1, {})
+    assert uploads == {} and not torch.equal(out.params["w"], server.params["w"])
+
+
+def test_too_few_clients_for_a_secure_sum_abort_the_round():
+    config = make_config(secagg=True)
+    algo = REGISTRY["fedavg"]()
+    privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, 0, 10)
+    server = ServerState(params={"w": torch.zeros(2)})
+    ups = {c: Upload(params={"w": torch.ones(2)}, num_samples=5) for c in (0, 1)}
+    assert privacy.aggregate(algo, server, ups, 1) is server and privacy.aborted == [1]
+
+
+def test_secagg_plus_uses_a_threshold_its_neighbourhood_can_meet():
+    def six(**privacy):
+        return dataclasses.replace(make_config(**privacy), train=dataclasses.replace(
+            make_config().train, clients_per_round=6))
+
+    p = prepare(six())
+    algo = REGISTRY["fedavg"]()
+    runs = []
+    for privacy in ({}, {"secagg": True, "secagg_neighbours": 2}):
+        config = six(**privacy)
+        priv = Privacy.build(config.privacy, algo, N, 6, config.run.seed, 1000)
+        runs.append(run_algorithm(algo, p.task, p.data, rounds=2, clients_per_round=6, eval_every=2,
+                                  seed=config.run.seed, privacy=priv))
+    assert runs[1].privacy.secagg_summary["protocol"] == "SecAgg+"
+    for k, v in runs[0].server.params.items():
+        assert torch.allclose(v, runs[1].server.params[k], atol=1e-5)
+
+
+def test_local_dp_epsilon_grows_round_by_round():
+    config = make_config(dp_clip=1.0, dp_noise=1.0, dp_mode="local")
+    run = train("fedavg", config)
+    eps = [run.privacy.epsilon(r) for r in range(1, ROUNDS + 1)]
+    assert eps == sorted(eps) and eps[0] < eps[-1]

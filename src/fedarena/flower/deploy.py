@@ -71,7 +71,7 @@ def check_privacy(config: cfg.Config) -> None:
     for name in config.run.algorithms:
         algo = cfg.hyperparameters(config, name)
         if common.federates(algo):
-            check(config.privacy, algo, config.model.norm == "bn")
+            check(config.privacy, algo, config.model)
 
 
 def _result(out: Path, log_path: Path) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def protect(cp: ClientPrivacy, broadcast: Broadcast, upload: Upload, client: int
     ref = {k: broadcast.params[k] for k in upload.params}
     delta = client_delta(ref, upload.params, cp, dp.SecureNoise())
     if not cp.secagg:
-        noised = Upload(params={k: ref[k] + delta[k] for k in delta}, num_samples=upload.num_samples,
-                        metrics=upload.metrics)
+        # no metrics: the training loss depends on the data and is not covered by the DP noise
+        noised = Upload(params={k: ref[k] + delta[k] for k in delta}, num_samples=upload.num_samples)
         return encode(noised), b""
     if store is None:
         raise FedarenaError("secure aggregation needs the node config state-dir=PATH (where the round's secrets are kept)")

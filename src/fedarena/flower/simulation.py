@@ -33,7 +33,7 @@ from fedarena import config as cfg
 from fedarena.compare import check_out_dir
 from fedarena.core.types import FedarenaError
 from fedarena.flower import common
-from fedarena.flower.deploy import Timeouts, node_clients, run_config, run_local
+from fedarena.flower.deploy import Timeouts, check_privacy, node_clients, run_config, run_local
 from fedarena.flower.processes import LocalFederation, write_app_dir
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
     `workdir` (default: a temporary directory, removed afterwards unless the run failed) holds
     FLWR_HOME, the app and the logs; `on_started(federation)` is called once the SuperLink is up."""
     check_out_dir(out)
+    if config.privacy.secagg:
+        raise FedarenaError(f"--secagg is not supported on {ENGINE} yet (its virtual nodes keep no secrets between "
+                            "the protocol's stages); use fedarena deploy --secagg, or the in-process engines")
+    check_privacy(config)
     reason = ray_missing()
     if reason:
         raise FedarenaError(f"--engine {ENGINE} cannot run: {reason}")

@@ -42,6 +42,9 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
                             "updates to calibrate); use --method retrain")
     if src.shares_nothing(name):
         return dataclasses.replace(src.original(name), note="nothing is shared: deleting the personal state is complete")
+    if src.config.privacy.secagg:
+        raise FedarenaError(f"federaser cannot forget from {name}: the run used secure aggregation, so the server "
+                            "never saw (nor kept) a single client's update; use --method retrain")
     if not averages_uploads(algo):
         raise FedarenaError(
             f"federaser cannot forget from {name}: its server step is not FedAvg's mean of uploaded models "

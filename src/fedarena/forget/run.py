@@ -127,7 +127,7 @@ def forget(run_dir: Path, clients: list[str], methods: list[str], out: Path, alg
         rows, audit_models = [], {}
         for name in names:
             src.algo(name)
-            recorder = Recorder(src.keep, src.data.client_ids)
+            recorder = Recorder(src.keep, src.data.client_ids, updates_visible=not src.config.privacy.secagg)
             got, outcomes = forget_algorithm(src, name, methods, verify, recorder)
             rows += got
             chosen = next((m for m in methods if m in outcomes), None)
@@ -165,10 +165,11 @@ def _keep(root: Path, src: Source, name: str, recorder: Recorder, start: int) ->
             shutil.copy(p, root / p.name)
     files = recorder.all_files()
     new = json.loads(files.pop("norms.json", b"{}"))
-    norms = {str(r): v for r, v in src.stored(name).norms().items() if r <= start} | new
+    if not src.config.privacy.secagg:  # under secure aggregation no update norms were ever kept
+        norms = {str(r): v for r, v in src.stored(name).norms().items() if r <= start} | new
+        (root / "norms.json").write_text(json.dumps(dict(sorted(norms.items(), key=lambda kv: int(kv[0]))), indent=1))
     for fname, payload in files.items():
         (root / fname).write_bytes(payload)
-    (root / "norms.json").write_text(json.dumps(dict(sorted(norms.items(), key=lambda kv: int(kv[0]))), indent=1))
 
 
 def _audit(src: Source, ids: list[str], models: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class Source:
             raise FedarenaError(
                 f"{run_dir} kept nothing for deletion (forget.keep=none): rerun with forget.keep=server or all"
             )
+        if config.run.engine not in ("reference", "vectorized"):
+            raise FedarenaError(f"{run_dir} ran on {config.run.engine}, which keeps no forget material yet; "
+                                "forget works on simulator runs (--engine reference or vectorized)")
         prepared = prepare(config)
         ids = prepared.data.client_ids
         unknown = [c for c in clients if c not in ids]
@@ -122,11 +125,17 @@ class Source:
 
     def first_round(self, name: str) -> int | None:
         """The first round any forgotten client trained in (its data is in `centralized`'s pool from round 1)."""
-        if not self.algo(name).federated:
+        algo = self.algo(name)
+        if not algo.federated:
             return 1
-        t = self.config.train
+        from fedarena.compare import privacy_for  # DP runs sample clients their own way (Poisson)
+
+        privacy, t = privacy_for(self.config, algo, self.prepared), self.config.train
         for rnd in range(1, t.rounds + 1):
-            if set(self.forgotten) & set(sample_clients(self.seed, rnd, self.training, t.clients_per_round)):
+            chosen = sample_clients(self.seed, rnd, self.training, t.clients_per_round)
+            if privacy is not None:
+                chosen = privacy.sample(rnd, self.training, chosen)
+            if set(self.forgotten) & set(chosen):
                 return rnd
         return None
 

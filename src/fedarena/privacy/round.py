@@ -33,6 +33,7 @@ is not wired into this round yet, so the combination is refused with that reason
 from __future__ import annotations
 
 import logging
+import secrets
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,9 +53,13 @@ from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run
 
 log = logging.getLogger(__name__)
 
+MIN_SECAGG_CLIENTS = 3  # a secure sum of fewer reveals too much (1: the update itself); such rounds abort
+_OS = secrets.SystemRandom()
 
-def check(settings: Any, algo: Any, model_has_bn: bool) -> None:
-    """Refuse, before any work, what cannot hold together (settings: config.PrivacyConfig)."""
+
+def check(settings: Any, algo: Any, model: Any) -> None:
+    """Refuse, before any work, what cannot hold together (settings: config.PrivacyConfig; model:
+    config.ModelConfig, whose parameter names and dtypes show which keys would be shared)."""
     if not enabled(settings):
         return
     if algo.federated and not averages_uploads(algo):
@@ -67,9 +72,14 @@ def check(settings: Any, algo: Any, model_has_bn: bool) -> None:
             "central DP with secure aggregation needs client-side integer (Skellam) noise, which is not wired into "
             "the engine yet: use privacy.dp_mode=local with secagg, or central DP without secagg"
         )
-    if model_has_bn and algo.federated and algo.personal.patterns == ():
-        raise FedarenaError("privacy needs float parameters; model.norm=bn shares integer BatchNorm counters "
-                            "(use fedbn, which keeps them personal, or model.norm=none)")
+    from fedarena.tasks import build_module  # names and dtypes do not depend on the input size
+
+    shape = (1, 8, 8) if model.name == "cnn" else (4,)
+    params = build_module(model.name, shape, 2, 2, model.norm if model.name != "mlr" else "none").state_dict()
+    integer = sorted(k for k, v in params.items() if not algo.personal(k) and not v.is_floating_point())
+    if algo.federated and algo.personal.patterns != ("*",) and integer:
+        raise FedarenaError(f"privacy needs float shared parameters; {algo.name} shares the integer {integer[0]} "
+                            "(model.norm=bn's counters: use fedbn, which keeps them personal, or model.norm=none)")
 
 
 def enabled(settings: Any) -> bool:
@@ -133,6 +143,7 @@ class Privacy:
     accountant: acc.AccountantConfig | None = None
     overhead: dict[str, float] = field(default_factory=lambda: {"up": 0, "down": 0, "seconds": 0.0, "rounds": 0})
     participations: dict[int, int] = field(default_factory=dict)
+    most_by_round: dict[int, int] = field(default_factory=dict)  # round -> most uploads by one client so far
     secagg_summary: dict[str, Any] | None = None
     aborted: list[int] = field(default_factory=list)  # rounds whose secure aggregation aborted
     transport: str = "in-process (simulated messages)"
@@ -153,9 +164,16 @@ class Privacy:
 
     # ------------------------------------------------------------ the engine's three calls
     def sample(self, rnd: int, clients: list[int], default: list[int]) -> list[int]:
-        if not (self.settings.dp_clip > 0 and self.settings.sampling == "poisson"):
+        """DP-FedAvg's client sample. Seeded per (seed, round, client) in simulation; with `secure_noise` (every
+        deployment) drawn from the OS, since amplification by sampling assumes the sample is secret."""
+        s = self.settings
+        if s.dp_clip <= 0:
             return default
+        if s.sampling == "fixed":
+            return sorted(_OS.sample(clients, min(self.per_round, len(clients)))) if s.secure_noise else default
         q = self.per_round / self.population  # fixed for the run: excluding a client changes no one else's draw
+        if s.secure_noise:
+            return [c for c in clients if _OS.random() < q]
         return [c for c in clients if numpy_rng(self.seed, "poisson-sample", rnd, c).random() < q]
 
     def rounds_allowed(self, rounds: int) -> int:
@@ -184,6 +202,10 @@ class Privacy:
         here are empty placeholders for the survivors), and an aborted protocol keeps the server state."""
         s = self.settings
         local_dp = s.dp_clip > 0 and s.dp_mode == "local"
+        if not broadcasts:  # an empty (Poisson) sample: nothing to train; central DP still adds its noise
+            return {}, self.aggregate(algo, server, {}, rnd)
+        if s.secagg and len(broadcasts) < MIN_SECAGG_CLIENTS:
+            return {}, self._abort(server, rnd, f"only {len(broadcasts)} clients sampled")
         if not getattr(clients, "protects_updates", False) or not (s.secagg or local_dp):
             uploads = in_client_order(clients.train(rnd, broadcasts))
             return uploads, self.aggregate(algo, server, uploads, rnd)
@@ -195,14 +217,11 @@ class Privacy:
         self.transport = getattr(clients, "transport", self.transport)
         try:
             result = clients.train_secure(rnd, broadcasts, cp)
+            # the protocol's wall time: its stages after the training reply that carried the public keys
+            mean = self._secure_result(ref, result, cp, sum(result.server_seconds.values()))
         except SecAggAbort as exc:
-            self.aborted.append(rnd)
-            log.warning("round %d: secure aggregation aborted, the server keeps its previous state (%s)", rnd, exc)
-            return {}, server
-        # the protocol's wall time: its stages after the training reply that carried the public keys
-        mean = self._secure_result(ref, result, cp, sum(result.server_seconds.values()))
-        for c in result.survivors:
-            self.participations[c] = self.participations.get(c, 0) + 1
+            return {}, self._abort(server, rnd, str(exc))
+        self._count(rnd, {c: None for c in result.survivors})
         return {c: Upload() for c in sorted(result.survivors)}, algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
 
     def client_privacy(self, rnd: int, n: int) -> ClientPrivacy:
@@ -210,22 +229,24 @@ class Privacy:
         s = self.settings
         local = s.dp_clip > 0 and s.dp_mode == "local"
         k = s.secagg_neighbours if s.secagg_neighbours and s.secagg_neighbours < n - 1 else 0
+        group = k + 1 if k else n  # a client's neighbourhood (SecAgg+) or everyone (SecAgg)
         return ClientPrivacy(round=rnd, dp_clip=s.dp_clip if local else 0.0, dp_noise=s.dp_noise if local else 0.0,
                              secagg=s.secagg, clients=n, max_weight=self.max_weight, fp_clip=s.secagg_clip,
-                             bits=s.secagg_bits, threshold=min(s.secagg_threshold or n // 2 + 1, n), neighbours=k)
+                             bits=s.secagg_bits, threshold=min(s.secagg_threshold or group // 2 + 1, group),
+                             neighbours=k)
 
     def aggregate(self, algo: Any, server: ServerState, uploads: dict[int, Upload], rnd: int,
                   noised_by_clients: bool = False) -> ServerState:
         ups = {c: u for c, u in uploads.items() if u.params}
-        if not ups:
-            return algo.aggregate(server, uploads)
-        for c in ups:
-            self.participations[c] = self.participations.get(c, 0) + 1
-        keys = sorted(next(iter(ups.values())).params)
-        ref = {k: server.params[k] for k in keys}
         s = self.settings
+        central = s.dp_clip > 0 and s.dp_mode == "central"
+        self._count(rnd, ups)
+        if not ups and not central:
+            return algo.aggregate(server, uploads)
+        keys = sorted(next(iter(ups.values())).params) if ups else sorted(k for k in server.params if not algo.personal(k))
+        ref = {k: server.params[k] for k in keys}
         noise = self._noise(rnd)
-        if s.dp_clip > 0 and s.dp_mode == "central":
+        if central:  # noise is added even to an empty round: the accountant counts every round
             mean = dp.central_dp_mean(ref, [u.params for u in ups.values()], s.dp_clip, s.dp_noise,
                                       self.per_round, noise)
             return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
@@ -235,10 +256,27 @@ class Privacy:
         if not s.secagg:
             return algo.aggregate(server, {c: Upload(params={k: ref[k] + d[k] for k in keys}, num_samples=ups[c].num_samples)
                                            for c, d in deltas.items()})
-        mean = self._secure_mean(ref, deltas, {c: u.num_samples for c, u in ups.items()}, rnd)
+        if len(deltas) < MIN_SECAGG_CLIENTS:
+            return self._abort(server, rnd, f"only {len(deltas)} clients uploaded")
+        try:
+            mean = self._secure_mean(ref, deltas, {c: u.num_samples for c, u in ups.items()}, rnd)
+        except SecAggAbort as exc:
+            return self._abort(server, rnd, str(exc))
         return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
 
     # ------------------------------------------------------------ pieces
+    def _abort(self, server: ServerState, rnd: int, why: str) -> ServerState:
+        """A round without a secure sum keeps the previous server state (no partial or wrong aggregate)."""
+        self.aborted.append(rnd)
+        log.warning("round %d: secure aggregation aborted, the server keeps its previous state (%s)", rnd, why)
+        return server
+
+    def _count(self, rnd: int, uploaders: dict[int, Any]) -> None:
+        """Participations so far, and after each round the most any client has made (local DP's epsilon)."""
+        for c in uploaders:
+            self.participations[c] = self.participations.get(c, 0) + 1
+        self.most_by_round[rnd] = max(self.participations.values(), default=0)
+
     def _noise(self, rnd: int, client: int | None = None) -> Any:
         if self.settings.secure_noise:
             return dp.SecureNoise()
@@ -263,7 +301,10 @@ class Privacy:
         self.overhead["down"] += sum(b.overhead_down for b in result.bytes_per_client.values())
         self.overhead["rounds"] += 1
         self.secagg_summary = result.summary()
-        return mean_from_sum(ref, cp.fixed_point().decode(result.sum))
+        total = cp.fixed_point().decode(result.sum)
+        if not total[-1] > 0:
+            raise SecAggAbort(f"round {cp.round}: the secure sum's total weight is {total[-1]:g}, not > 0")
+        return mean_from_sum(ref, total)
 
     # ------------------------------------------------------------ reporting
     def epsilon(self, rounds: int) -> float | None:
@@ -274,7 +315,7 @@ class Privacy:
             return math.inf
         if self.accountant is not None:
             return acc.epsilon_for(self.accountant, rounds)
-        most = max(self.participations.values(), default=0)
+        most = max((v for r, v in self.most_by_round.items() if r <= rounds), default=0)
         return acc.local_epsilon(s.dp_noise, most, s.dp_delta) if most else 0.0
 
     def summary(self, rounds: int) -> dict[str, Any]:
@@ -295,6 +336,7 @@ class Privacy:
             "accountant": (s.accountant if self.accountant else "local-gaussian per client") if s.dp_clip > 0 else None,
             "sampling": (s.sampling if s.dp_clip > 0 else "fixed"),
             "noise_source": "os-secure" if s.secure_noise else "seeded (simulation only)",
+            "sampling_source": ("os-secure" if s.secure_noise else "seeded (simulation only)") if s.dp_clip > 0 else None,
             "rounds": rounds,
         }
 

@@ -76,7 +76,8 @@ def cell_config(base: cfg.Config, epsilon: float, population: int) -> cfg.Config
     else:
         clip = p.dp_clip or 1.0
         z = noise_for(epsilon, population, base.train.clients_per_round, base.train.rounds, p)
-        privacy = dataclasses.replace(p, dp_clip=clip, dp_noise=round(z, 6), dp_mode="central", target_epsilon=None)
+        privacy = dataclasses.replace(p, dp_clip=clip, dp_noise=math.ceil(z * 1e6) / 1e6, dp_mode="central",
+                                      target_epsilon=None)  # rounded up: never above the budget
     return cfg.validate(dataclasses.replace(base, privacy=privacy))
 
 

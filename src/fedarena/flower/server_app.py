@@ -400,7 +400,7 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
         raise FedarenaError(f"none of {list(config.run.algorithms)} federates; nothing to deploy")
     trained, deployment, storage = [], {}, {}
     for name in names:  # refuse impossible privacy settings before any training
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model.norm == "bn")
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
     secure = dataclasses.replace(config.privacy, secure_noise=True)  # a deployment's noise comes from the OS
     for i in range(config.run.seeds):
         seed = config.run.seed + i

@@ -199,3 +199,33 @@ def test_retrain_is_exact_on_private_runs(tmp_path, privacy):
     else:
         assert all(torch.equal(v, outcome.server.params[k]) for k, v in fresh.server.params.items())
         assert first is None or outcome.rounds == ROUNDS - (first - 1)
+
+
+def test_compare_with_a_forget_probe_feeds_the_reports_gdpr_row(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["compare", "--data", "digits", "--clients", "8", "--clients-per-round", "4",
+                                 "--rounds", "3", "--model", "mlp", "--set", "model.hidden=8", "--algorithms",
+                                 "fedavg,fedper", "--forget-probe", "3", "--set", "forget.keep=all", "--out", str(out),
+                                 "--report"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "forget-3" / "forget.json").read_text())["runs"]
+    assert {(r["algorithm"], r["method"]) for r in rows} == {(a, m) for a in ("fedavg", "fedper")
+                                                             for m in ("retrain", "federaser")}
+    assert all(r["backdoor_before"] is not None for r in rows if not r["refused"])
+    report = (out / "report.md").read_text()
+    gdpr = next(line for line in report.splitlines() if "Right to be forgotten" in line)
+    assert "exact removal costs" in gdpr and "not measured" not in gdpr
+
+
+def test_two_clients_are_forgotten_at_once(run_dir, tmp_path):
+    out, config = run_dir
+    result = forget(out, ["1", "4"], ["retrain"], tmp_path / "out", ["fedavg", "fedper"], verify=False)
+    assert result["forgotten"] == ["1", "4"]
+    names = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert not any(n.startswith(("client-1.", "client-4.", "client-1-", "client-4-")) for n in names)
+    src = Source.load(out, ["1", "4"])
+    fresh = run_algorithm(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+                          eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[1, 4])
+    got = retrain(src, "fedavg")
+    assert all(torch.equal(v, got.server.params[k]) for k, v in fresh.server.params.items())

@@ -10,7 +10,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from fedarena import config as cfg
@@ -26,13 +25,7 @@ SCHEMA = json.loads(resources.files("fedarena").joinpath("schemas/summary.schema
 CLIENTS = [str(i) for i in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny models here train ~10x faster on one thread than on a contended pool (2-core CI)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def run(name: str, family: str, acc: float, *, seed: int | None = 0, worst: float | None = None,

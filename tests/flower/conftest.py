@@ -1,14 +1,9 @@
-"""Flower tests compare deployed weights with the simulator's bit for bit. The ClientApp computes with one torch
-thread (client_app.py); BLAS reductions split over a different number of threads round differently in the last
-bit, so the simulator side of these tests computes with one thread too."""
+"""Flower tests compare deployed weights with the simulator's bit for bit, so the simulator side computes with
+the ClientApp's one torch thread (tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _simulator_on_one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)

@@ -40,8 +40,8 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     if not algo.federated:
         raise FedarenaError(f"federaser cannot forget from {name}: it does not federate (there are no client "
                             "updates to calibrate); use --method retrain")
-    if src.shares_nothing(name):
-        return dataclasses.replace(src.original(name), note="nothing is shared: deleting the personal state is complete")
+    if (unchanged := src.nothing_shared(name)) is not None:
+        return unchanged
     if src.config.privacy.secagg:
         raise FedarenaError(f"federaser cannot forget from {name}: the run used secure aggregation, so the server "
                             "never saw (nor kept) a single client's update; use --method retrain")

@@ -10,7 +10,6 @@ snapshots) it retrains from round 0, which gives the same bits at a higher cost.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from fedarena.compare import privacy_for
@@ -23,8 +22,8 @@ def retrain(src: Source, name: str, record: Any = None) -> Outcome:
     first = src.first_round(name)
     if first is None:  # never took part: nothing to undo
         return src.original(name)
-    if src.shares_nothing(name):
-        return dataclasses.replace(src.original(name), note="nothing is shared: deleting the personal state is complete")
+    if (unchanged := src.nothing_shared(name)) is not None:
+        return unchanged
     start = src.resume_round(name, first - 1)
     resume = None if start == 0 else Checkpoint(start, src.stored(name).server(start), src.states_at(name, start))
     run = run_algorithm(

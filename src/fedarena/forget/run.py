@@ -19,14 +19,13 @@ from typing import Any, Callable
 
 import torch
 
-from fedarena.core.codec import Ledger
 from fedarena.core.types import FedarenaError
 from fedarena.forget import probe
 from fedarena.forget.federaser import federaser
 from fedarena.forget.retrain import retrain
 from fedarena.forget.source import Outcome, Source
 from fedarena.forget.store import Recorder
-from fedarena.sim.engine import LocalClients, ReferenceExecutor, personal_model
+from fedarena.sim.engine import evaluate_client, personal_model
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,11 @@ METHODS: dict[str, Callable[..., Outcome]] = {"retrain": retrain, "federaser": f
 def measure(src: Source, name: str, outcome: Outcome) -> dict[str, float | None]:
     """The forgotten clients' traces in the remaining clients' models, and those clients' accuracy."""
     algo, task, data = src.algo(name), src.task, src.data
-    clients = LocalClients(algo, task, data, src.remaining, src.initial, src.seed, ReferenceExecutor(task, name), Ledger())
-    clients.states.update({c: s for c, s in outcome.states.items() if c in clients.states})
+    fresh = algo.init_client(src.initial)  # a client that kept no state is at its initial one
+
+    def state_of(c: int) -> Any:  # `centralized`'s one pseudo-client 0 serves every client
+        return outcome.states.get(0 if not algo.federated else c, fresh)
+
     g = algo.global_model(outcome.server)
     rnd = src.config.train.rounds
     x_in, y_in = src.member_samples()
@@ -48,11 +50,11 @@ def measure(src: Source, name: str, outcome: Outcome) -> dict[str, float | None]
     aucs, correct, tested, hits, eligible, g_correct = [], 0.0, 0, 0.0, 0, 0.0
     for c in src.remaining:
         d = data.client(c)
-        model = personal_model(algo, task, algo.broadcast(outcome.server, c), clients._state(c), d, src.seed, rnd, c)
+        model = personal_model(algo, task, algo.broadcast(outcome.server, c), state_of(c), d, src.seed, rnd, c)
         aucs.append(probe.mia_auc(task, model, x_in, y_in, x_out, y_out))
-        ev = clients_eval(task, model, g, d)
-        correct, tested = correct + ev[0] * d.num_test, tested + d.num_test
-        g_correct += (ev[1] or 0.0) * d.num_test
+        ev = evaluate_client(task, model, g, d)
+        correct, tested = correct + ev.acc * d.num_test, tested + d.num_test
+        g_correct += (ev.global_acc or 0.0) * d.num_test
         if probed:
             keep = int((d.y_test != target).sum())
             success = probe.backdoor_success(task, model, d.x_test, d.y_test, target, value)
@@ -64,13 +66,6 @@ def measure(src: Source, name: str, outcome: Outcome) -> dict[str, float | None]
         "remaining_acc": correct / tested,
         "remaining_global_acc": g_correct / tested if g is not None else None,
     }
-
-
-def clients_eval(task, model, g, d) -> tuple[float, float | None]:
-    from fedarena.sim.engine import evaluate_client
-
-    e = evaluate_client(task, model, g, d)
-    return e.acc, e.global_acc
 
 
 def forget_algorithm(src: Source, name: str, methods: list[str], verify: bool,

@@ -3,6 +3,7 @@ final states, and the forgotten clients' indices."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +37,7 @@ class Source:
     config: cfg.Config
     prepared: Any  # compare.Prepared
     forgotten: list[int]
+    _stored: dict[str, Stored] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, run_dir: Path, clients: list[str]) -> "Source":
@@ -121,7 +123,10 @@ class Source:
         return cfg.hyperparameters(self.config, name)
 
     def stored(self, name: str) -> Stored:
-        return Stored(self.dir / "forget" / name, self.keep)
+        """The algorithm's forget material (read once: its snapshot index is cached)."""
+        if name not in self._stored:
+            self._stored[name] = Stored(self.dir / "forget" / name, self.keep)
+        return self._stored[name]
 
     def first_round(self, name: str) -> int | None:
         """The first round any forgotten client trained in (its data is in `centralized`'s pool from round 1)."""
@@ -164,11 +169,14 @@ class Source:
             path = self.dir / "models" / name / f"client-{self.data.client_ids[c]}.safetensors"
             if path.is_file():
                 states[c] = decode_state(path.read_bytes(), ClientState, str(path))
-        return Outcome(server, states, 0, 0, 0.0, "the run's final state; the client(s) never trained" )
+        return Outcome(server, states, 0, 0, 0.0, "the run's final state; the client(s) never trained")
 
-    def shares_nothing(self, name: str) -> bool:
-        """Every key is personal (`local`): no other client or server ever saw anything of the client."""
-        return self.algo(name).personal == EVERYTHING
+    def nothing_shared(self, name: str) -> Outcome | None:
+        """When every key is personal (`local`) no other client nor the server ever saw anything of the client:
+        the final state without its personal state is the whole deletion."""
+        if self.algo(name).personal != EVERYTHING:
+            return None
+        return dataclasses.replace(self.original(name), note="nothing is shared: deleting the personal state is complete")
 
     def probed(self) -> bool:
         """Whether a forgotten client carries the run's backdoor probe."""

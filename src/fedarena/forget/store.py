@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,20 @@ class Stored:
             raise FedarenaError(f"{path} is missing: the run kept no server checkpoint for round {rnd}")
         return decode_state(path.read_bytes(), ServerState, str(path))
 
+    @cached_property
+    def snapshots(self) -> dict[str, list[tuple[int, Path]]]:
+        """Client id -> its (round, file) snapshots in round order, from one listing of the directory."""
+        out: dict[str, list[tuple[int, Path]]] = {}
+        for path in self.root.glob("client-*-r*.safetensors"):
+            m = _CLIENT.fullmatch(path.name)
+            if m:
+                out.setdefault(m["id"], []).append((int(m["round"]), path))
+        return {c: sorted(v) for c, v in out.items()}
+
     def client_state(self, client: str, rnd: int) -> ClientState | None:
         """The client's state after round `rnd`: its latest snapshot at or before it (None: initial)."""
-        best = None
-        for path in self.root.glob(f"client-{client}-r*.safetensors"):
-            m = _CLIENT.fullmatch(path.name)
-            if m and m["id"] == client and int(m["round"]) <= rnd and (best is None or int(m["round"]) > best[0]):
-                best = (int(m["round"]), path)
-        return None if best is None else decode_state(best[1].read_bytes(), ClientState, str(best[1]))
+        best = [path for r, path in self.snapshots.get(client, []) if r <= rnd]
+        return None if not best else decode_state(best[-1].read_bytes(), ClientState, str(best[-1]))
 
     def norms(self) -> dict[int, dict[str, Any]]:
         path = self.root / "norms.json"

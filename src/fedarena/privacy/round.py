@@ -243,8 +243,8 @@ class Privacy:
         self._count(rnd, ups)
         if not ups and not central:
             return algo.aggregate(server, uploads)
-        keys = sorted(next(iter(ups.values())).params) if ups else sorted(k for k in server.params if not algo.personal(k))
-        ref = {k: server.params[k] for k in keys}
+        ref = {k: server.params[k] for k in sorted(next(iter(ups.values())).params)} if ups else _reference(algo, server, {})
+        keys = sorted(ref)
         noise = self._noise(rnd)
         if central:  # noise is added even to an empty round: the accountant counts every round
             mean = dp.central_dp_mean(ref, [u.params for u in ups.values()], s.dp_clip, s.dp_noise,

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.codec import Ledger, decode, encode
@@ -76,3 +78,26 @@ def test_upload_size_does_not_depend_on_reported_values():
     assert len(sizes) == 1
     back = decode(encode(Upload(params=params, num_samples=5, metrics={"train_loss": 1 / 3})), Upload)
     assert back.metrics["train_loss"] == 1 / 3  # 17 significant digits: exact round trip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 12), min_size=0, max_size=3), min_size=0, max_size=4),
+    num_samples=st.integers(0, 10**7),
+    loss=st.floats(allow_nan=False, allow_infinity=False),
+    extra=st.booleans(),
+)
+def test_unverified_ledger_counts_what_encoding_would(shapes, num_samples, loss, extra):
+    """The vectorized engine's ledger encodes an upload once per structure; every later upload of that
+    structure must be counted at exactly its own encoded length."""
+    params = {f"layer{i}.w": torch.rand(tuple(s)) for i, s in enumerate(shapes)}
+    extras = {"c": torch.arange(3)} if extra else {}
+    ledger = Ledger(verify=False)
+    for rnd, metrics in enumerate([{"train_loss": 0.0}, {"train_loss": loss, "steps": 3.0}, {"train_loss": -loss}], 1):
+        other_n = (num_samples + 1) % 10 if num_samples < 10 else 10 ** (len(str(num_samples)) - 1)  # same digits
+        first = Upload(params={k: torch.zeros_like(v) for k, v in params.items()}, num_samples=other_n, extra=extras,
+                       metrics={k: 1e300 for k in metrics})
+        ledger.send_up(rnd, 0, first)  # primes the size cache with other values of the same structure
+        msg = Upload(params=params, num_samples=num_samples, extra=extras, metrics=metrics)
+        assert ledger.send_up(rnd, 1, msg) is msg
+        assert ledger.up[(rnd, 1)] == len(encode(msg))

@@ -28,16 +28,32 @@ def _tensors(message: Broadcast | Upload) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def encode(message: Broadcast | Upload) -> bytes:
-    tensors = _tensors(message)
-    if not tensors:
-        return b""
+def _meta(message: Broadcast | Upload) -> dict[str, str]:
     meta = {"kind": type(message).__name__}
     if isinstance(message, Upload):
         meta["num_samples"] = str(int(message.num_samples))
         # fixed-width numbers, so that a message's size never depends on the values it reports
         meta["metrics"] = json.dumps({k: f"{float(v):+.16e}" for k, v in sorted(message.metrics.items())})
-    return st_save(tensors, metadata=meta)
+    return meta
+
+
+def encode(message: Broadcast | Upload) -> bytes:
+    tensors = _tensors(message)
+    if not tensors:
+        return b""
+    return st_save(tensors, metadata=_meta(message))
+
+
+def _size_key(message: Broadcast | Upload) -> tuple:
+    """Everything the encoded size depends on: each tensor's name, dtype and shape, and the length of
+    each metadata string as it is written into the JSON header (the header's offsets follow from the
+    shapes). Two messages with equal keys encode to the same number of bytes (tested)."""
+    tensors = [(f"params/{k}", v) for k, v in message.params.items()] + [(f"extra/{k}", v) for k, v in message.extra.items()]
+    return (
+        type(message).__name__,
+        tuple((name, v.dtype, tuple(v.shape)) for name, v in tensors),
+        tuple((k, len(json.dumps(v))) for k, v in _meta(message).items()) if tensors else (),
+    )
 
 
 def _metadata(payload: bytes) -> dict[str, str]:
@@ -95,14 +111,17 @@ class Ledger:
 
     With ``verify`` (the reference engine) every receiver uses the decoded payload, exactly what
     crossed the wire. Without it (the vectorized engine) the receiver uses the message itself,
-    which is the same bits (the codec round trip is the identity on its wire dtypes, tested), and a
-    broadcast that is the very same object for several clients of a round is encoded once.
+    which is the same bits (the codec round trip is the identity on its wire dtypes, tested), a
+    broadcast that is the very same object for several clients of a round is encoded once, and an
+    upload is encoded once per structure (names, dtypes, shapes, metadata lengths: see `_size_key`)
+    since its size does not depend on its values.
     """
 
     up: dict[tuple[int, int], int] = field(default_factory=dict)
     down: dict[tuple[int, int], int] = field(default_factory=dict)
     verify: bool = True
     _last: tuple[int, Broadcast | None, int] = (0, None, 0)  # (round, message, size)
+    _sizes: dict[tuple, int] = field(default_factory=dict)  # encoded size per _size_key (verify off)
 
     def send_down(self, rnd: int, client: int, message: Broadcast) -> Broadcast:
         last_round, last_message, last_size = self._last
@@ -115,8 +134,15 @@ class Ledger:
         return decode(payload, Broadcast) if self.verify else message
 
     def send_up(self, rnd: int, client: int, message: Upload) -> Upload:
-        payload = encode(message)
-        self.up[(rnd, client)] = self.up.get((rnd, client), 0) + len(payload)
+        if self.verify:
+            payload = encode(message)
+            size = len(payload)
+        else:  # the same bits either way: count the size, encoded once per message structure
+            key = _size_key(message)
+            if key not in self._sizes:
+                self._sizes[key] = len(encode(message))
+            size = self._sizes[key]
+        self.up[(rnd, client)] = self.up.get((rnd, client), 0) + size
         return decode(payload, Upload) if self.verify else message
 
     def record(self, rnd: int, client: int, direction: str, nbytes: int) -> None:

@@ -7,7 +7,8 @@ what differs between clients, which is what lets an engine stack clients and vma
 
 An epoch is one pass over the client's train split in an order drawn from the client's generator
 (`torch.randperm`); the last batch may be smaller (PyTorch's ``drop_last=False``); each step is
-``w <- w - lr * grad`` on the batch-mean objective for the trainable keys only (buffers such as
+``w <- w + (-lr) * grad`` (one ``add`` with ``alpha=-lr``, the kernel the vectorized engine uses
+too) on the batch-mean objective for the trainable keys only (buffers such as
 BatchNorm statistics are carried along and updated by the forward pass itself).
 """
 
@@ -59,6 +60,6 @@ def local_sgd(
             grads = torch.autograd.grad(loss, [leaves[k] for k in trainable], allow_unused=True)
             with torch.no_grad():
                 for k, g in zip(trainable, grads):
-                    work[k] = leaves[k].detach() - sgd.lr * g if g is not None else leaves[k].detach()
+                    work[k] = leaves[k].detach().add(g, alpha=-sgd.lr) if g is not None else leaves[k].detach()
             losses.append(float(loss.detach()))
     return work, (sum(losses) / len(losses) if losses else float("nan")), len(losses)

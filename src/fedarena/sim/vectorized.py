@@ -98,7 +98,12 @@ class _Lockstep:
 
     def __init__(self, executor: VectorizedExecutor, calls: list):
         self.executor, self.calls = executor, calls
-        self.cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        # one condition for the engine and one per worker, all on one lock: a notification wakes exactly
+        # the thread it concerns (notify_all on a shared condition woke every waiting worker at every
+        # submission, O(clients^2) wake-ups per round)
+        self.cond = threading.Condition(lock)
+        self.worker_conds = [threading.Condition(lock) for _ in calls]
         self.pending: dict[int, SGDRequest] = {}
         self.results: dict[int, tuple] = {}
         self.live = len(calls)
@@ -117,13 +122,13 @@ class _Lockstep:
                 self.errors[i] = exc
             finally:
                 self.live -= 1
-                self.cond.notify_all()
+                self.cond.notify()
 
     def _submit(self, i: int, req: SGDRequest) -> tuple:
         with self.cond:
             self.pending[i] = req
-            self.cond.notify_all()
-            self.cond.wait_for(lambda: i in self.results)
+            self.cond.notify()
+            self.worker_conds[i].wait_for(lambda: i in self.results)
             return self.results.pop(i)
 
     def run(self, pool: ThreadPoolExecutor) -> list:
@@ -139,7 +144,8 @@ class _Lockstep:
                 except BaseException as exc:
                     self.errors[-1] = exc
                     self.results.update({i: None for i in batch})  # release the workers; they fail
-                self.cond.notify_all()
+                for i in batch:
+                    self.worker_conds[i].notify()
         for f in futures:
             f.result()
         if self.errors:

@@ -48,7 +48,7 @@ def weighted_mean(params_list: Sequence[Params], weights: Sequence[float]) -> Pa
     for k in keys:
         acc = torch.zeros(params_list[0][k].shape, dtype=torch.float64)
         for p, w in zip(params_list, weights):
-            acc += p[k].to(torch.float64) * (float(w) / total)
+            acc.add_(p[k], alpha=float(w) / total)  # computed in float64 (acc's dtype), no temporaries
         out[k] = acc.to(params_list[0][k].dtype)
     return out
 

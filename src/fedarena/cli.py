@@ -80,6 +80,9 @@ def compare(
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP: noise multiplier z (std z*C)."),
     dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP: delta (default 1e-5)."),
     dp_mode: Optional[str] = typer.Option(None, "--dp-mode", help="central (default) | local"),
+    dp_sgd_noise: Optional[float] = typer.Option(
+        None, "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma."),
+    dp_sgd_clip: Optional[float] = typer.Option(None, "--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C."),
     target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
                                                    help="DP: stop before the round that would exceed it."),
     secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (SecAgg; SecAgg+ with --secagg-neighbours)."),
@@ -100,7 +103,7 @@ def compare(
         "forget": _given(probe=forget_probe),
         "privacy": _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode,
                           target_epsilon=target_epsilon, secagg=secagg or None, secagg_threshold=secagg_threshold,
-                          secagg_neighbours=secagg_neighbours),
+                          secagg_neighbours=secagg_neighbours, sgd_noise=dp_sgd_noise, sgd_clip=dp_sgd_clip),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir, run_compare
@@ -407,6 +410,9 @@ def deploy(
     dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP: noise multiplier z (std z*C)."),
     dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP: delta (default 1e-5)."),
     dp_mode: Optional[str] = typer.Option(None, "--dp-mode", help="central (server adds noise) | local (each node)"),
+    dp_sgd_noise: Optional[float] = typer.Option(
+        None, "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma."),
+    dp_sgd_clip: Optional[float] = typer.Option(None, "--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C."),
     target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
                                                    help="DP: stop before the round that would exceed it."),
     secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation between the nodes and the server."),
@@ -429,7 +435,7 @@ def deploy(
                       engine="reference"),
         "privacy": _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode,
                           target_epsilon=target_epsilon, secagg=secagg or None, secagg_threshold=secagg_threshold,
-                          secagg_neighbours=secagg_neighbours),
+                          secagg_neighbours=secagg_neighbours, sgd_noise=dp_sgd_noise, sgd_clip=dp_sgd_clip),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir

@@ -30,6 +30,7 @@ from fedarena.data.heterogeneity import summarize
 from fedarena.forget import probe
 from fedarena.forget.store import Recorder
 from fedarena.privacy import round as private_round
+from fedarena.privacy.dpsgd import SampleLevel, privacy_block
 from fedarena.report.measures import aggregate
 from fedarena.sim.engine import AlgorithmRun, run_algorithm, select_new_clients, storage_bytes
 from fedarena.tasks import make_task
@@ -133,7 +134,7 @@ def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> T
     t = config.train
     runs: dict[str, tuple[Any, AlgorithmRun]] = {}
     for name in config.run.algorithms:  # refuse impossible privacy settings before any training
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model, in_process=True)
     for name in config.run.algorithms:
         algo = cfg.hyperparameters(config, name)
         log.info("training %s", name)
@@ -144,7 +145,7 @@ def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> T
             algo, p.task, p.data, rounds=t.rounds, clients_per_round=t.clients_per_round,
             eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=p.new_clients,
             on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, record=recorder,
-            on_start=recorder.start, privacy=privacy,
+            on_start=recorder.start, privacy=privacy, dpsgd=SampleLevel.build(config.privacy),
         )
         run.kept = recorder.all_files()
         runs[name] = algo, run
@@ -178,6 +179,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
             "personal_acc_std": e.personal_acc_std, "personal_acc_worst10": e.personal_acc_worst10,
             "bytes_cumulative": cumulative[e.round - 1], "train_seconds": run.train_seconds[e.round - 1],
             "epsilon": _finite(run.privacy.epsilon(e.round)) if run.privacy else None,
+            "sample_epsilon_max": run.sample_dp.epsilon_max(e.round) if run.sample_dp else None,
         })
     return {
         "algorithm": name,
@@ -206,7 +208,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
         "storage_bytes_per_client": storage_bytes(run.states),
         "forget_kept_bytes": sum(len(b) for b in run.kept.values()),
         "history": history,
-        "privacy": run.privacy.summary(rounds) if run.privacy else None,
+        "privacy": privacy_block(run.privacy.summary(rounds) if run.privacy else None, run.sample_dp, rounds),
         "new_clients": run.new_clients,
     }
 

@@ -106,6 +106,8 @@ class PrivacyConfig:
     secagg_neighbours: int = 0  # SecAgg+ graph degree k (even); 0 = complete graph (SecAgg)
     secagg_bits: int = 32  # modulus 2^bits of the masked sum
     secagg_clip: float = 10.0  # fixed-point range of each update coordinate (values beyond are clipped)
+    sgd_noise: float = 0.0  # DP-SGD's sigma (sample-level DP of local training, privacy/dpsgd.py); 0 = off
+    sgd_clip: float = 0.0  # DP-SGD's per-sample L2 clip C (> 0 when sgd_noise > 0)
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,12 @@ def validate(config: Config) -> Config:
          f"({t.clients_per_round})"),
         (not config.privacy.secagg_neighbours or config.privacy.secagg_threshold <= config.privacy.secagg_neighbours + 1,
          "privacy.secagg_threshold must be <= secagg_neighbours + 1 (a client's SecAgg+ neighbourhood)"),
+        (config.privacy.sgd_noise >= 0 and config.privacy.sgd_clip >= 0,
+         "privacy.sgd_noise and privacy.sgd_clip must be >= 0"),
+        (config.privacy.sgd_noise == 0 or config.privacy.sgd_clip > 0,
+         "privacy.sgd_noise (DP-SGD) needs privacy.sgd_clip > 0 (the noise is calibrated to the per-sample clip)"),
+        (config.privacy.sgd_clip == 0 or config.privacy.sgd_noise > 0,
+         "privacy.sgd_clip needs privacy.sgd_noise > 0 (DP-SGD is on when its noise is)"),
         (config.forget.keep in ("none", "server", "all"),
          f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
         (0 < config.forget.probe_fraction <= 1,

@@ -10,6 +10,9 @@ An epoch is one pass over the client's train split in an order drawn from the cl
 ``w <- w + (-lr) * grad`` (one ``add`` with ``alpha=-lr``, the kernel the vectorized engine uses
 too) on the batch-mean objective for the trainable keys only (buffers such as
 BatchNorm statistics are carried along and updated by the forward pass itself).
+
+With sample-level DP on, the engine sets `PRIVATE_SGD` for a client's training and the same call runs DP-SGD
+(`fedarena.privacy.dpsgd`: Poisson lots, per-sample clipping, Gaussian noise) instead.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ SGD_BATCHER: ContextVar[Callable[[SGDRequest], tuple[Params, float, int]] | None
     "fedarena_sgd_batcher", default=None
 )
 
+# Set by the engine around one client's training when sample-level DP is on (`privacy.dpsgd`): local_sgd then
+# hands its request to DP-SGD (Opacus) instead of running plain SGD. It takes precedence over SGD_BATCHER
+# (DP-SGD cannot be batched across clients; the vectorized engine falls back to client-by-client execution).
+PRIVATE_SGD: ContextVar[Callable[[SGDRequest], tuple[Params, float, int]] | None] = ContextVar(
+    "fedarena_private_sgd", default=None
+)
+
 
 def local_sgd(
     objective: Objective,
@@ -44,7 +54,7 @@ def local_sgd(
     """Run `epochs` (default `sgd.epochs`) of SGD; returns new params, the mean batch loss and the
     number of steps taken."""
     wanted = frozenset(trainable)
-    submit = SGD_BATCHER.get()
+    submit = PRIVATE_SGD.get() or SGD_BATCHER.get()
     if submit is not None:
         return submit(SGDRequest(objective, params, wanted, x, y, sgd, rng, sgd.epochs if epochs is None else epochs))
     trainable = [k for k in params if k in wanted]

@@ -47,6 +47,7 @@ from fedarena.core.rng import numpy_rng, torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Params, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
+from fedarena.privacy.dpsgd import check_dpsgd
 from fedarena.sim.engine import in_client_order
 from fedarena.privacy.fixedpoint import FixedPoint
 from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run_secagg
@@ -57,9 +58,11 @@ MIN_SECAGG_CLIENTS = 3  # a secure sum of fewer reveals too much (1: the update 
 _OS = secrets.SystemRandom()
 
 
-def check(settings: Any, algo: Any, model: Any) -> None:
+def check(settings: Any, algo: Any, model: Any, in_process: bool = False) -> None:
     """Refuse, before any work, what cannot hold together (settings: config.PrivacyConfig; model:
-    config.ModelConfig, whose parameter names and dtypes show which keys would be shared)."""
+    config.ModelConfig, whose parameter names and dtypes show which keys would be shared). `in_process`: the
+    clients train in this process (compare's reference and vectorized engines), where DP-SGD is wired."""
+    check_dpsgd(settings, algo, model, runs_here=in_process)
     if not enabled(settings):
         return
     if algo.federated and not averages_uploads(algo):

@@ -112,6 +112,7 @@ class AlgorithmRun:
     wall_seconds: float = 0.0
     kept: dict[str, bytes] = field(default_factory=dict)  # what `fedarena forget` needs (forget/store.py)
     privacy: Any = None  # privacy/round.Privacy of the run, or None
+    sample_dp: Any = None  # privacy/dpsgd.SampleLevel of the run (DP-SGD's per-client steps), or None
 
 
 class ReferenceExecutor:
@@ -161,8 +162,12 @@ class OnboardEval:
 
 
 def train_client(algo: Any, task: Task, b: Broadcast, state: ClientState, d: ClientData, seed: int, rnd: int,
-                 client: int) -> tuple[Upload, ClientState]:
-    return algo.client_update(task, b, state, d, torch_rng(seed, "client", rnd, client))
+                 client: int, dpsgd: Any = None) -> tuple[Upload, ClientState]:
+    """One client's training; with `dpsgd` (privacy/dpsgd.SampleLevel) its local SGD is DP-SGD."""
+    rng = torch_rng(seed, "client", rnd, client)
+    if dpsgd is None:
+        return algo.client_update(task, b, state, d, rng)
+    return dpsgd.client_update(algo, task, b, state, d, rng, rnd, client)
 
 
 def personal_model(algo: Any, task: Task, b: Broadcast, state: ClientState, d: ClientData, seed: int, rnd: int,
@@ -185,11 +190,13 @@ def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: Clie
 class LocalClients:
     """Clients in this process: their data and state live here; `execute` runs their work (one after
     another, or vectorized). Every message crosses `ledger`. With `pooled`, one pseudo-client 0 holds the
-    training clients' data (`centralized`) and its messages are not counted (nothing is sent)."""
+    training clients' data (`centralized`) and its messages are not counted (nothing is sent). `dpsgd`: the
+    clients train with DP-SGD (privacy/dpsgd.SampleLevel); evaluation and onboarding stay plain SGD."""
 
     def __init__(self, algo: Any, task: Task, data: FederatedData, training: list[int], full: Params, seed: int,
-                 execute: Any, ledger: Ledger) -> None:
+                 execute: Any, ledger: Ledger, dpsgd: Any = None) -> None:
         self.algo, self.task, self.data, self.seed, self.execute, self.ledger = algo, task, data, seed, execute, ledger
+        self.dpsgd = dpsgd
         self.pooled = not algo.federated
         self.pool = data.pooled(training) if self.pooled else None
         self.ids = [0] if self.pooled else list(training)  # the clients that train
@@ -206,7 +213,8 @@ class LocalClients:
         chosen = list(broadcasts)
         received = {c: b if self.pooled else self.ledger.send_down(rnd, c, b) for c, b in broadcasts.items()}
         results = self.execute.map([
-            partial(train_client, self.algo, self.task, received[c], self.states[c], self._data(c), self.seed, rnd, c)
+            partial(train_client, self.algo, self.task, received[c], self.states[c], self._data(c), self.seed, rnd, c,
+                    self.dpsgd)
             for c in chosen
         ])
         uploads = {}
@@ -267,6 +275,7 @@ def run_algorithm(
     on_start: Callable[[ServerState], None] | None = None,
     privacy: Any = None,
     record: Callable[[int, ServerState, ServerState, dict[int, Upload], dict[int, ClientState]], None] | None = None,
+    dpsgd: Any = None,
 ) -> AlgorithmRun:
     """Train `algo` for `rounds` rounds on `data` and evaluate it; see the module docstring.
 
@@ -276,7 +285,8 @@ def run_algorithm(
     full, seed, ledger)` builds where client work runs (default: `LocalClients` with the `engine`'s executor).
     `resume` continues from a checkpoint (rounds before it are not rerun, not evaluated and not counted);
     `record(round, server_before, server_after, uploads, states)` sees every round (the states of the round's
-    clients after it) and may keep what `fedarena forget` needs.
+    clients after it) and may keep what `fedarena forget` needs. `dpsgd` (privacy/dpsgd.SampleLevel): the clients'
+    training is DP-SGD, accounted per client; in-process runtimes only.
     """
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison
@@ -288,8 +298,14 @@ def run_algorithm(
     out = AlgorithmRun()
     if runtime is None:
         execute = EXECUTORS[engine](task, algo.name)
+        if dpsgd is not None and isinstance(execute, VectorizedExecutor):
+            execute.fall_back(f"{algo.name}: runs client by client: DP-SGD (Opacus) computes per-sample gradients of "
+                              "one client at a time and cannot be batched across clients")
         out.ledger = Ledger(verify=execute.verify_messages)
-        clients = LocalClients(algo, task, data, training, full, seed, execute, out.ledger)
+        clients = LocalClients(algo, task, data, training, full, seed, execute, out.ledger, dpsgd)
+    elif dpsgd is not None:
+        raise FedarenaError("DP-SGD runs only in this process's engines (reference, vectorized), not in a runtime "
+                            "whose clients train elsewhere")
     else:
         clients = runtime(algo, task, training, full, seed, out.ledger)
     if resume is not None:
@@ -335,7 +351,7 @@ def run_algorithm(
             out.new_clients = _onboarding(data, news, results, clients.onboard_bytes)
     finally:
         clients.close()
-    out.server, out.states, out.privacy = server, getattr(clients, "states", {}), privacy
+    out.server, out.states, out.privacy, out.sample_dp = server, getattr(clients, "states", {}), privacy, dpsgd
     out.engine = {"name": engine, **clients.summary()}
     out.wall_seconds = time.perf_counter() - start
     return out

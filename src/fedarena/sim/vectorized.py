@@ -8,7 +8,8 @@ vmapped computation per step (`core.batched`), the rest one by one. Algorithms s
 one `local_objective`, one `client_update`, two engines.
 
 Falls back, with a logged reason, to the reference engine for models with BatchNorm (running
-statistics are updated in place by the forward pass, which vmap cannot batch). Work an algorithm
+statistics are updated in place by the forward pass, which vmap cannot batch) and when clients train
+with DP-SGD (`fall_back`: Opacus's per-sample gradients are one client's at a time). Work an algorithm
 does outside `local_sgd` (e.g. pFedMe's inner solver) runs in its worker, not batched; the engine
 logs how many SGD calls it batched.
 """
@@ -45,6 +46,11 @@ class VectorizedExecutor:
         self.fallback = _has_batchnorm(task.module)
         if self.fallback:
             self._note(f"{algo_name}: falls back to the reference engine: BatchNorm statistics are updated in place")
+
+    def fall_back(self, reason: str) -> None:
+        """Run every call client by client (the reference engine's way), logging why."""
+        self.fallback = True
+        self._note(reason)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -177,6 +177,28 @@ def forget(
     out.print(f"forget directory: {target}", highlight=False, soft_wrap=True)
 
 
+@app.command("continue")
+def continue_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare (in-process engine)."),
+    rounds: int = typer.Option(..., "--rounds", help="Train on to this many rounds in total (more than the run's)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="New directory (default RUN_DIR-to-N)."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html and report.md there."),
+) -> None:
+    """Continue a finished run to more rounds from its checkpoints (same numbers as a run of that length; the
+    privacy budget continues); writes a new run directory."""
+    from fedarena.continuation import continue_run
+
+    target = out_dir or run_dir.parent / f"{run_dir.name}-to-{rounds}"
+    summary = _guard(continue_run, run_dir, rounds, target)
+    out.print(_table(summary))
+    out.print(f"run directory: {target}", highlight=False, soft_wrap=True)
+    if report:
+        from fedarena.report.render import write_report
+
+        paths = _guard(write_report, target)
+        out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
+
+
 def _forget_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"forgetting {', '.join(result['forgotten'])}: before -> after (retrain)")
     for col in ("algorithm", "method", "MIA AUC", "backdoor %", "remaining acc %", "rounds", "MB", "s"):

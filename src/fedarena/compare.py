@@ -131,25 +131,56 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
 
 def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:
     p = prepare(config)
-    t = config.train
-    runs: dict[str, tuple[Any, AlgorithmRun]] = {}
-    for name in config.run.algorithms:  # refuse impossible privacy settings before any training
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model, in_process=True)
-    for name in config.run.algorithms:
-        algo = cfg.hyperparameters(config, name)
-        log.info("training %s", name)
-        privacy = privacy_for(config, algo, p)
-        # under secure aggregation the server never sees single updates: keep no update norms
-        recorder = Recorder(config.forget.keep, p.data.client_ids, updates_visible=not config.privacy.secagg)
-        run = run_algorithm(
-            algo, p.task, p.data, rounds=t.rounds, clients_per_round=t.clients_per_round,
-            eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=p.new_clients,
-            on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, record=recorder,
-            on_start=recorder.start, privacy=privacy, dpsgd=SampleLevel.build(config.privacy),
-        )
-        run.kept = recorder.all_files()
-        runs[name] = algo, run
+    check_privacy(config)
+    runs = {name: train_algorithm(config, p, name, on_round) for name in config.run.algorithms}
     return Trained(config.run.seed, p.data, runs)
+
+
+def check_privacy(config: cfg.Config) -> None:
+    """Refuse impossible privacy settings before any training."""
+    for name in config.run.algorithms:
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model, in_process=True)
+
+
+def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None,
+                    resume: Any = None) -> tuple[Any, AlgorithmRun]:
+    """One algorithm's run on the prepared clients. `resume` (continuation.Resume) continues a finished run:
+    its checkpoint, privacy state and kept forget material; the returned run covers the new rounds only."""
+    algo = cfg.hyperparameters(config, name)
+    t = config.train
+    log.info("training %s", name)
+    privacy = privacy_for(config, algo, p)
+    if resume is not None and privacy is not None:
+        privacy.restore(resume.privacy, resume.checkpoint.round)
+    # under secure aggregation the server never sees single updates: keep no update norms
+    recorder = Recorder(config.forget.keep, p.data.client_ids, updates_visible=not config.privacy.secagg)
+    if resume is not None:
+        recorder.files, recorder.norms = dict(resume.files), dict(resume.norms)
+    dpsgd = SampleLevel.build(config.privacy)
+    if resume is not None and dpsgd is not None:
+        if resume.sample_level is None:
+            raise FedarenaError("the run's state has no DP-SGD step counts; its epsilon would restart from zero")
+        dpsgd.restore(resume.sample_level)
+    run = run_algorithm(
+        algo, p.task, p.data, rounds=t.rounds, clients_per_round=t.clients_per_round,
+        eval_every=t.eval_every, seed=config.run.seed, engine=config.run.engine, new_clients=p.new_clients,
+        on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, record=recorder,
+        on_start=recorder.start, privacy=privacy, resume=None if resume is None else resume.checkpoint, dpsgd=dpsgd,
+    )
+    run.kept = recorder.all_files()
+    return algo, run
+
+
+RUN_STATE = "run-state.json"  # beside the forget material: what `fedarena continue` needs besides it
+
+
+def run_state(run: AlgorithmRun, rounds: int) -> bytes:
+    """The per-round training clock and the privacy state after `rounds` rounds, as JSON."""
+    return json.dumps({
+        "format": "fedarena-run-state/1", "round": rounds, "train_seconds": run.train_seconds,
+        "wall_seconds": run.wall_seconds, "privacy": run.privacy.state(rounds) if run.privacy else None,
+        "sample_level": run.sample_dp.state() if run.sample_dp else None,
+    }, indent=1).encode()
 
 
 def auto_target(trained: list[Trained]) -> float:
@@ -210,6 +241,7 @@ def _summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData,
         "history": history,
         "privacy": privacy_block(run.privacy.summary(rounds) if run.privacy else None, run.sample_dp, rounds),
         "new_clients": run.new_clients,
+        "membership": run.membership,
     }
 
 
@@ -307,7 +339,8 @@ def _write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summar
                 save_models(mdir, algo, run.server, run.states, t.data.client_ids)
             for name, (algo, run) in t.runs.items():
                 kdir = tmp / "forget" / (name if len(trained) == 1 else f"seed-{t.seed}/{name}")
-                for fname, payload in run.kept.items():
+                kept = run.kept | ({RUN_STATE: run_state(run, len(run.train_seconds))} if run.kept else {})
+                for fname, payload in kept.items():
                     kdir.mkdir(parents=True, exist_ok=True)
                     (kdir / fname).write_bytes(payload)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -252,6 +252,18 @@ class SampleLevel:
         self.rates[client] = max(self.rates.get(client, 0.0), training.rate)
         return result
 
+    def state(self) -> dict[str, Any]:
+        """Plain JSON of the steps taken so far (a continued run's epsilons count them)."""
+        return {"steps": [[r, c, n] for (r, c), n in sorted(self.steps.items())],
+                "rates": {str(c): q for c, q in sorted(self.rates.items())}}
+
+    def restore(self, state: Any) -> None:
+        try:
+            self.steps = {(int(r), int(c)): int(n) for r, c, n in state["steps"]}
+            self.rates = {int(c): float(q) for c, q in state["rates"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FedarenaError(f"DP-SGD state is malformed ({type(exc).__name__}: {exc})") from None
+
     def epsilons(self, rounds: int) -> dict[int, float]:
         """Each client's epsilon at `delta` after its DP-SGD steps of rounds 1..`rounds` (clients that trained)."""
         totals: dict[int, int] = {}

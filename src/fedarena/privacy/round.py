@@ -309,6 +309,38 @@ class Privacy:
             raise SecAggAbort(f"round {cp.round}: the secure sum's total weight is {total[-1]:g}, not > 0")
         return mean_from_sum(ref, total)
 
+    # ------------------------------------------------------------ continuing a run
+    def state(self, rounds: int) -> dict[str, Any]:
+        """Plain JSON of everything the budget and the summary depend on after `rounds` rounds (`restore`
+        continues from it: a continued run's epsilon counts every round since the first, never from zero)."""
+        return {
+            "rounds": rounds,
+            "accountant": acc.Accountant(self.accountant, rounds).state() if self.accountant else None,
+            "participations": {str(c): n for c, n in sorted(self.participations.items())},
+            "most_by_round": {str(r): n for r, n in sorted(self.most_by_round.items())},
+            "aborted": list(self.aborted),
+            "overhead": dict(self.overhead),
+            "secagg_summary": self.secagg_summary,
+        }
+
+    def restore(self, state: Any, rounds: int) -> None:
+        """Continue after round `rounds` from `state()` saved then; refuses a state of another round or
+        another accounting config."""
+        try:
+            if state["rounds"] != rounds:
+                raise FedarenaError(f"privacy state is of round {state['rounds']}, the checkpoint of round {rounds}")
+            if self.accountant is not None:
+                if state["accountant"] is None:
+                    raise FedarenaError("privacy state has no accountant, but the run uses central DP")
+                acc.Accountant.resume(state["accountant"], self.accountant)
+            self.participations = {int(c): int(n) for c, n in state["participations"].items()}
+            self.most_by_round = {int(r): int(n) for r, n in state["most_by_round"].items()}
+            self.aborted = [int(r) for r in state["aborted"]]
+            self.overhead = {k: type(v)(state["overhead"][k]) for k, v in self.overhead.items()}
+            self.secagg_summary = state["secagg_summary"]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FedarenaError(f"privacy state is malformed ({type(exc).__name__}: {exc})") from None
+
     # ------------------------------------------------------------ reporting
     def epsilon(self, rounds: int) -> float | None:
         s = self.settings

@@ -1,0 +1,196 @@
+"""`fedarena continue RUN --rounds N`: train a finished run on to round N without redoing its rounds.
+
+A run of R rounds on an in-process engine (reference or vectorized) with ``forget.keep`` server or all
+kept, per algorithm, its server state after every round (``forget/<algo>/server-rNNNN.safetensors``),
+its clients' final states (``models/<algo>/client-*.safetensors``) and ``forget/<algo>/run-state.json``
+(the per-round training clock and the privacy state: the accountant's spent rounds, each client's
+participations for local DP, each client's DP-SGD steps, SecAgg's overhead). From those, rounds R+1..N run exactly as they would
+have in a run of N rounds from the start: client sampling and every random stream are keyed by (seed,
+round, client) (DESIGN.md), so the continued run's models and metrics equal a fresh N-round run's bit
+for bit (tested) when R is a multiple of ``train.eval_every`` (otherwise the continued run also keeps
+the evaluation the R-round run made at round R). The privacy budget continues: epsilon counts all N
+rounds, and ``privacy.target_epsilon`` stops the continuation where the fresh run would have stopped.
+
+The result is a new run directory (never RUN itself): its config is RUN's with ``train.rounds = N``,
+its metrics, summary history, bytes and clock cover rounds 1..N (1..R read back from RUN), its summary
+says where it was continued from (``continued_from``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fedarena import config as cfg
+from fedarena.compare import (
+    RUN_STATE, Trained, auto_target, build_summary, check_out_dir, check_privacy, prepare, train_algorithm,
+    _write_run_dir,
+)
+from fedarena.core.codec import Ledger
+from fedarena.core.types import ClientState, FedarenaError, FederatedData
+from fedarena.forget.store import Stored, decode_state
+from fedarena.sim.engine import EXECUTORS, AlgorithmRun, Checkpoint, Evaluation
+
+
+METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
+                  "bytes_down")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What one algorithm continues from (compare.train_algorithm's `resume`)."""
+
+    checkpoint: Checkpoint
+    privacy: dict[str, Any] | None
+    sample_level: dict[str, Any] | None  # DP-SGD's per-client steps so far (privacy/dpsgd.SampleLevel.state)
+    files: dict[str, bytes]  # the kept forget material so far (the new rounds' is added to it)
+    norms: dict[int, dict[str, Any]]
+
+
+def continue_run(run_dir: Path, rounds: int, out: Path,
+                 on_round: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` to `rounds` rounds; write the new run directory `out`; return its summary."""
+    run_dir = Path(run_dir)
+    old = _load_config(run_dir)
+    done = old.train.rounds
+    if rounds <= done:
+        raise FedarenaError(f"--rounds {rounds} does not continue {run_dir}: it already trained {done} rounds")
+    config = dataclasses.replace(old, train=dataclasses.replace(old.train, rounds=rounds))
+    check_out_dir(out)
+    check_privacy(config)
+    p = prepare(config)
+    summary = _read_json(run_dir / "summary.json")
+    try:
+        metrics = pq.read_table(run_dir / "metrics.parquet", columns=list(METRIC_COLUMNS)).to_pylist()
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise FedarenaError(f"{run_dir / 'metrics.parquet'} cannot be read: {exc}") from None
+    runs = {}
+    for name in config.run.algorithms:
+        state = _run_state(run_dir / "forget" / name)
+        before = _history(name, summary, metrics, p.data, state)
+        resume = _resume(run_dir, name, config, p.data, state)
+        algo, after = train_algorithm(config, p, name, on_round, resume)
+        runs[name] = algo, _joined(before, after)
+    trained = [Trained(config.run.seed, p.data, runs)]
+    target = config.run.target if config.run.target is not None else auto_target(trained)
+    summary = build_summary(config, trained, target) | {
+        "continued_from": {"run": str(run_dir), "rounds": done},
+    }
+    _write_run_dir(out, config, trained, summary)
+    return summary
+
+
+def _load_config(run_dir: Path) -> cfg.Config:
+    if (run_dir / "audit.json").is_file():
+        raise FedarenaError(f"{run_dir} is the output of `fedarena forget`; continue the training run it came from")
+    for name in ("config.toml", "summary.json", "metrics.parquet"):
+        if not (run_dir / name).is_file():
+            raise FedarenaError(f"{run_dir} is not a fedarena run directory ({name} is missing)")
+    config = cfg.build(str(run_dir / "config.toml"), {}, [])
+    if config.run.seeds != 1:
+        raise FedarenaError(f"{run_dir} holds {config.run.seeds} seeds; continue works on single-seed runs")
+    if config.run.engine not in EXECUTORS:
+        raise FedarenaError(f"{run_dir} ran on {config.run.engine}, which keeps no checkpoints; continue works on "
+                            f"runs of the in-process engines ({', '.join(EXECUTORS)})")
+    if config.forget.keep == "none":
+        raise FedarenaError(f"{run_dir} kept no checkpoints (forget.keep=none); rerun it with forget.keep=server")
+    return config
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FedarenaError(f"{path} cannot be read as JSON: {exc}") from None
+
+
+def _run_state(root: Path) -> dict[str, Any]:
+    """forget/<algo>/run-state.json, checked: the training clock of every round and the privacy state."""
+    state = _read_json(root / RUN_STATE) if (root / RUN_STATE).is_file() else None
+    if not isinstance(state, dict) or state.get("format") != "fedarena-run-state/1":
+        raise FedarenaError(f"{root / RUN_STATE} is missing or of another format: the run was written before "
+                            "runs could be continued; rerun it")
+    clock = state.get("train_seconds")
+    if not isinstance(clock, list) or len(clock) != state.get("round") or not all(isinstance(x, (int, float)) for x in clock):
+        raise FedarenaError(f"{root / RUN_STATE}: train_seconds must list one time per round ({state.get('round')})")
+    return state
+
+
+def _resume(run_dir: Path, name: str, config: cfg.Config, data: FederatedData, state: dict[str, Any]) -> Resume:
+    root = run_dir / "forget" / name
+    stored = Stored(root, config.forget.keep)
+    done = state["round"]
+    index = {cid: i for i, cid in enumerate(data.client_ids)}
+    states: dict[int, ClientState] = {}
+    for path in sorted((run_dir / "models" / name).glob("client-*.safetensors")):
+        cid = path.name[len("client-"):-len(".safetensors")]
+        if cid not in index:
+            raise FedarenaError(f"{path}: no client '{cid}' in the run's data")
+        states[index[cid]] = decode_state(path.read_bytes(), ClientState, str(path))
+    files = {p.name: p.read_bytes() for p in sorted(root.iterdir())
+             if p.is_file() and p.name not in ("norms.json", RUN_STATE)}
+    norms = stored.norms() if (root / "norms.json").is_file() else {}
+    return Resume(Checkpoint(done, stored.server(done), states), state["privacy"], state.get("sample_level"), files,
+                  norms)
+
+
+def _history(name: str, summary: dict[str, Any], metrics: list[dict[str, Any]], data: FederatedData,
+             state: dict[str, Any]) -> AlgorithmRun:
+    """The finished rounds of `name` as the engine reported them, read back from the run directory."""
+    entry = next((r for r in summary.get("runs", []) if r.get("algorithm") == name), None)
+    if entry is None:
+        raise FedarenaError(f"summary.json has no run of '{name}'")
+    index = {cid: i for i, cid in enumerate(data.client_ids)}
+    rows = [r for r in metrics if r["algorithm"] == name]
+    out = AlgorithmRun(train_seconds=[float(x) for x in state["train_seconds"]], ledger=Ledger(verify=False),
+                       wall_seconds=float(state.get("wall_seconds", 0.0)))
+    rounds = len(out.train_seconds)
+    sampled: dict[int, list[int]] = {r: [] for r in range(1, rounds + 1)}
+    evaluated: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["client"] not in index or not 1 <= r["round"] <= rounds:
+            raise FedarenaError(f"metrics.parquet: row of client {r['client']!r}, round {r['round']} is not of this run")
+        c, rnd = index[r["client"]], int(r["round"])
+        if r["sampled"]:
+            sampled[rnd].append(c)
+            if r["train_loss"] is not None:
+                out.train_loss[(rnd, c)] = r["train_loss"]
+        if r["bytes_up"]:
+            out.ledger.up[(rnd, c)] = r["bytes_up"]
+        if r["bytes_down"]:
+            out.ledger.down[(rnd, c)] = r["bytes_down"]
+        if r["test_acc"] is not None:
+            evaluated.setdefault(rnd, []).append(r)
+    out.sampled = [sorted(sampled[r]) for r in range(1, rounds + 1)]
+    global_acc = {h["round"]: h["global_acc"] for h in entry.get("history", [])}
+    sizes = [data.test_offsets[c + 1] - data.test_offsets[c] for c in range(data.num_clients)]
+    for rnd in sorted(evaluated):
+        clients = [index[r["client"]] for r in evaluated[rnd]]
+        out.evaluations.append(Evaluation(
+            rnd, global_acc.get(rnd), clients, [r["test_acc"] for r in evaluated[rnd]],
+            [r["test_loss"] for r in evaluated[rnd]], [sizes[c] for c in clients], None,
+        ))
+    return out
+
+
+def _joined(before: AlgorithmRun, after: AlgorithmRun) -> AlgorithmRun:
+    """One run of rounds 1..N from the finished rounds and the continuation (whose clock starts at 0)."""
+    offset = before.train_seconds[-1] if before.train_seconds else 0.0
+    ledger = Ledger(verify=after.ledger.verify)
+    ledger.up, ledger.down = before.ledger.up | after.ledger.up, before.ledger.down | after.ledger.down
+    return dataclasses.replace(
+        after,
+        evaluations=before.evaluations + after.evaluations,
+        train_seconds=before.train_seconds + [offset + s for s in after.train_seconds],
+        sampled=before.sampled + after.sampled,
+        train_loss=before.train_loss | after.train_loss,
+        ledger=ledger,
+        wall_seconds=before.wall_seconds + after.wall_seconds,
+    )
+

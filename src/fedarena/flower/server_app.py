@@ -304,7 +304,9 @@ class FlowerClients:
         self._note("train", rnd, wall, compute, len(broadcasts), len(uploads))
         return uploads
 
-    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None) -> dict[int, ClientEval]:
+    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None,
+                 membership: bool = False) -> dict[int, ClientEval]:
+        """(`membership`: measured in simulation only; a deployment's clients do not report it.)"""
         g = records.encode_params(global_params)
         msgs = {c: (common.EVALUATE, records.content(self._fields(rnd, c), encode(b), **{"global": g}))
                 for c, b in broadcasts.items()}

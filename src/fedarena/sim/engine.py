@@ -25,6 +25,7 @@ from fedarena.core.rng import derive_seed, numpy_rng, torch_rng
 from fedarena.core.types import (
     Broadcast, ClientData, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload,
 )
+from fedarena.privacy import leakage
 from fedarena.sim.vectorized import VectorizedExecutor
 from fedarena.tasks import Task, evaluate
 
@@ -112,6 +113,7 @@ class AlgorithmRun:
     wall_seconds: float = 0.0
     kept: dict[str, bytes] = field(default_factory=dict)  # what `fedarena forget` needs (forget/store.py)
     privacy: Any = None  # privacy/round.Privacy of the run, or None
+    membership: dict[str, Any] | None = None  # privacy/leakage.membership of the final models (in-process runs)
     sample_dp: Any = None  # privacy/dpsgd.SampleLevel of the run (DP-SGD's per-client steps), or None
 
 
@@ -146,6 +148,8 @@ class ClientEval:
     loss: float
     num_test: int
     global_acc: float | None
+    member_auc: float | None = None  # privacy/leakage: membership inference on the personal model (final round)
+    global_member_auc: float | None = None  # ... and on the global model
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,13 @@ def personal_model(algo: Any, task: Task, b: Broadcast, state: ClientState, d: C
     return algo.personalize(task, b, state, d, torch_rng(seed, "personalize", rnd, client))
 
 
-def evaluate_client(task: Task, personal: Params, global_params: Params | None, d: ClientData) -> ClientEval:
+def evaluate_client(task: Task, personal: Params, global_params: Params | None, d: ClientData,
+                    membership: bool = False) -> ClientEval:
+    """Accuracy on the client's test split; with `membership`, also the membership-inference AUCs."""
     acc, loss = _accuracy(task, personal, d)
-    return ClientEval(acc, loss, d.num_test, None if global_params is None else _accuracy(task, global_params, d)[0])
+    gacc = None if global_params is None else _accuracy(task, global_params, d)[0]
+    aucs = leakage.client_membership(task, personal, global_params, d) if membership else (None, None)
+    return ClientEval(acc, loss, d.num_test, gacc, *aucs)
 
 
 def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: ClientData, seed: int,
@@ -223,16 +231,18 @@ class LocalClients:
             uploads[c] = upload if self.pooled else self.ledger.send_up(rnd, c, upload)
         return uploads
 
-    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None) -> dict[int, ClientEval]:
-        """Every client's personal model (and the global model) on its own test split; evaluation traffic is
-        not counted in the ledger."""
+    def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None,
+                 membership: bool = False) -> dict[int, ClientEval]:
+        """Every client's personal model (and the global model) on its own test split, and with `membership`
+        the membership-inference AUCs; evaluation traffic is not counted in the ledger."""
         clients = list(broadcasts)
         models = self.execute.map([
             partial(personal_model, self.algo, self.task, broadcasts[c], self._state(c), self.data.client(c),
                     self.seed, rnd, c)
             for c in clients
         ])
-        return {c: evaluate_client(self.task, m, global_params, self.data.client(c)) for c, m in zip(clients, models)}
+        return {c: evaluate_client(self.task, m, global_params, self.data.client(c), membership)
+                for c, m in zip(clients, models)}
 
     def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict[int, OnboardEval]:
         """New clients download the shared state once (counted in `bytes_down`) and adapt locally."""
@@ -341,8 +351,11 @@ def run_algorithm(
             out.sampled.append([] if clients.pooled else sorted(uploads))
             if rnd % eval_every == 0 or rnd == rounds:
                 g = algo.global_model(server)
-                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g)
+                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, rnd == rounds)
                 out.evaluations.append(_evaluation(rnd, training, results, g is not None))
+                if rnd == rounds:
+                    out.membership = leakage.summarize([r.member_auc for r in results.values()],
+                                                       [r.global_member_auc for r in results.values()])
             if on_round:
                 on_round(rnd)
         if held_out:

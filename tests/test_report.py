@@ -186,6 +186,19 @@ def test_onboarding_rule():
     assert row(plain, "onboarding").verdict is Verdict.NOT_MEASURED
 
 
+def test_privacy_row_names_dp_sgd_and_the_membership_of_personal_and_global_models():
+    block = {"secagg": None, "dp_mode": None, "clip": None, "noise_multiplier": None, "delta": None, "epsilon": None,
+             "accountant": None, "sample_level": {"epsilon_max": 4.5, "delta": 1e-5}}
+    glob, pfl = run("fedavg", "global", 0.7), run("fedper", "personalized", 0.8)
+    glob["privacy"], pfl["privacy"] = block, block
+    blank = {"attack": "loss threshold", "clients": 10, "personal_auc_max": 0.9, "global_auc_max": None}
+    glob["membership"] = blank | {"personal_auc_mean": 0.55, "global_auc_mean": 0.55, "global_auc_max": 0.6}
+    pfl["membership"] = blank | {"personal_auc_mean": 0.71, "global_auc_mean": None}
+    text = row(summary(glob, pfl), "privacy").measured
+    assert "fedper 80.0% under DP-SGD eps <= 4.50" in text and "personal model 0.71)" in text
+    assert "personal model 0.55, global model 0.55" in text
+
+
 def test_missing_side_makes_every_row_not_measured():
     s = summary(run("fedavg", "global", 0.7), run("local", "baseline", 0.8))
     t = claim_table(s)

@@ -29,6 +29,7 @@ from fedarena.core.algorithm import averages_uploads
 from fedarena.core.codec import Ledger
 from fedarena.core.types import SGD, FedarenaError, ServerState
 from fedarena.forget.source import Outcome, Source
+from fedarena.privacy.dpsgd import SampleLevel
 from fedarena.sim.engine import EXECUTORS, LocalClients
 
 INTERVAL = 2  # Delta_t
@@ -65,7 +66,8 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     task = dataclasses.replace(src.task, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
     ledger = Ledger()
     execute = EXECUTORS[src.engine](task, algo.name)
-    clients = LocalClients(algo, task, src.data, src.remaining, src.initial, src.seed, execute, ledger)
+    clients = LocalClients(algo, task, src.data, src.remaining, src.initial, src.seed, execute, ledger,
+                           SampleLevel.build(src.config.privacy))  # calibration trains as the run trained
     calibrated_rounds = 0
     try:
         for rnd in range(first, t.rounds + 1, interval):

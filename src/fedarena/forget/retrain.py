@@ -14,6 +14,7 @@ from typing import Any
 
 from fedarena.compare import privacy_for
 from fedarena.forget.source import Outcome, Source
+from fedarena.privacy.dpsgd import SampleLevel
 from fedarena.sim.engine import Checkpoint, run_algorithm
 
 
@@ -30,6 +31,7 @@ def retrain(src: Source, name: str, record: Any = None) -> Outcome:
         algo, src.task, src.data, rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.rounds,
         seed=src.seed, engine=src.engine, exclude=[*src.forgotten, *src.held_out], resume=resume,
         record=record, on_start=getattr(record, "start", None), privacy=privacy_for(src.config, algo, src.prepared),
+        dpsgd=SampleLevel.build(src.config.privacy),  # retrained as trained: DP-SGD where the run used it
     )
     return Outcome(
         server=run.server, states=run.states, rounds=t.rounds - start,

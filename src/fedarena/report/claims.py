@@ -380,18 +380,31 @@ def _row_privacy(c: _Ctx) -> Row:
     """What this run measured under its privacy settings; the cost against no privacy needs the epsilon sweep."""
     parts = []
     for name in (c.sides.pfl, c.sides.glob):
-        p = c.groups[name][0].get("privacy")
+        run = c.groups[name][0]
+        p = run.get("privacy")
         if p:
             eps = "n/a" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
+            sample = p.get("sample_level")
             what = ", ".join(x for x in (
-                "SecAgg" if p["secagg"] else "", f"{p['dp_mode']} DP eps {eps} (delta {p['delta']:g})" if p["dp_mode"] else ""
+                "SecAgg" if p["secagg"] else "", f"{p['dp_mode']} DP eps {eps} (delta {p['delta']:g})" if p["dp_mode"] else "",
+                f"DP-SGD eps <= {sample['epsilon_max']:.2f} per client's samples (delta {sample['delta']:g})"
+                if sample and sample.get("epsilon_max") is not None else "",
             ) if x)
-            parts.append(f"{name} {pct(m.over_seeds(c.groups[name], m.acc_mean).mean)} under {what}")
+            parts.append(f"{name} {pct(m.over_seeds(c.groups[name], m.acc_mean).mean)} under {what}{_membership(run)}")
     if not parts:
         return _row("privacy", "not measured: privacy was off in this run (fedarena sweep --epsilons 1,3,8,inf "
                     "measures what DP costs each family)", Verdict.NOT_MEASURED)
     return _row("privacy", "; ".join(parts), Verdict.NOT_MEASURED,
                 "the cost against no privacy is measured by fedarena sweep --epsilons (privacy_sweep.md)")
+
+
+def _membership(run: dict[str, Any]) -> str:
+    """The membership-inference AUC of the model each client keeps and of the global model (0.5 = no signal)."""
+    mb = run.get("membership")
+    if not mb or mb.get("personal_auc_mean") is None:
+        return ""
+    glob = "" if mb.get("global_auc_mean") is None else f", global model {mb['global_auc_mean']:.2f}"
+    return f" (membership-inference AUC: personal model {mb['personal_auc_mean']:.2f}{glob})"
 
 
 ROWS: tuple[Callable[[_Ctx], Row], ...] = (

@@ -41,6 +41,10 @@ def test_privacy_sweep_end_to_end(tmp_path):
     dp = sweep["cells"][0]["algorithms"]["fedavg"]
     assert dp["epsilon"] <= 2.0 and dp["noise_multiplier"] > 0
     assert sweep["cells"][1]["algorithms"]["fedavg"]["epsilon"] is None
+    fedper = sweep["cells"][0]["algorithms"]["fedper"]  # membership of the models each client keeps
+    assert 0 <= fedper["personal_member_auc"] <= 1 and fedper["global_member_auc"] is None
+    assert dp["global_member_auc"] == dp["personal_member_auc"]  # fedavg: the personal model is the global one
+    assert "MIA AUC personal" in (tmp_path / "privacy_sweep.md").read_text()
     assert sweep["cost"]["pfl"] == "fedper" and sweep["cost"]["global"] == "fedavg"
     assert sweep["cost"]["verdict"].split(" (")[0] in ("holds", "does not hold", "partly")
     assert (tmp_path / "privacy_sweep.html").stat().st_size > 1000

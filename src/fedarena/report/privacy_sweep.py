@@ -93,9 +93,17 @@ def cell_result(epsilon: float, summary: dict[str, Any], run_dir: str, reused: b
             "global_acc": m.over_seeds(runs, m.global_acc).mean,
             "epsilon": privacy.get("epsilon"),
             "noise_multiplier": privacy.get("noise_multiplier"),
+            # membership inference on the model each client keeps and on the global model (privacy/leakage.py)
+            "personal_member_auc": _mean_of(runs, "personal_auc_mean"),
+            "global_member_auc": _mean_of(runs, "global_auc_mean"),
         }
     return {"epsilon_target": None if math.isinf(epsilon) else epsilon, "cell": f"eps-{_label(epsilon)}",
             "run_dir": run_dir, "reused": reused, "algorithms": algos}
+
+
+def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r["membership"][key] for r in runs if (r.get("membership") or {}).get(key) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def privacy_cost(cells: list[dict[str, Any]], inf_summary: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +165,10 @@ def lines(result: dict[str, Any]) -> list[str]:
         label = "no DP" if c["epsilon_target"] is None else f"eps <= {c['epsilon_target']:g}"
         for name, a in c["algorithms"].items():
             z = "" if a["noise_multiplier"] is None else f" (z {a['noise_multiplier']:.3f}, eps {a['epsilon']:.2f})"
+            mia = "" if a.get("personal_member_auc") is None else f"  MIA AUC personal {a['personal_member_auc']:.3f}" + (
+                "" if a.get("global_member_auc") is None else f" global {a['global_member_auc']:.3f}")
             out.append(f"{label:>12}  {name:<12} {a['family']:<13} personal {100 * a['personal_acc_mean']:5.1f}%"
-                       f"  worst-10% {100 * a['personal_acc_worst10']:5.1f}%{z}")
+                       f"  worst-10% {100 * a['personal_acc_worst10']:5.1f}%{z}{mia}")
     cost = result["cost"]
     for row in cost["losses"]:
         out.append(f"eps <= {row['epsilon']:g}: {cost['pfl']} loses {100 * row.get('pfl_loss', float('nan')):+.1f} pp, "

@@ -32,7 +32,7 @@ def test_budgets_parse_and_bad_ones_are_refused():
 
 def test_privacy_sweep_end_to_end(tmp_path):
     runner = CliRunner()
-    args = ["sweep", "--epsilons", "2", "--algorithms", "fedavg,fedper", "--clients", "8", "--clients-per-round",
+    args = ["sweep", "--epsilons", "2", "--data", "digits", "--algorithms", "fedavg,fedper", "--clients", "8", "--clients-per-round",
             "4", "--rounds", "2", "--model", "mlp", "--set", "model.hidden=8", "--seeds", "1", "--out", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -266,6 +266,8 @@ def sweep(
                                  "(central DP-FedAvg, noise chosen per budget; any --data)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (default 3)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
+    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH (the heterogeneity "
+                                                            "grid re-partitions embedded data per cell)."),
     clients: Optional[int] = typer.Option(None, "--clients"),
     clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
     rounds: Optional[int] = typer.Option(None, "--rounds"),
@@ -280,7 +282,7 @@ def sweep(
     from fedarena.report.render import sweep_lines, write_sweep_report
 
     flags: dict[str, dict[str, Any]] = {
-        "data": _given(num_clients=clients),
+        "data": _given(name=data, num_clients=clients),
         "train": _given(clients_per_round=clients_per_round, rounds=rounds),
         "model": _given(name=model),
         "run": _given(algorithms=algorithms or ",".join(sw.default_algorithms()), seed=seed,

@@ -139,7 +139,7 @@ def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> T
 def check_privacy(config: cfg.Config) -> None:
     """Refuse impossible privacy settings before any training."""
     for name in config.run.algorithms:
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model, in_process=True)
+        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
 
 
 def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from fedarena.cli import app as cli_app
 from fedarena.compare import run_compare
 from fedarena.data import load_federated
 from fedarena.flower import common
-from fedarena.flower.deploy import Timeouts, deploy_local
-from fedarena.flower.processes import kill_marked, marked_pids
+from fedarena.flower.deploy import Timeouts
 from fedarena.sim.engine import LocalClients, ReferenceExecutor, run_algorithm
+
+from flower.deploying import deploy_and_reap
 
 
 def _config(algorithms: str, **train) -> cfg.Config:
@@ -35,32 +35,11 @@ def _config(algorithms: str, **train) -> cfg.Config:
                             "run": {"algorithms": algorithms, "engine": "reference", "target": 0.5}}, [])
 
 
-def _deploy(tmp: Path, config: cfg.Config, timeouts: Timeouts, tls: bool, during=None) -> tuple[dict, list[str]]:
-    tokens: list[str] = []
-
-    def started(fed):
-        tokens.append(fed.token)
-        if during:
-            threading.Thread(target=during, args=(fed,), daemon=True).start()
-
-    def extra(i: int, node_dir: Path) -> dict:
-        return {"wire-log": str(node_dir / "wire.jsonl"), "wire-capture": str(node_dir / "capture")}
-
-    try:
-        summary = deploy_local(config, tmp / "run", tls=tls, timeouts=timeouts, workdir=tmp / "work",
-                               node_extra=extra, on_started=started)
-    finally:
-        for token in tokens:
-            assert marked_pids(token) == [], "a Flower process outlived the deployment"
-            kill_marked(token)
-    return summary, tokens
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
     config = _config("fedavg,fedper,local")
-    summary, _ = _deploy(tmp, config, Timeouts(round=120, evaluate=120, start=120), tls=True)
+    summary = deploy_and_reap(tmp, config, Timeouts(round=120, evaluate=120, start=120), tls=True)
     sim = run_compare(config, tmp / "sim")
     return tmp, summary, sim
 
@@ -166,7 +145,7 @@ def test_killed_supernode_the_survivors_aggregate_matches(tmp_path):
         fed.kill_node(2)
         fed.start_node(2)  # it comes back with the state it kept on disk
 
-    summary, _ = _deploy(tmp_path, config, timeouts, tls=False, during=kill_node_2)
+    summary = deploy_and_reap(tmp_path, config, timeouts, during=kill_node_2)
     table = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     replied = {r: {int(x["client"]) for x in table if x["round"] == r and x["sampled"]} for r in (1, 2, 3)}
     assert any(2 not in replied[r] for r in (2, 3)) and all(replied[r] >= {0, 1} for r in (1, 2, 3)), replied

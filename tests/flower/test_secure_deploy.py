@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -29,12 +28,13 @@ from fedarena.core.codec import decode
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Upload
 from fedarena.flower import secagg_stages as st
-from fedarena.flower.deploy import Timeouts, deploy_local
-from fedarena.flower.processes import kill_marked, marked_pids
+from fedarena.flower.deploy import Timeouts
 from fedarena.privacy import secagg
 from fedarena.privacy.fixedpoint import wrap
 from fedarena.privacy.round import ClientPrivacy, Privacy, encode_update, mean_from_sum
 from fedarena.sim.engine import LocalClients, ReferenceExecutor, run_algorithm, train_client
+
+from flower.deploying import deploy_and_reap
 
 
 def _cp(n: int = 4, rnd: int = 3, threshold: int = 3, **kw) -> ClientPrivacy:
@@ -173,26 +173,6 @@ def _config(**train) -> cfg.Config:
                             "privacy": {"secagg": True, "secagg_threshold": 3}}, [])
 
 
-def _deploy(tmp: Path, config: cfg.Config, timeouts: Timeouts, during=None) -> dict:
-    tokens: list[str] = []
-
-    def started(fed):
-        tokens.append(fed.token)
-        if during:
-            threading.Thread(target=during, args=(fed,), daemon=True).start()
-
-    def extra(i: int, node_dir: Path) -> dict:
-        return {"wire-log": str(node_dir / "wire.jsonl"), "wire-capture": str(node_dir / "capture")}
-
-    try:
-        return deploy_local(config, tmp / "run", timeouts=timeouts, workdir=tmp / "work", node_extra=extra,
-                            on_started=started)
-    finally:
-        for token in tokens:
-            assert marked_pids(token) == [], "a Flower process outlived the deployment"
-            kill_marked(token)
-
-
 def _wire(tmp: Path) -> list[dict]:
     return [json.loads(line) for f in sorted((tmp / "work" / "nodes").glob("*/wire.jsonl"))
             for line in f.read_text().splitlines()]
@@ -202,7 +182,7 @@ def _wire(tmp: Path) -> list[dict]:
 def secure_deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secure")
     config = _config()
-    summary = _deploy(tmp, config, Timeouts(round=120, evaluate=120, start=120))
+    summary = deploy_and_reap(tmp, config, Timeouts(round=120, evaluate=120, start=120))
     return tmp, config, summary, run_compare(config, tmp / "sim")
 
 
@@ -281,7 +261,7 @@ def test_supernode_killed_during_the_protocol_leaves_the_survivors_sum(tmp_path)
         fed.kill_node(3)
         fed.start_node(3)
 
-    summary = _deploy(tmp_path, config, timeouts, during=kill_node_3)
+    summary = deploy_and_reap(tmp_path, config, timeouts, during=kill_node_3)
     table = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     sampled = {r: {int(x["client"]) for x in table if x["round"] == r and x["sampled"]} for r in (1, 2)}
     assert sampled[1] == {0, 1, 2}, sampled

@@ -135,25 +135,36 @@ SETTINGS = cfg.PrivacyConfig(sgd_noise=1.0, sgd_clip=1.0)
 ])
 def test_algorithms_that_do_not_fit_are_refused_with_the_reason(name, reason):
     with pytest.raises(FedarenaError, match=reason):
-        check(SETTINGS, REGISTRY[name](), cfg.ModelConfig(), in_process=True)
+        check(SETTINGS, REGISTRY[name](), cfg.ModelConfig())
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedper", "fedrep", "lg-fedavg", "fedbn", "local", "fedavg-ft",
                                   "centralized"])
 def test_empirical_risk_algorithms_fit(name):
-    check_dpsgd(SETTINGS, REGISTRY[name](), cfg.ModelConfig(), runs_here=True)
+    check_dpsgd(SETTINGS, REGISTRY[name](), cfg.ModelConfig())
 
 
-def test_batchnorm_flower_and_bad_settings_are_refused():
+def test_batchnorm_and_bad_settings_are_refused():
     with pytest.raises(FedarenaError, match="BatchNorm"):
-        check(SETTINGS, REGISTRY["fedbn"](), cfg.ModelConfig(norm="bn"), in_process=True)
-    with pytest.raises(FedarenaError, match="Flower ClientApp"):
-        check(SETTINGS, REGISTRY["fedavg"](), cfg.ModelConfig())  # deploy and flower-sim call check this way
+        check(SETTINGS, REGISTRY["fedbn"](), cfg.ModelConfig(norm="bn"))
     check(cfg.PrivacyConfig(), REGISTRY["fedprox"](), cfg.ModelConfig(norm="bn"))  # off: nothing refused
     for privacy, message in (({"sgd_noise": 1.0}, "sgd_clip > 0"), ({"sgd_clip": 1.0}, "sgd_noise > 0"),
                              ({"sgd_noise": -1.0, "sgd_clip": 1.0}, ">= 0")):
         with pytest.raises(FedarenaError, match=message):
             cfg.build(None, {"privacy": privacy}, [])
+
+
+def test_steps_reported_from_elsewhere_are_checked_and_accounted():
+    """A Flower SuperNode trains with its own SampleLevel and reports (steps, q); the server's accounts them."""
+    server, node = SampleLevel(DPSGD(1.0, 1.0)), SampleLevel(DPSGD(1.0, 1.0))
+    node.record(1, 7, 5, 0.2)
+    node.record(2, 7, 5, 0.2)
+    for (rnd, c), n in node.steps.items():
+        server.record(rnd, c, n, node.rates[c])
+    assert server.epsilons(2) == node.epsilons(2) and server.epsilons(2)[7] > server.epsilons(1)[7] > 0
+    for steps, rate in ((0, 0.2), (3, 0.0), (3, 1.5), (True, 0.2), (2.5, 0.2)):
+        with pytest.raises(FedarenaError, match="steps must be >= 1"):
+            server.record(3, 7, steps, rate)
 
 
 def test_an_objective_other_than_the_empirical_risk_is_refused_at_run_time():

@@ -27,6 +27,7 @@ streams derive from (seed, round, client), so a deployment computes the simulato
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -45,6 +46,7 @@ from fedarena.core.params import nbytes
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData
 from fedarena.flower import common, records, secagg_stages
+from fedarena.privacy.dpsgd import SampleLevel
 from fedarena.sim.engine import evaluate_client, personal_model, train_client
 
 log = logging.getLogger(__name__)
@@ -238,8 +240,10 @@ def _train(msg: Message, context: Context, private: bool) -> Message:
     algo, task = node.algorithm(), node.task()
     rnd, client = int(records.number(node.record, "round")), int(records.number(node.record, "client"))
     broadcast = records.decode_broadcast(records.payload(node.record))
+    # DP-SGD on the node, its noise and lots seeded from the OS as every deployment's noise is
+    dpsgd = SampleLevel.build(dataclasses.replace(node.config.privacy, secure_noise=True))
     upload, state = train_client(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed,
-                                 rnd, client)
+                                 rnd, client, dpsgd)
     node.save(state)
     log.info("client %s trained round %d", node.client_id, rnd)
     stored = nbytes(state.params) + nbytes(state.extra)
@@ -247,8 +251,10 @@ def _train(msg: Message, context: Context, private: bool) -> Message:
     if private:
         cp = secagg_stages.privacy_from_fields(node.record)
         payload, blob = secagg_stages.protect(cp, broadcast, upload, client, _secret_store(node.record, context))
-    return Message(records.content({"round": rnd, "client": client, "compute-s": time.perf_counter() - t0,
-                                    "state-bytes": stored}, payload, **{secagg_stages.BLOB: blob}), reply_to=msg)
+    facts = {"round": rnd, "client": client, "compute-s": time.perf_counter() - t0, "state-bytes": stored}
+    if dpsgd is not None:  # the server accounts the client's sample-level epsilon from these
+        facts |= {"dpsgd-steps": dpsgd.steps[(rnd, client)], "dpsgd-rate": dpsgd.rates[client]}
+    return Message(records.content(facts, payload, **{secagg_stages.BLOB: blob}), reply_to=msg)
 
 
 @app.evaluate()

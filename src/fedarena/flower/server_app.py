@@ -41,6 +41,7 @@ from fedarena.core.codec import Ledger, encode
 from fedarena.core.types import Broadcast, FedarenaError, FederatedData, Params, Upload
 from fedarena.flower import common, records, secagg_stages
 from fedarena.privacy import round as private_round
+from fedarena.privacy.dpsgd import SampleLevel
 from fedarena.sim.engine import ClientEval, run_algorithm
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,9 @@ class FlowerClients:
 
     pooled = False
     protects_updates = True  # local DP and SecAgg run on the nodes (privacy/round.Privacy.train_and_aggregate)
+    reports_dpsgd = True  # DP-SGD runs on the nodes; their replies carry its steps (run_algorithm sets `dpsgd`)
     transport = "flower messages"
+    dpsgd: Any = None  # privacy/dpsgd.SampleLevel accounting the nodes' DP-SGD steps, or None
 
     def __init__(self, link: Link, algo: Any, task: Any, training: list[int], full: Params, seed: int,
                  ledger: Ledger, num_classes: int) -> None:
@@ -252,8 +255,7 @@ class FlowerClients:
             try:
                 r = records.fields(replies[c])
                 advertised[c] = records.payload(r, secagg_stages.BLOB)
-                compute.append(float(records.number(r, "compute-s", float)))
-                self.state_bytes[c] = int(records.number(r, "state-bytes"))
+                compute.append(self._reply_facts(rnd, c, r))
             except FedarenaError as exc:
                 log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
                 self.rejected.append({"round": rnd, "client": self.link.clients[c].client_id, "reason": str(exc)})
@@ -262,6 +264,16 @@ class FlowerClients:
         for c in sorted(result.survivors):
             self.ledger.record(rnd, c, "up", result.bytes_per_client[c].masked_up)
         return result
+
+    def _reply_facts(self, rnd: int, c: int, r: Any) -> float:
+        """What a train reply reports beside its payload: the node's compute seconds (returned), the size of the
+        state it keeps and, under DP-SGD, the steps it took and its sampling rate q (counted for its epsilon
+        even if the upload is then rejected: its data was used)."""
+        compute = float(records.number(r, "compute-s", float))
+        self.state_bytes[c] = int(records.number(r, "state-bytes"))
+        if self.dpsgd is not None:
+            self.dpsgd.record(rnd, c, int(records.number(r, "dpsgd-steps")), float(records.number(r, "dpsgd-rate", float)))
+        return compute
 
     def _stage(self, rnd: int, stage: str, outgoing: dict[int, bytes]) -> dict[int, bytes]:
         """One SecAgg stage: a blob to each client, the blobs of those that answered in time."""
@@ -287,8 +299,7 @@ class FlowerClients:
                 data = records.payload(r)
                 upload = records.decode_upload(data, self.model, self.algo.personal, self.algo.uploads_personal,
                                                self.link.clients[c].num_train)
-                compute.append(float(records.number(r, "compute-s", float)))
-                self.state_bytes[c] = int(records.number(r, "state-bytes"))
+                compute.append(self._reply_facts(rnd, c, r))
             except FedarenaError as exc:
                 log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
                 self.rejected.append({"round": rnd, "client": self.link.clients[c].client_id, "reason": str(exc)})
@@ -428,7 +439,7 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
                                                   max(d.num_train for d in clients))
             runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
                                              eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime,
-                                             privacy=privacy)
+                                             privacy=privacy, dpsgd=SampleLevel.build(secure))
             deployment[f"{name}/seed-{seed}"] = {**runs[name][1].engine, "train_seconds": list(runs[name][1].train_seconds)}
         trained.append(Trained(seed, data, runs))
     deployed = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))

@@ -73,15 +73,11 @@ NOT_PER_SAMPLE = {
 }
 
 
-def check_dpsgd(settings: Any, algo: Any, model: Any, runs_here: bool = False) -> None:
+def check_dpsgd(settings: Any, algo: Any, model: Any) -> None:
     """Refuse, before any work, DP-SGD where it does not fit (settings: config.PrivacyConfig; model:
-    config.ModelConfig). `runs_here`: the clients train in this process (compare's reference and vectorized
-    engines); the Flower ClientApp does not run DP-SGD yet, so deploy and flower-sim are refused."""
+    config.ModelConfig)."""
     if settings.sgd_noise <= 0:
         return
-    if not runs_here:
-        raise FedarenaError("privacy.sgd_noise (DP-SGD) runs only with compare's reference and vectorized engines; "
-                            "the Flower ClientApp (deploy, flower-sim) does not apply it yet")
     if model.norm == "bn":
         raise FedarenaError("DP-SGD (privacy.sgd_noise) cannot train a model with BatchNorm (model.norm=bn): "
                             "per-sample gradients are undefined with batch statistics; use model.norm=none")
@@ -248,9 +244,16 @@ class SampleLevel:
         if training.steps == 0:
             raise FedarenaError(f"DP-SGD: {algo.name}'s client_update took no local_sgd step, so DP-SGD protected "
                                 "nothing of its local work")
-        self.steps[(rnd, client)] = self.steps.get((rnd, client), 0) + training.steps
-        self.rates[client] = max(self.rates.get(client, 0.0), training.rate)
+        self.record(rnd, client, training.steps, training.rate)
         return result
+
+    def record(self, rnd: int, client: int, steps: int, rate: float) -> None:
+        """Steps a client reports from elsewhere (a Flower SuperNode runs `client_update` on its own copy)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or not 0 < rate <= 1:
+            raise FedarenaError(f"DP-SGD report of client {client}: steps must be >= 1 and 0 < q <= 1, got "
+                                f"{steps!r}, {rate!r}")
+        self.steps[(rnd, client)] = self.steps.get((rnd, client), 0) + steps
+        self.rates[client] = max(self.rates.get(client, 0.0), float(rate))
 
     def state(self) -> dict[str, Any]:
         """Plain JSON of the steps taken so far (a continued run's epsilons count them)."""
@@ -286,7 +289,8 @@ class SampleLevel:
             "epsilon_max": _finite(max(eps)) if eps else None,
             "epsilon_median": _finite(statistics.median(eps)) if eps else None,
             "accountant": "rdp", "library": f"opacus {version('opacus')}",
-            "noise_source": "os-secure" if s.secure_noise else "seeded (simulation only)",
+            # Opacus's secure_mode needs torchcsprng (not installed): the OS seeds torch's generator instead
+            "noise_source": "os-seeded torch generator (not a CSPRNG)" if s.secure_noise else "seeded (simulation only)",
         }
 
 

@@ -58,11 +58,10 @@ MIN_SECAGG_CLIENTS = 3  # a secure sum of fewer reveals too much (1: the update 
 _OS = secrets.SystemRandom()
 
 
-def check(settings: Any, algo: Any, model: Any, in_process: bool = False) -> None:
+def check(settings: Any, algo: Any, model: Any) -> None:
     """Refuse, before any work, what cannot hold together (settings: config.PrivacyConfig; model:
-    config.ModelConfig, whose parameter names and dtypes show which keys would be shared). `in_process`: the
-    clients train in this process (compare's reference and vectorized engines), where DP-SGD is wired."""
-    check_dpsgd(settings, algo, model, runs_here=in_process)
+    config.ModelConfig, whose parameter names and dtypes show which keys would be shared)."""
+    check_dpsgd(settings, algo, model)
     if not enabled(settings):
         return
     if algo.federated and not averages_uploads(algo):

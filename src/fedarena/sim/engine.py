@@ -313,11 +313,12 @@ def run_algorithm(
                               "one client at a time and cannot be batched across clients")
         out.ledger = Ledger(verify=execute.verify_messages)
         clients = LocalClients(algo, task, data, training, full, seed, execute, out.ledger, dpsgd)
-    elif dpsgd is not None:
-        raise FedarenaError("DP-SGD runs only in this process's engines (reference, vectorized), not in a runtime "
-                            "whose clients train elsewhere")
     else:
         clients = runtime(algo, task, training, full, seed, out.ledger)
+        if dpsgd is not None:  # the clients run DP-SGD where they are and report their steps into `dpsgd`
+            if not getattr(clients, "reports_dpsgd", False):
+                raise FedarenaError("DP-SGD needs a runtime whose clients report their DP-SGD steps")
+            clients.dpsgd = dpsgd
     if resume is not None:
         server = resume.server
         clients.states.update({c: s for c, s in resume.states.items() if c in clients.states})

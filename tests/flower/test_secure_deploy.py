@@ -10,6 +10,7 @@ survivors' exact sum.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import stat
@@ -289,12 +290,24 @@ def test_supernode_killed_during_the_protocol_leaves_the_survivors_sum(tmp_path)
     assert not list((tmp_path / "work" / "nodes").glob("[012]/state/secagg/**/*.secrets"))  # deleted after unmasking
 
 
-def test_deploy_refuses_central_dp_with_secagg_before_starting_anything(tmp_path):
+def test_deploy_refuses_what_central_dp_under_secagg_cannot_account_before_starting_anything(tmp_path):
     from typer.testing import CliRunner
 
     from fedarena.cli import app as cli_app
 
     res = CliRunner().invoke(cli_app, ["deploy", "--local", "3", "--secagg", "--dp-clip", "1", "--dp-noise", "1",
-                                       "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "central DP with secure aggregation" in res.output, res.output
+                                       "--set", "privacy.accountant=pld", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "central DP with secure aggregation adds Skellam noise" in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_central_dp_under_secagg_on_deploy_is_accounted_as_in_simulation(tmp_path):
+    """The nodes add their Skellam shares (OS noise) before masking; the server only unmasks the noised sum."""
+    config = _config(rounds=2)
+    config = dataclasses.replace(config, privacy=dataclasses.replace(config.privacy, dp_clip=1.0, dp_noise=1.0))
+    summary = deploy_and_reap(tmp_path, config, Timeouts(round=120, evaluate=120, start=120))
+    sim = run_compare(config, tmp_path / "sim")
+    got, want = summary["runs"][0]["privacy"], sim["runs"][0]["privacy"]
+    assert got["accountant"].startswith("rdp (Skellam") and got["epsilon"] == pytest.approx(want["epsilon"], rel=1e-12)
+    assert got["noise_source"] == "os-secure" and got["secagg"]["transport"] == "flower messages"

@@ -2,6 +2,7 @@
 accounting, the target-epsilon stop, and refusals of what cannot hold together."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -58,6 +59,54 @@ def test_central_dp_is_the_fixed_denominator_mean_of_clipped_updates():
     assert torch.allclose(out.params["w"], torch.tensor([0.6 + 0.3, 0.8 + 0.4]) / PER_ROUND, atol=1e-6)
 
 
+def _skellam_round(noise: float, bits: int = 32):
+    config = make_config(dp_clip=1.0, dp_noise=noise, secagg=True, secagg_bits=bits)
+    algo = REGISTRY["fedavg"]()
+    privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, 0, 10, shared_dim=2)
+    ref = {"w": torch.zeros(2)}
+    ups = {c: Upload(params={"w": torch.tensor(w)}, num_samples=5)
+           for c, w in enumerate(([3.0, 4.0], [0.3, 0.4], [-0.1, 0.2], [0.0, -0.5]))}  # the first clipped to norm 1
+    return privacy, privacy.aggregate(algo, ServerState(params=ref), ups, 1).params["w"]
+
+
+def test_central_dp_under_secagg_is_the_clipped_mean_plus_client_side_skellam_noise():
+    privacy, without_noise = _skellam_round(0.0)
+    scale, l2 = privacy.skellam
+    expected = torch.tensor([0.6 + 0.3 - 0.1, 0.8 + 0.4 + 0.2 - 0.5]) / PER_ROUND  # DP-FedAvg's fixed denominator
+    assert torch.allclose(without_noise, expected, atol=1 / scale)  # only the integer grid's rounding
+    assert privacy.summary(1)["accountant"].startswith("rdp (Skellam") and privacy.summary(1)["secagg"]["survivors"] == 4
+    assert privacy.epsilon(3) == acc.epsilon_for(acc.AccountantConfig(
+        0.0, population=N, per_round=PER_ROUND, mechanism="skellam", l2_sensitivity=l2,
+        l1_sensitivity=privacy.accountant.l1_sensitivity), 3)
+    # with noise: each of the n = 4 clients adds Sk(0, mu / t), t = 3, so the sum carries variance 4 mu / 3
+    privacy, noisy = _skellam_round(1.0)
+    assert not torch.allclose(noisy, expected, atol=1e-3)  # the clients' shares reached the sum
+    assert 0 < privacy.epsilon(3) < math.inf and privacy.accountant.mechanism == "skellam"
+
+
+def test_skellam_noise_of_the_secure_sum_has_the_calibrated_variance():
+    """Many clients' encodings summed: (sum / s) has std z L2 / s sqrt(n / t) per coordinate, z L2 / s ~ z C."""
+    from fedarena.privacy import dp
+    from fedarena.privacy.round import ClientPrivacy, encode_update
+    from fedarena.privacy.fixedpoint import centered_lift
+
+    scale, n, t, z = 1000.0, 4, 3, 0.5
+    l2, _ = dp.skellam_sensitivity(1.0, scale, 2000)
+    cp = ClientPrivacy(round=1, dp_clip=0.0, dp_noise=0.0, secagg=True, clients=n, max_weight=10, fp_clip=10.0,
+                       bits=32, threshold=t, neighbours=0, skellam_clip=1.0, skellam_scale=scale,
+                       skellam_variance=(z * l2) ** 2)
+    zero = {"w": torch.zeros(2000)}
+    total = sum(centered_lift(encode_update(zero, 5, cp, dp.SeededNoise(torch.Generator().manual_seed(c))), 32)
+                for c in range(n))
+    got = float(torch.from_numpy(total).double().std())
+    assert got == pytest.approx(z * l2 * (n / t) ** 0.5, rel=0.05)
+
+
+def test_too_narrow_a_modulus_for_the_skellam_grid_is_refused():
+    with pytest.raises(FedarenaError, match="secagg_bits=8 leaves no integer resolution"):
+        _skellam_round(1.0, bits=8)
+
+
 def test_reported_epsilon_is_dp_accountings_and_the_target_stops_training(tmp_path):
     config = make_config(dp_clip=1.0, dp_noise=1.0)
     summary = run_compare(config, tmp_path / "a")
@@ -83,7 +132,7 @@ def test_poisson_sampling_is_per_client_and_seeded():
 @pytest.mark.parametrize("name, settings, message", [
     ("scaffold", {"dp_clip": 1.0, "dp_noise": 1.0}, "not a weighted mean"),
     ("fedadam", {"secagg": True}, "not a weighted mean"),
-    ("fedavg", {"secagg": True, "dp_clip": 1.0, "dp_noise": 1.0}, "Skellam"),
+    ("fedavg", {"secagg": True, "dp_clip": 1.0, "dp_noise": 1.0, "accountant": "pld"}, "Skellam.*poisson"),
 ])
 def test_impossible_combinations_are_refused(name, settings, message):
     config = make_config(**settings)

@@ -93,9 +93,13 @@ def privacy_from_fields(record: Mapping[str, Any]) -> ClientPrivacy:
     cp = ClientPrivacy(**values)
     if cp.dp_clip < 0 or cp.dp_noise < 0 or cp.clients < 1 or cp.max_weight < 1:
         raise FedarenaError(f"inconsistent client privacy settings: {cp}")
+    if cp.skellam_clip < 0 or cp.skellam_scale < 0 or cp.skellam_variance < 0 or (cp.skellam_clip > 0) != (
+            cp.skellam_scale > 0):
+        raise FedarenaError(f"inconsistent client privacy settings: {cp}")
     if cp.secagg:
         cp.secagg_config().validate(cp.clients)
-        cp.fixed_point()  # refuses a capacity overflow
+        if not cp.skellam_clip:
+            cp.fixed_point()  # refuses a capacity overflow
     return cp
 
 
@@ -121,7 +125,8 @@ def protect(cp: ClientPrivacy, broadcast: Broadcast, upload: Upload, client: int
         return encode(noised), b""
     if store is None:
         raise FedarenaError("secure aggregation needs the node config state-dir=PATH (where the round's secrets are kept)")
-    vector = encode_update(delta, upload.num_samples, cp)  # fixed point clips: the client-side range check
+    # fixed point clips (the client-side range check); central DP clips to C and adds the client's Skellam share
+    vector = encode_update(delta, upload.num_samples, cp, dp.SecureNoise())
     return b"", client_start(store, cp, client, vector)
 
 

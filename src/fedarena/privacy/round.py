@@ -25,9 +25,13 @@ A round whose secure aggregation aborts (fewer than t survivors at some stage) l
 was, is logged, and is counted in the summary (`secagg.aborted_rounds`); the clients that trained in it keep
 their local state, as any client whose reply is lost does.
 
-Central DP together with SecAgg needs integer (Skellam) noise added by the clients for the t survivors
-(Agarwal et al., NeurIPS 2021); `dp.py` and `accountant.py` implement the mechanism and its accounting, but it
-is not wired into this round yet, so the combination is refused with that reason.
+Central DP together with SecAgg (the server must not add the noise: it never sees the sum before it is
+unmasked, and trusting it to add noise afterwards is the trusted-server model SecAgg avoids) uses the Skellam
+mechanism of Agarwal, Kairouz, Liu (NeurIPS 2021): each client clips its update to C, scales it by s, rounds it
+to integers (conditional rounding) and adds Sk(0, mu / t) so that any t or more survivors sum to at least the
+accounted Sk(0, mu), mu = (z L2)^2 (`dp.skellam_*`); the modular sum decodes to the survivors' noised integer
+sum, divided by s qN (DP-FedAvg's fixed denominator). s is the largest grid the modulus holds for N clients
+(`skellam_grid`), and the accountant composes the Skellam RDP of `accountant.py` under Poisson sampling.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
 from fedarena.privacy.dpsgd import check_dpsgd
 from fedarena.sim.engine import in_client_order
-from fedarena.privacy.fixedpoint import FixedPoint
+from fedarena.privacy.fixedpoint import FixedPoint, centered_lift, wrap
 from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run_secagg
 
 log = logging.getLogger(__name__)
@@ -69,10 +73,11 @@ def check(settings: Any, algo: Any, model: Any) -> None:
             f"privacy (DP/secure aggregation) cannot be applied to {algo.name}: its server step is not a weighted "
             "mean of uploaded models, so the server would need each client's update in the clear"
         )
-    if settings.secagg and settings.dp_clip > 0 and settings.dp_mode == "central":
+    if settings.secagg and settings.dp_clip > 0 and settings.dp_mode == "central" and (
+            settings.sampling != "poisson" or settings.accountant != "rdp"):
         raise FedarenaError(
-            "central DP with secure aggregation needs client-side integer (Skellam) noise, which is not wired into "
-            "the engine yet: use privacy.dp_mode=local with secagg, or central DP without secagg"
+            "central DP with secure aggregation adds Skellam noise, accounted only with privacy.sampling=poisson and "
+            f"privacy.accountant=rdp (got {settings.sampling}, {settings.accountant})"
         )
     from fedarena.tasks import build_module  # names and dtypes do not depend on the input size
 
@@ -82,6 +87,31 @@ def check(settings: Any, algo: Any, model: Any) -> None:
     if algo.federated and algo.personal.patterns != ("*",) and integer:
         raise FedarenaError(f"privacy needs float shared parameters; {algo.name} shares the integer {integer[0]} "
                             "(model.norm=bn's counters: use fedbn, which keeps them personal, or model.norm=none)")
+
+
+SKELLAM_TAIL = 12.0  # the modulus holds the sum and this many standard deviations of its noise
+SKELLAM_LEVELS = 1e4  # grid levels per clip norm: s C (the rounding error per coordinate is C / 1e4, far below
+# the noise z C of any useful z; finer grids only make the clients' exact OS-drawn Poisson shares slower)
+
+
+def skellam_grid(settings: Any, population: int, dim: int) -> tuple[float, float, float]:
+    """(scale s, L2, L1) of central DP under SecAgg: s C = SKELLAM_LEVELS, or less where the sum would not fit.
+
+    Up to N = `population` clients each contribute an integer vector of L2 norm <= L2 (so every coordinate is
+    within L2), and the survivors' Skellam shares sum to variance at most N mu (t >= 1), mu = (z L2)^2; the
+    modulus 2^bits must hold L2 (N + TAIL z sqrt(N)) in absolute value. L2 <= sC + sqrt(d) (the deterministic
+    bound of ``dp.skellam_sensitivity``), so s <= (2^(bits-1) / (N + TAIL z sqrt(N)) - sqrt(d)) / C."""
+    if dim < 1:
+        raise FedarenaError("central DP under secure aggregation needs the number of shared parameters")
+    room = (2 ** (settings.secagg_bits - 1) - 1) / (population + SKELLAM_TAIL * settings.dp_noise * math.sqrt(population))
+    fits = (room - math.sqrt(dim)) / settings.dp_clip
+    if fits * settings.dp_clip < 10 * math.sqrt(dim):
+        raise FedarenaError(
+            f"privacy.secagg_bits={settings.secagg_bits} leaves no integer resolution for central DP under secure "
+            f"aggregation with {population} clients and {dim} shared parameters; raise secagg_bits (up to 64)")
+    scale = min(fits, SKELLAM_LEVELS / settings.dp_clip)
+    l2, l1 = dp.skellam_sensitivity(settings.dp_clip, scale, dim)
+    return scale, l2, l1
 
 
 def enabled(settings: Any) -> bool:
@@ -103,6 +133,9 @@ class ClientPrivacy:
     bits: int
     threshold: int
     neighbours: int  # SecAgg+ degree k; 0: complete graph
+    skellam_clip: float = 0.0  # central DP under SecAgg: C; 0: none (then the update is fixed-point encoded)
+    skellam_scale: float = 0.0  # s: the integer grid is update * s
+    skellam_variance: float = 0.0  # the accounted total Skellam variance mu = (z L2)^2 of the survivors' sum
 
     def fixed_point(self) -> FixedPoint:
         return FixedPoint.for_clients(self.clients, max(self.fp_clip, 1.0), self.bits)  # >= 1 for the weight entry
@@ -117,8 +150,17 @@ def client_delta(ref: Params, params: Params, cp: ClientPrivacy, noise: Any) -> 
     return dp.local_dp(delta, cp.dp_clip, cp.dp_noise, noise) if cp.dp_clip > 0 else delta
 
 
-def encode_update(delta: Params, num_samples: int, cp: ClientPrivacy) -> np.ndarray:
-    """The SecAgg input: fixed-point residues of (w * update, w), w = n_k / W, keys in sorted order."""
+def encode_update(delta: Params, num_samples: int, cp: ClientPrivacy, noise: Any = None) -> np.ndarray:
+    """The SecAgg input, keys in sorted order. Plain SecAgg: fixed-point residues of (w * update, w),
+    w = n_k / W. Central DP under SecAgg (``skellam_clip`` > 0): the update clipped to C, scaled by s, rounded
+    to integers (conditional rounding) plus this client's Skellam share Sk(0, mu / t), as residues mod 2^bits
+    (`noise`: the client's own source)."""
+    if cp.skellam_clip > 0:
+        if noise is None:
+            raise FedarenaError("a Skellam-noised update needs the client's noise source")
+        integer = dp.skellam_encode(delta, cp.skellam_clip, cp.skellam_scale, noise)
+        integer = integer + dp.skellam_share(integer.numel(), cp.skellam_variance, cp.threshold, noise)
+        return wrap(integer.numpy(), cp.bits)
     w = num_samples / cp.max_weight
     flat = torch.cat([delta[k].reshape(-1).double() for k in sorted(delta)]) * w
     return cp.fixed_point().encode(np.append(flat.numpy(), w))
@@ -149,13 +191,22 @@ class Privacy:
     secagg_summary: dict[str, Any] | None = None
     aborted: list[int] = field(default_factory=list)  # rounds whose secure aggregation aborted
     transport: str = "in-process (simulated messages)"
+    skellam: tuple[float, float] | None = None  # central DP under SecAgg: (scale s, integer-domain L2 sensitivity)
 
     @classmethod
-    def build(cls, settings: Any, algo: Any, population: int, per_round: int, seed: int, max_weight: int) -> "Privacy | None":
+    def build(cls, settings: Any, algo: Any, population: int, per_round: int, seed: int, max_weight: int,
+              shared_dim: int = 0) -> "Privacy | None":
+        """`shared_dim`: the number of shared parameters (central DP under SecAgg sizes its integer grid by it)."""
         if not enabled(settings) or not algo.federated or algo.personal.patterns == ("*",):
             return None  # nothing is uploaded (local) or nothing is federated (centralized)
         out = cls(settings, population, per_round, seed, max_weight)
-        if settings.dp_clip > 0 and settings.dp_mode == "central":
+        if settings.dp_clip > 0 and settings.dp_mode == "central" and settings.secagg:
+            scale, l2, l1 = skellam_grid(settings, population, shared_dim)
+            out.skellam = (scale, l2)
+            out.accountant = acc.AccountantConfig(
+                noise_multiplier=settings.dp_noise, delta=settings.dp_delta, population=population,
+                per_round=per_round, mechanism="skellam", l2_sensitivity=l2, l1_sensitivity=l1)
+        elif settings.dp_clip > 0 and settings.dp_mode == "central":
             out.accountant = acc.AccountantConfig(
                 noise_multiplier=settings.dp_noise, delta=settings.dp_delta, population=population,
                 per_round=per_round, sampling=settings.sampling, accountant=settings.accountant)
@@ -232,10 +283,12 @@ class Privacy:
         local = s.dp_clip > 0 and s.dp_mode == "local"
         k = s.secagg_neighbours if s.secagg_neighbours and s.secagg_neighbours < n - 1 else 0
         group = k + 1 if k else n  # a client's neighbourhood (SecAgg+) or everyone (SecAgg)
+        scale, l2 = self.skellam or (0.0, 0.0)
         return ClientPrivacy(round=rnd, dp_clip=s.dp_clip if local else 0.0, dp_noise=s.dp_noise if local else 0.0,
                              secagg=s.secagg, clients=n, max_weight=self.max_weight, fp_clip=s.secagg_clip,
                              bits=s.secagg_bits, threshold=min(s.secagg_threshold or group // 2 + 1, group),
-                             neighbours=k)
+                             neighbours=k, skellam_clip=s.dp_clip if self.skellam else 0.0, skellam_scale=scale,
+                             skellam_variance=(s.dp_noise * l2) ** 2 if self.skellam else 0.0)
 
     def aggregate(self, algo: Any, server: ServerState, uploads: dict[int, Upload], rnd: int,
                   noised_by_clients: bool = False) -> ServerState:
@@ -248,12 +301,12 @@ class Privacy:
         ref = {k: server.params[k] for k in sorted(next(iter(ups.values())).params)} if ups else _reference(algo, server, {})
         keys = sorted(ref)
         noise = self._noise(rnd)
-        if central:  # noise is added even to an empty round: the accountant counts every round
+        if central and not s.secagg:  # noise is added even to an empty round: the accountant counts every round
             mean = dp.central_dp_mean(ref, [u.params for u in ups.values()], s.dp_clip, s.dp_noise,
                                       self.per_round, noise)
             return algo.aggregate(server, {0: Upload(params=mean, num_samples=1)})
         deltas = {c: {k: u.params[k] - ref[k] for k in keys} for c, u in ups.items()}
-        if s.dp_clip > 0 and not noised_by_clients:  # local DP: each client noises its own update
+        if s.dp_clip > 0 and not central and not noised_by_clients:  # local DP: each client noises its own update
             deltas = {c: dp.local_dp(d, s.dp_clip, s.dp_noise, self._noise(rnd, c)) for c, d in deltas.items()}
         if not s.secagg:
             return algo.aggregate(server, {c: Upload(params={k: ref[k] + d[k] for k in keys}, num_samples=ups[c].num_samples)
@@ -286,7 +339,7 @@ class Privacy:
 
     def _secure_mean(self, ref: Params, deltas: dict[int, Params], weights: dict[int, int], rnd: int) -> Params:
         cp = self.client_privacy(rnd, len(deltas))
-        vectors = {c: encode_update(d, weights[c], cp) for c, d in deltas.items()}
+        vectors = {c: encode_update(d, weights[c], cp, self._noise(rnd, c)) for c, d in deltas.items()}
         start = time.perf_counter()
         result = run_secagg(vectors, threshold=cp.threshold, bits=cp.bits, neighbours=cp.neighbours or None,
                             round_id=rnd)
@@ -294,15 +347,18 @@ class Privacy:
 
     def _secure_result(self, ref: Params, result: SecAggResult, cp: ClientPrivacy, seconds: float) -> Params:
         """Count the protocol's overhead and decode its sum into the survivors' weighted mean."""
-        dim = sum(v.numel() for v in ref.values()) + 1
+        dim = sum(v.numel() for v in ref.values()) + (0 if cp.skellam_clip > 0 else 1)
         if len(result.sum) != dim:
             raise FedarenaError(f"round {cp.round}: the secure sum has {len(result.sum)} entries, the shared "
-                                f"params need {dim} (update + weight)")
+                                f"params need {dim} (update{'' if cp.skellam_clip > 0 else ' + weight'})")
         self.overhead["seconds"] += seconds
         self.overhead["up"] += sum(b.overhead_up for b in result.bytes_per_client.values())
         self.overhead["down"] += sum(b.overhead_down for b in result.bytes_per_client.values())
         self.overhead["rounds"] += 1
         self.secagg_summary = result.summary()
+        if cp.skellam_clip > 0:  # the survivors' integer sum, noise included, over the fixed denominator qN
+            integer_sum = torch.from_numpy(centered_lift(result.sum, cp.bits))
+            return dp.skellam_mean(ref, integer_sum, cp.skellam_scale, self.per_round)
         total = cp.fixed_point().decode(result.sum)
         if not total[-1] > 0:
             raise SecAggAbort(f"round {cp.round}: the secure sum's total weight is {total[-1]:g}, not > 0")
@@ -367,7 +423,8 @@ class Privacy:
             "noise_multiplier": s.dp_noise if s.dp_clip > 0 else None,
             "delta": s.dp_delta if s.dp_clip > 0 else None,
             "epsilon": None if eps is None or math.isinf(eps) else eps,
-            "accountant": (s.accountant if self.accountant else "local-gaussian per client") if s.dp_clip > 0 else None,
+            "accountant": (("rdp (Skellam: integer noise the clients add under SecAgg)" if self.skellam else s.accountant)
+                           if self.accountant else "local-gaussian per client") if s.dp_clip > 0 else None,
             "sampling": (s.sampling if s.dp_clip > 0 else "fixed"),
             "noise_source": "os-secure" if s.secure_noise else "seeded (simulation only)",
             "sampling_source": ("os-secure" if s.secure_noise else "seeded (simulation only)") if s.dp_clip > 0 else None,

@@ -149,3 +149,30 @@ def test_a_damaged_run_directory_is_refused_by_name(tmp_path):
     with pytest.raises(FedarenaError, match="metrics.parquet cannot be read"):
         continue_run(tmp_path / "r2", 4, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    {"round": 2.0}, {"round": 0}, {"train_seconds": [0.1]}, {"wall_seconds": "x"}, {"privacy": 3},
+    "drop:privacy", "drop:sample_level",
+])
+def test_a_malformed_run_state_is_refused_by_name(tmp_path, damage):
+    run_compare(make_config(2, run__algorithms="fedavg"), tmp_path / "r2")
+    path = tmp_path / "r2" / "forget" / "fedavg" / RUN_STATE
+    state = json.loads(path.read_text())
+    if isinstance(damage, str):
+        del state[damage.split(":")[1]]
+    else:
+        state.update(damage)
+    path.write_text(json.dumps(state))
+    with pytest.raises(FedarenaError, match="run-state.json"):
+        continue_run(tmp_path / "r2", 4, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("summary", ["[]", '{"runs": 3}', '{"runs": [{"algorithm": "fedavg", "history": [{}]}]}'])
+def test_a_malformed_summary_is_refused_by_name(tmp_path, summary):
+    run_compare(make_config(2, run__algorithms="fedavg"), tmp_path / "r2")
+    (tmp_path / "r2" / "summary.json").write_text(summary)
+    with pytest.raises(FedarenaError, match="malformed"):
+        continue_run(tmp_path / "r2", 4, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -96,8 +96,10 @@ def test_unverified_ledger_counts_what_encoding_would(shapes, num_samples, loss,
     for rnd, metrics in enumerate([{"train_loss": 0.0}, {"train_loss": loss, "steps": 3.0}, {"train_loss": -loss}], 1):
         other_n = (num_samples + 1) % 10 if num_samples < 10 else 10 ** (len(str(num_samples)) - 1)  # same digits
         first = Upload(params={k: torch.zeros_like(v) for k, v in params.items()}, num_samples=other_n, extra=extras,
-                       metrics={k: 1e300 for k in metrics})
-        ledger.send_up(rnd, 0, first)  # primes the size cache with other values of the same structure
+                       metrics={k: -v for k, v in metrics.items()})  # other values, the same printed widths
+        ledger.send_up(rnd, 0, first)  # primes the size cache
+        cached = len(ledger._sizes)
         msg = Upload(params=params, num_samples=num_samples, extra=extras, metrics=metrics)
         assert ledger.send_up(rnd, 1, msg) is msg
+        assert len(ledger._sizes) == cached  # counted from the cache, not encoded again
         assert ledger.up[(rnd, 1)] == len(encode(msg))

@@ -78,3 +78,24 @@ def test_errors_inside_a_client_reach_the_caller(toy):
     object.__setattr__(algo, "local_objective", exploding)
     with pytest.raises(Boom):
         run_algorithm(algo, task, data, rounds=1, clients_per_round=3, eval_every=1, seed=0, engine="vectorized")
+
+
+def _sum_objective(scale, params, *, batch):
+    x, _ = batch
+    return params["w"].sum() * scale + 0 * x.sum()  # its gradient is an expanded (stride-0) tensor
+
+
+def test_expanded_gradients_and_float64_weights_step_like_the_reference():
+    from functools import partial
+
+    from fedarena.core.batched import SGDRequest, batched_local_sgd
+    from fedarena.core.local_train import local_sgd
+    from fedarena.core.types import SGD
+
+    sgd, objective = SGD(1, 2, 0.1), partial(_sum_objective, 1.0)
+    reqs = [SGDRequest(objective, {"w": torch.full((3, 2), float(i), dtype=torch.float64)}, frozenset({"w"}),
+                       torch.zeros(4, 1), torch.zeros(4), sgd, torch.Generator().manual_seed(i), 1) for i in range(2)]
+    for req, (params, _, steps) in zip(reqs, batched_local_sgd(reqs)):
+        want, _, _ = local_sgd(objective, req.params, {"w"}, req.x, req.y, sgd, torch.Generator().manual_seed(0))
+        assert params["w"].dtype == torch.float64 and steps == 2
+        assert torch.equal(params["w"], want["w"])

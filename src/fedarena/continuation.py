@@ -116,10 +116,21 @@ def _run_state(root: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != "fedarena-run-state/1":
         raise FedarenaError(f"{root / RUN_STATE} is missing or of another format: the run was written before "
                             "runs could be continued; rerun it")
-    clock = state.get("train_seconds")
-    if not isinstance(clock, list) or len(clock) != state.get("round") or not all(isinstance(x, (int, float)) for x in clock):
-        raise FedarenaError(f"{root / RUN_STATE}: train_seconds must list one time per round ({state.get('round')})")
+    rnd, clock = state.get("round"), state.get("train_seconds")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
+        raise FedarenaError(f"{root / RUN_STATE}: round must be an integer >= 1, got {rnd!r}")
+    if not isinstance(clock, list) or len(clock) != rnd or not all(_number(x) for x in clock):
+        raise FedarenaError(f"{root / RUN_STATE}: train_seconds must list one time per round ({rnd})")
+    if not _number(state.get("wall_seconds")):
+        raise FedarenaError(f"{root / RUN_STATE}: wall_seconds must be a number")
+    for key in ("privacy", "sample_level"):
+        if key not in state or not (state[key] is None or isinstance(state[key], dict)):
+            raise FedarenaError(f"{root / RUN_STATE}: {key} must be an object or null")
     return state
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _resume(run_dir: Path, name: str, config: cfg.Config, data: FederatedData, state: dict[str, Any]) -> Resume:
@@ -136,14 +147,22 @@ def _resume(run_dir: Path, name: str, config: cfg.Config, data: FederatedData, s
     files = {p.name: p.read_bytes() for p in sorted(root.iterdir())
              if p.is_file() and p.name not in ("norms.json", RUN_STATE)}
     norms = stored.norms() if (root / "norms.json").is_file() else {}
-    return Resume(Checkpoint(done, stored.server(done), states), state["privacy"], state.get("sample_level"), files,
-                  norms)
+    return Resume(Checkpoint(done, stored.server(done), states), state["privacy"], state["sample_level"], files, norms)
 
 
-def _history(name: str, summary: dict[str, Any], metrics: list[dict[str, Any]], data: FederatedData,
+def _history(name: str, summary: Any, metrics: list[dict[str, Any]], data: FederatedData,
              state: dict[str, Any]) -> AlgorithmRun:
     """The finished rounds of `name` as the engine reported them, read back from the run directory."""
-    entry = next((r for r in summary.get("runs", []) if r.get("algorithm") == name), None)
+    try:
+        return _read_history(name, summary, metrics, data, state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FedarenaError(f"summary.json or metrics.parquet of '{name}' is malformed ({type(exc).__name__}: "
+                            f"{exc})") from None
+
+
+def _read_history(name: str, summary: Any, metrics: list[dict[str, Any]], data: FederatedData,
+                  state: dict[str, Any]) -> AlgorithmRun:
+    entry = next((r for r in summary["runs"] if r["algorithm"] == name), None)
     if entry is None:
         raise FedarenaError(f"summary.json has no run of '{name}'")
     index = {cid: i for i, cid in enumerate(data.client_ids)}

@@ -4,6 +4,7 @@ what it cannot protect, is deterministic, runs the same on both engines, and rea
 
 import json
 import logging
+import math
 
 import dp_accounting
 import pytest
@@ -250,3 +251,10 @@ def test_user_level_block_is_unchanged_with_dp_sgd_on_too(tmp_path):
                        tmp_path / "b")["runs"][0]["privacy"]
     assert alone["sample_level"] is None and both["sample_level"]["epsilon_max"] > 0
     assert {k: v for k, v in both.items() if k != "sample_level"} == {k: v for k, v in alone.items() if k != "sample_level"}
+
+
+def test_uploads_carry_no_training_loss_under_dp_sgd(toy):
+    """The loss is computed from the raw samples without clipping or noise: it must not leave the client."""
+    data, task = toy
+    run = train("reference", data, task)
+    assert run.train_loss and all(math.isnan(v) for v in run.train_loss.values())

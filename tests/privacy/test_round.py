@@ -12,6 +12,7 @@ from fedarena.algorithms import REGISTRY
 from fedarena.compare import prepare, run_compare
 from fedarena.core.types import FedarenaError, ServerState, Upload
 from fedarena.privacy import accountant as acc
+from fedarena.privacy import dp
 from fedarena.privacy.round import Privacy, check
 from fedarena.sim.engine import run_algorithm
 
@@ -75,18 +76,24 @@ def test_central_dp_under_secagg_is_the_clipped_mean_plus_client_side_skellam_no
     expected = torch.tensor([0.6 + 0.3 - 0.1, 0.8 + 0.4 + 0.2 - 0.5]) / PER_ROUND  # DP-FedAvg's fixed denominator
     assert torch.allclose(without_noise, expected, atol=1 / scale)  # only the integer grid's rounding
     assert privacy.summary(1)["accountant"].startswith("rdp (Skellam") and privacy.summary(1)["secagg"]["survivors"] == 4
-    assert privacy.epsilon(3) == acc.epsilon_for(acc.AccountantConfig(
-        0.0, population=N, per_round=PER_ROUND, mechanism="skellam", l2_sensitivity=l2,
-        l1_sensitivity=privacy.accountant.l1_sensitivity), 3)
-    # with noise: each of the n = 4 clients adds Sk(0, mu / t), t = 3, so the sum carries variance 4 mu / 3
     privacy, noisy = _skellam_round(1.0)
     assert not torch.allclose(noisy, expected, atol=1e-3)  # the clients' shares reached the sum
-    assert 0 < privacy.epsilon(3) < math.inf and privacy.accountant.mechanism == "skellam"
+    scale, l2 = privacy.skellam
+    l1 = privacy.accountant.l1_sensitivity
+    assert (l2, l1) == dp.skellam_sensitivity(1.0, scale, 2)
+    direct = acc.AccountantConfig(1.0, population=N, per_round=PER_ROUND, mechanism="skellam", l2_sensitivity=l2,
+                                  l1_sensitivity=l1)
+    assert 0 < privacy.epsilon(3) == acc.epsilon_for(direct, 3) < math.inf
+    # against the server, who knows who took part: no amplification, over the one round each client made
+    unsampled = acc.AccountantConfig(1.0, sampling_probability=1.0, mechanism="skellam", l2_sensitivity=l2,
+                                     l1_sensitivity=l1)
+    summary = privacy.summary(1)
+    assert summary["epsilon_vs_server"] == acc.epsilon_for(unsampled, 1) > summary["epsilon"]
 
 
 def test_skellam_noise_of_the_secure_sum_has_the_calibrated_variance():
-    """Many clients' encodings summed: (sum / s) has std z L2 / s sqrt(n / t) per coordinate, z L2 / s ~ z C."""
-    from fedarena.privacy import dp
+    """Many clients' encodings summed: the noise has std z L2 sqrt(n / (t - 1)) per coordinate (each share is
+    Sk(0, mu / (t - 1)), so any t - 1 of them carry the accounted mu)."""
     from fedarena.privacy.round import ClientPrivacy, encode_update
     from fedarena.privacy.fixedpoint import centered_lift
 
@@ -99,7 +106,7 @@ def test_skellam_noise_of_the_secure_sum_has_the_calibrated_variance():
     total = sum(centered_lift(encode_update(zero, 5, cp, dp.SeededNoise(torch.Generator().manual_seed(c))), 32)
                 for c in range(n))
     got = float(torch.from_numpy(total).double().std())
-    assert got == pytest.approx(z * l2 * (n / t) ** 0.5, rel=0.05)
+    assert got == pytest.approx(z * l2 * (n / (t - 1)) ** 0.5, rel=0.05)
 
 
 def test_too_narrow_a_modulus_for_the_skellam_grid_is_refused():

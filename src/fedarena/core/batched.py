@@ -155,6 +155,16 @@ def _padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
     return out
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether `t`'s elements fill its storage without gaps or overlaps (any dimension order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]:
     """Run compatible requests (same :func:`group_key`) together; results in request order."""
     first = reqs[0]
@@ -208,8 +218,9 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
                 with torch.no_grad():
                     for k in trainable:  # the reference's add(g, alpha=-lr), in place when every client steps
                         if everyone:
-                            if stacked[k].stride() != grads[k].stride():  # once: keep w in its gradient's layout
-                                stacked[k] = torch.empty_strided(grads[k].shape, grads[k].stride()).copy_(stacked[k])
+                            g = grads[k]  # once: keep w in its (dense) gradient's layout, w's own dtype
+                            if stacked[k].stride() != g.stride() and _dense(g):
+                                stacked[k] = torch.empty_like(g, dtype=stacked[k].dtype).copy_(stacked[k])
                             stacked[k].add_(grads[k], alpha=-lr)
                         else:
                             stacked[k] = stacked[k].index_copy(0, index, sub[k].add(grads[k], alpha=-lr))

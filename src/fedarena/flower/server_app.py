@@ -296,10 +296,10 @@ class FlowerClients:
         for c in sorted(replies):
             try:
                 r = records.fields(replies[c])
+                compute.append(self._reply_facts(rnd, c, r))  # first: DP-SGD steps count even if the upload is bad
                 data = records.payload(r)
                 upload = records.decode_upload(data, self.model, self.algo.personal, self.algo.uploads_personal,
                                                self.link.clients[c].num_train)
-                compute.append(self._reply_facts(rnd, c, r))
             except FedarenaError as exc:
                 log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
                 self.rejected.append({"round": rnd, "client": self.link.clients[c].client_id, "reason": str(exc)})
@@ -307,6 +307,9 @@ class FlowerClients:
             self.ledger.record(rnd, c, "up", len(data))
             uploads[c] = upload
         missing = sorted(set(broadcasts) - set(uploads))
+        if missing and self.dpsgd is not None:
+            log.warning("round %d: no DP-SGD step count from %s (no valid reply): if they trained, their sample-level "
+                        "epsilon is under-counted", rnd, [self.link.clients[c].client_id for c in missing])
         if missing:
             log.warning("round %d: aggregating %d of %d clients (no valid reply from %s)", rnd, len(uploads),
                         len(broadcasts), [self.link.clients[c].client_id for c in missing])

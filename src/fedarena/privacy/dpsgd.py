@@ -245,7 +245,9 @@ class SampleLevel:
             raise FedarenaError(f"DP-SGD: {algo.name}'s client_update took no local_sgd step, so DP-SGD protected "
                                 "nothing of its local work")
         self.record(rnd, client, training.steps, training.rate)
-        return result
+        upload, state = result
+        # the training loss is computed from the raw samples, with neither clipping nor noise: it stays on the client
+        return replace(upload, metrics={}), state
 
     def record(self, rnd: int, client: int, steps: int, rate: float) -> None:
         """Steps a client reports from elsewhere (a Flower SuperNode runs `client_update` on its own copy)."""

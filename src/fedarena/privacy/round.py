@@ -28,14 +28,21 @@ their local state, as any client whose reply is lost does.
 Central DP together with SecAgg (the server must not add the noise: it never sees the sum before it is
 unmasked, and trusting it to add noise afterwards is the trusted-server model SecAgg avoids) uses the Skellam
 mechanism of Agarwal, Kairouz, Liu (NeurIPS 2021): each client clips its update to C, scales it by s, rounds it
-to integers (conditional rounding) and adds Sk(0, mu / t) so that any t or more survivors sum to at least the
-accounted Sk(0, mu), mu = (z L2)^2 (`dp.skellam_*`); the modular sum decodes to the survivors' noised integer
-sum, divided by s qN (DP-FedAvg's fixed denominator). s is the largest grid the modulus holds for N clients
-(`skellam_grid`), and the accountant composes the Skellam RDP of `accountant.py` under Poisson sampling.
+to integers (conditional rounding) and adds Sk(0, mu / (t - 1)) so that, whichever client is considered, the
+shares of the other t - 1 or more survivors alone sum to at least the accounted Sk(0, mu), mu = (z L2)^2
+(`dp.skellam_*`); the modular sum decodes to the survivors' noised integer sum, divided by s qN (DP-FedAvg's
+fixed denominator). s is a 10^4-level grid per clip norm, smaller where the modulus needs it (`skellam_grid`).
+Two epsilons are reported: `epsilon`, the Skellam RDP under Poisson sampling (against whoever sees the models
+but not who took part), and `epsilon_vs_server`, the same mechanism without amplification composed over the
+most rounds any client took part in (the server draws the sample and sees who answered, so amplification by
+sampling does not hold against it). A round with fewer than 3 sampled clients (or fewer than t survivors)
+aborts and releases no update; whether it aborts depends on who was sampled, which neither epsilon covers:
+the run warns when Poisson sampling makes such rounds likely (expected clients per round below 20).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import math
@@ -153,13 +160,15 @@ def client_delta(ref: Params, params: Params, cp: ClientPrivacy, noise: Any) -> 
 def encode_update(delta: Params, num_samples: int, cp: ClientPrivacy, noise: Any = None) -> np.ndarray:
     """The SecAgg input, keys in sorted order. Plain SecAgg: fixed-point residues of (w * update, w),
     w = n_k / W. Central DP under SecAgg (``skellam_clip`` > 0): the update clipped to C, scaled by s, rounded
-    to integers (conditional rounding) plus this client's Skellam share Sk(0, mu / t), as residues mod 2^bits
+    to integers (conditional rounding) plus this client's Skellam share Sk(0, mu / (t - 1)), as residues mod 2^bits
     (`noise`: the client's own source)."""
     if cp.skellam_clip > 0:
         if noise is None:
             raise FedarenaError("a Skellam-noised update needs the client's noise source")
         integer = dp.skellam_encode(delta, cp.skellam_clip, cp.skellam_scale, noise)
-        integer = integer + dp.skellam_share(integer.numel(), cp.skellam_variance, cp.threshold, noise)
+        # Sk(0, mu / (t - 1)): whichever client's contribution is considered, the other t - 1 or more survivors'
+        # shares alone sum to at least Sk(0, mu)
+        integer = integer + dp.skellam_share(integer.numel(), cp.skellam_variance, max(cp.threshold - 1, 1), noise)
         return wrap(integer.numpy(), cp.bits)
     w = num_samples / cp.max_weight
     flat = torch.cat([delta[k].reshape(-1).double() for k in sorted(delta)]) * w
@@ -203,6 +212,12 @@ class Privacy:
         if settings.dp_clip > 0 and settings.dp_mode == "central" and settings.secagg:
             scale, l2, l1 = skellam_grid(settings, population, shared_dim)
             out.skellam = (scale, l2)
+            lam = per_round  # Poisson: P(fewer than 3 clients sampled) = e^-lam (1 + lam + lam^2 / 2)
+            p_abort = math.exp(-lam) * (1 + lam + lam * lam / 2)
+            if p_abort > 1e-6:
+                log.warning("central DP under SecAgg: with %d expected clients per round, %.2g of rounds sample "
+                            "fewer than 3 and abort; whether a round aborts depends on who was sampled, which the "
+                            "reported epsilon does not cover (aim for >= 20 clients per round)", per_round, p_abort)
             out.accountant = acc.AccountantConfig(
                 noise_multiplier=settings.dp_noise, delta=settings.dp_delta, population=population,
                 per_round=per_round, mechanism="skellam", l2_sensitivity=l2, l1_sensitivity=l1)
@@ -408,6 +423,16 @@ class Privacy:
         most = max((v for r, v in self.most_by_round.items() if r <= rounds), default=0)
         return acc.local_epsilon(s.dp_noise, most, s.dp_delta) if most else 0.0
 
+    def epsilon_vs_server(self, rounds: int) -> float | None:
+        """Central DP under SecAgg, against the server (who knows the sample): the Skellam mechanism without
+        sampling amplification, composed over the most rounds any client took part in through `rounds`."""
+        most = max((v for r, v in self.most_by_round.items() if r <= rounds), default=0)
+        if not most:
+            return 0.0
+        unsampled = dataclasses.replace(self.accountant, sampling_probability=1.0, population=None, per_round=None)
+        eps = acc.epsilon_for(unsampled, most)
+        return None if math.isinf(eps) else eps
+
     def summary(self, rounds: int) -> dict[str, Any]:
         s = self.settings
         eps = self.epsilon(rounds)
@@ -423,6 +448,7 @@ class Privacy:
             "noise_multiplier": s.dp_noise if s.dp_clip > 0 else None,
             "delta": s.dp_delta if s.dp_clip > 0 else None,
             "epsilon": None if eps is None or math.isinf(eps) else eps,
+            "epsilon_vs_server": self.epsilon_vs_server(rounds) if self.skellam else None,
             "accountant": (("rdp (Skellam: integer noise the clients add under SecAgg)" if self.skellam else s.accountant)
                            if self.accountant else "local-gaussian per client") if s.dp_clip > 0 else None,
             "sampling": (s.sampling if s.dp_clip > 0 else "fixed"),

@@ -354,9 +354,10 @@ def run_algorithm(
                 g = algo.global_model(server)
                 results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, rnd == rounds)
                 out.evaluations.append(_evaluation(rnd, training, results, g is not None))
-                if rnd == rounds:
-                    out.membership = leakage.summarize([r.member_auc for r in results.values()],
-                                                       [r.global_member_auc for r in results.values()])
+                measured = [r for r in results.values() if r.member_auc is not None]
+                if rnd == rounds and measured:  # (a Flower runtime's clients do not measure it)
+                    out.membership = leakage.summarize([r.member_auc for r in measured],
+                                                       [r.global_member_auc for r in measured])
             if on_round:
                 on_round(rnd)
         if held_out:

@@ -288,7 +288,7 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float) -> 
 def _metrics_table(trained: list[Trained]) -> pa.Table:
     cols: dict[str, list] = {k: [] for k in (
         "algorithm", "seed", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
-        "bytes_down")}
+        "bytes_down", "epsilon")}
     for t in trained:
         for name, (algo, run) in t.runs.items():
             evals = {e.round: e for e in run.evaluations}
@@ -297,6 +297,8 @@ def _metrics_table(trained: list[Trained]) -> pa.Table:
                 picked = set(chosen)
                 e = evals.get(rnd)
                 index = {c: i for i, c in enumerate(e.clients)} if e else {}
+                eps = _finite(run.privacy.epsilon(rnd)) if run.privacy else None  # user-level, through this round
+                cols["epsilon"].extend([eps] * len(clients))
                 for c in clients:
                     i = index.get(c)
                     cols["algorithm"].append(name)
@@ -309,7 +311,7 @@ def _metrics_table(trained: list[Trained]) -> pa.Table:
                     cols["test_loss"].append(e.per_client_loss[i] if i is not None else None)
                     cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
                     cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
-    return pa.table(cols)
+    return pa.table({k: pa.array(v, type=pa.float64()) if k == "epsilon" else v for k, v in cols.items()})
 
 
 def save_models(mdir: Path, algo: Any, server: Any, states: dict[int, Any], client_ids: tuple[str, ...]) -> None:

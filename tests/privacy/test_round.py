@@ -4,6 +4,7 @@ accounting, the target-epsilon stop, and refusals of what cannot hold together."
 import dataclasses
 import math
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -121,6 +122,10 @@ def test_reported_epsilon_is_dp_accountings_and_the_target_stops_training(tmp_pa
     direct = acc.epsilon(1.0, population=N, per_round=PER_ROUND, rounds=ROUNDS, delta=1e-5)
     assert got["epsilon"] == direct and got["accountant"] == "rdp" and got["sampling"] == "poisson"
     assert summary["runs"][0]["history"][-1]["epsilon"] == direct
+    rows = pq.read_table(tmp_path / "a" / "metrics.parquet", columns=["round", "epsilon"]).to_pylist()
+    per_round = {r["round"]: r["epsilon"] for r in rows}  # every round, the same on each of its rows
+    assert len({(r["round"], r["epsilon"]) for r in rows}) == ROUNDS and per_round[ROUNDS] == direct
+    assert per_round[1] == acc.epsilon(1.0, population=N, per_round=PER_ROUND, rounds=1, delta=1e-5) < direct
     target = acc.epsilon(1.0, population=N, per_round=PER_ROUND, rounds=2, delta=1e-5) * 1.001
     limited = run_compare(make_config(dp_clip=1.0, dp_noise=1.0, target_epsilon=target), tmp_path / "b")
     run = limited["runs"][0]

@@ -116,8 +116,8 @@ class _Survivors:
     def train(self, rnd, broadcasts):
         return self.inner.train(rnd, {c: b for c, b in broadcasts.items() if c in self.replied[rnd]})
 
-    def evaluate(self, rnd, broadcasts, global_params):
-        return self.inner.evaluate(rnd, broadcasts, global_params)
+    def evaluate(self, rnd, broadcasts, global_params, membership=False):
+        return self.inner.evaluate(rnd, broadcasts, global_params, membership=membership)
 
     def close(self):
         self.inner.close()

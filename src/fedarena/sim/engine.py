@@ -352,7 +352,7 @@ def run_algorithm(
             out.sampled.append([] if clients.pooled else sorted(uploads))
             if rnd % eval_every == 0 or rnd == rounds:
                 g = algo.global_model(server)
-                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, rnd == rounds)
+                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, membership=rnd == rounds)
                 out.evaluations.append(_evaluation(rnd, training, results, g is not None))
                 measured = [r for r in results.values() if r.member_auc is not None]
                 if rnd == rounds and measured:  # (a Flower runtime's clients do not measure it)

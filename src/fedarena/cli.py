@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -45,6 +45,32 @@ def _guard(fn, *args, **kwargs):
         _fail(1, f"{type(exc).__name__}: {exc}")
 
 
+# The privacy flags `compare` and `deploy` share (config section [privacy]).
+DpClip = Annotated[Optional[float], typer.Option("--dp-clip", help="DP: clip each client update to L2 norm C.")]
+DpNoise = Annotated[Optional[float], typer.Option("--dp-noise", help="DP: noise multiplier z (std z*C).")]
+DpDelta = Annotated[Optional[float], typer.Option("--dp-delta", help="DP: delta (default 1e-5).")]
+DpMode = Annotated[Optional[str], typer.Option(
+    "--dp-mode", help="central (default: the server adds noise; the clients, under --secagg) | local (each client)")]
+DpSgdNoise = Annotated[Optional[float], typer.Option(
+    "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma.")]
+DpSgdClip = Annotated[Optional[float], typer.Option("--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C.")]
+TargetEpsilon = Annotated[Optional[float], typer.Option(
+    "--target-epsilon", help="DP: stop before the round that would exceed it.")]
+SecAgg = Annotated[bool, typer.Option(
+    "--secagg", help="Secure aggregation between the clients and the server (SecAgg; SecAgg+ with --secagg-neighbours).")]
+SecAggThreshold = Annotated[Optional[int], typer.Option("--secagg-threshold", help="Survivors needed (t of n).")]
+SecAggNeighbours = Annotated[Optional[int], typer.Option("--secagg-neighbours", help="SecAgg+ graph degree k.")]
+
+
+def _privacy_flags(dp_clip: float | None, dp_noise: float | None, dp_delta: float | None, dp_mode: str | None,
+                   sgd_noise: float | None, sgd_clip: float | None, target_epsilon: float | None, secagg: bool,
+                   secagg_threshold: int | None, secagg_neighbours: int | None) -> dict[str, Any]:
+    """The [privacy] keys the flags set (the ones given)."""
+    return _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode, target_epsilon=target_epsilon,
+                  secagg=secagg or None, secagg_threshold=secagg_threshold, secagg_neighbours=secagg_neighbours,
+                  sgd_noise=sgd_noise, sgd_clip=sgd_clip)
+
+
 @app.callback()
 def main_callback(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -76,18 +102,16 @@ def compare(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
-    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="DP: clip each client update to L2 norm C."),
-    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP: noise multiplier z (std z*C)."),
-    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP: delta (default 1e-5)."),
-    dp_mode: Optional[str] = typer.Option(None, "--dp-mode", help="central (default) | local"),
-    dp_sgd_noise: Optional[float] = typer.Option(
-        None, "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma."),
-    dp_sgd_clip: Optional[float] = typer.Option(None, "--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C."),
-    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
-                                                   help="DP: stop before the round that would exceed it."),
-    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation (SecAgg; SecAgg+ with --secagg-neighbours)."),
-    secagg_threshold: Optional[int] = typer.Option(None, "--secagg-threshold", help="Survivors needed (t of n)."),
-    secagg_neighbours: Optional[int] = typer.Option(None, "--secagg-neighbours", help="SecAgg+ graph degree k."),
+    dp_clip: DpClip = None,
+    dp_noise: DpNoise = None,
+    dp_delta: DpDelta = None,
+    dp_mode: DpMode = None,
+    dp_sgd_noise: DpSgdNoise = None,
+    dp_sgd_clip: DpSgdClip = None,
+    target_epsilon: TargetEpsilon = None,
+    secagg: SecAgg = False,
+    secagg_threshold: SecAggThreshold = None,
+    secagg_neighbours: SecAggNeighbours = None,
     forget_probe: Optional[str] = typer.Option(
         None, "--forget-probe",
         help="Client ID: plant a backdoor in its data, then forget it (retrain, federaser) into RUN/forget-ID/."),
@@ -101,9 +125,8 @@ def compare(
         "model": _given(name=model),
         "run": _given(algorithms=algorithms, seed=seed, engine=engine, target=target, seeds=seeds),
         "forget": _given(probe=forget_probe),
-        "privacy": _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode,
-                          target_epsilon=target_epsilon, secagg=secagg or None, secagg_threshold=secagg_threshold,
-                          secagg_neighbours=secagg_neighbours, sgd_noise=dp_sgd_noise, sgd_clip=dp_sgd_clip),
+        "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
+                                  secagg, secagg_threshold, secagg_neighbours),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir, run_compare
@@ -430,18 +453,16 @@ def deploy(
     algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default fedavg)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     target: Optional[float] = typer.Option(None, "--target"),
-    dp_clip: Optional[float] = typer.Option(None, "--dp-clip", help="DP: clip each client update to L2 norm C."),
-    dp_noise: Optional[float] = typer.Option(None, "--dp-noise", help="DP: noise multiplier z (std z*C)."),
-    dp_delta: Optional[float] = typer.Option(None, "--dp-delta", help="DP: delta (default 1e-5)."),
-    dp_mode: Optional[str] = typer.Option(None, "--dp-mode", help="central (server adds noise) | local (each node)"),
-    dp_sgd_noise: Optional[float] = typer.Option(
-        None, "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma."),
-    dp_sgd_clip: Optional[float] = typer.Option(None, "--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C."),
-    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon",
-                                                   help="DP: stop before the round that would exceed it."),
-    secagg: bool = typer.Option(False, "--secagg", help="Secure aggregation between the nodes and the server."),
-    secagg_threshold: Optional[int] = typer.Option(None, "--secagg-threshold", help="Survivors needed (t of n)."),
-    secagg_neighbours: Optional[int] = typer.Option(None, "--secagg-neighbours", help="SecAgg+ graph degree k."),
+    dp_clip: DpClip = None,
+    dp_noise: DpNoise = None,
+    dp_delta: DpDelta = None,
+    dp_mode: DpMode = None,
+    dp_sgd_noise: DpSgdNoise = None,
+    dp_sgd_clip: DpSgdClip = None,
+    target_epsilon: TargetEpsilon = None,
+    secagg: SecAgg = False,
+    secagg_threshold: SecAggThreshold = None,
+    secagg_neighbours: SecAggNeighbours = None,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
 ) -> None:
@@ -457,9 +478,8 @@ def deploy(
         "model": _given(name=model),
         "run": _given(algorithms=algorithms or (None if config else "fedavg"), seed=seed, target=target,
                       engine="reference"),
-        "privacy": _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode,
-                          target_epsilon=target_epsilon, secagg=secagg or None, secagg_threshold=secagg_threshold,
-                          secagg_neighbours=secagg_neighbours, sgd_noise=dp_sgd_noise, sgd_clip=dp_sgd_clip),
+        "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
+                                  secagg, secagg_threshold, secagg_neighbours),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_)
     from fedarena.compare import check_out_dir, default_out_dir

@@ -125,9 +125,8 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
     """The run's privacy/round.Privacy for `algo` (None when off or not applicable)."""
     training = p.data.num_clients - len(p.new_clients)
     max_weight = max(p.data.train_offsets[i + 1] - p.data.train_offsets[i] for i in range(p.data.num_clients))
-    shared = sum(v.numel() for k, v in p.task.module.state_dict().items() if not algo.personal(k))
     return private_round.Privacy.build(config.privacy, algo, training, config.train.clients_per_round,
-                                       config.run.seed, max_weight, shared)
+                                       config.run.seed, max_weight, private_round.shared_numel(p.task.module, algo))
 
 
 def _train(config: cfg.Config, on_round: Callable[[str, int], None] | None) -> Trained:

@@ -438,9 +438,9 @@ def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, 
                 return made[0]
 
             log.info("deploying %s (seed %d) on %d SuperNodes", name, seed, data.num_clients)
-            shared = sum(v.numel() for k, v in task.module.state_dict().items() if not algo.personal(k))
             privacy = private_round.Privacy.build(secure, algo, data.num_clients, t.clients_per_round, seed,
-                                                  max(d.num_train for d in clients), shared)
+                                                  max(d.num_train for d in clients),
+                                                  private_round.shared_numel(task.module, algo))
             runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
                                              eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime,
                                              privacy=privacy, dpsgd=SampleLevel.build(secure))

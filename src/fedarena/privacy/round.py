@@ -121,6 +121,11 @@ def skellam_grid(settings: Any, population: int, dim: int) -> tuple[float, float
     return scale, l2, l1
 
 
+def shared_numel(module: Any, algo: Any) -> int:
+    """How many parameters `algo` shares of the model `module` (what a secure sum and its noise cover)."""
+    return sum(v.numel() for k, v in module.state_dict().items() if not algo.personal(k))
+
+
 def enabled(settings: Any) -> bool:
     return settings.dp_clip > 0 or settings.secagg
 

@@ -296,7 +296,7 @@ def run_algorithm(
     `resume` continues from a checkpoint (rounds before it are not rerun, not evaluated and not counted);
     `record(round, server_before, server_after, uploads, states)` sees every round (the states of the round's
     clients after it) and may keep what `fedarena forget` needs. `dpsgd` (privacy/dpsgd.SampleLevel): the clients'
-    training is DP-SGD, accounted per client; in-process runtimes only.
+    training is DP-SGD, accounted per client (a runtime whose clients train elsewhere reports their steps into it).
     """
     start = time.perf_counter()
     # the same initial model for every algorithm of a comparison

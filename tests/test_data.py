@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 
-from fedarena.config import Config
 from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.data import load_digits, load_federated, load_npz_dir, summarize
 from fedarena.data import partition as part
+from fedarena.data.spec import DataConfig, SyntheticConfig
 from fedarena.data.synthetic import synthetic_client
 
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature")
 
 
-def make_config(seed: int = 0, synthetic: dict | None = None, **data: object) -> Config:
-    c = Config()
-    return replace(
-        c,
-        data=replace(c.data, **data),
-        synthetic=replace(c.synthetic, **(synthetic or {})),
-        run=replace(c.run, seed=seed),
-    )
+@dataclass(frozen=True)
+class Case:
+    """What `load_federated` takes: the [data] and [synthetic] specs and the seed."""
+
+    data: DataConfig
+    synthetic: SyntheticConfig
+    seed: int
+
+
+def make_config(seed: int = 0, synthetic: dict | None = None, **data: object) -> Case:
+    return Case(DataConfig(**data), SyntheticConfig(**(synthetic or {})), seed)  # type: ignore[arg-type]
+
+
+def load(case: Case) -> FederatedData:
+    return load_federated(case.data, seed=case.seed, synthetic=case.synthetic)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,7 @@ def test_partition_covers_every_sample_once_and_is_seeded(digits, name):
 @pytest.mark.parametrize("name", PARTITIONS)
 def test_load_federated_digits(name):
     config = make_config(partition=name)
-    fd = load_federated(config)
+    fd = load(config)
     n = config.data.num_clients
     assert fd.client_ids == tuple(str(i) for i in range(n))
     assert fd.partition == name and fd.num_classes == 10 and fd.input_shape == (1, 8, 8)
@@ -79,20 +86,20 @@ def test_load_federated_digits(name):
         c = fd.client(i)
         assert c.num_train >= config.data.min_train and c.num_test >= config.data.min_test
     json.dumps(summarize(fd))
-    again = load_federated(config)
+    again = load(config)
     for field in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(fd, field), getattr(again, field))
 
 
 def test_default_digits_partition_is_dirichlet_with_details():
-    fd = load_federated(make_config())
+    fd = load(make_config())
     assert fd.partition == "dirichlet"
     assert fd.details["alpha"] == 0.3 and fd.details["test_fraction"] == 0.25
 
 
 def test_dirichlet_small_alpha_is_more_skewed_than_iid():
-    iid = summarize(load_federated(make_config(partition="iid")))
-    skewed = summarize(load_federated(make_config(partition="dirichlet", alpha=0.1)))
+    iid = summarize(load(make_config(partition="iid")))
+    skewed = summarize(load(make_config(partition="dirichlet", alpha=0.1)))
     assert skewed["effective_classes_mean"] < iid["effective_classes_mean"] - 3
     assert skewed["js_divergence_mean"] > iid["js_divergence_mean"] + 0.2
 
@@ -108,13 +115,13 @@ def test_shards_give_at_most_k_classes(digits, k):
 
 def test_quantity_sizes_vary_and_keep_the_minimum():
     config = make_config(partition="quantity", alpha=0.2, min_train=10, min_test=3)
-    sizes = [c.num_train + c.num_test for c in map(load_federated(config).client, range(20))]
+    sizes = [c.num_train + c.num_test for c in map(load(config).client, range(20))]
     assert min(sizes) >= 13 and max(sizes) > 5 * min(sizes)
 
 
 def test_feature_partition_is_iid_plus_growing_noise():
-    iid = load_federated(make_config(partition="iid"))
-    feat = load_federated(make_config(partition="feature", feature_sigma=0.5))
+    iid = load(make_config(partition="iid"))
+    feat = load(make_config(partition="feature", feature_sigma=0.5))
     assert torch.equal(iid.y_train, feat.y_train) and torch.equal(iid.y_test, feat.y_test)
     assert torch.equal(iid.client(0).x_train, feat.client(0).x_train)  # client 0: std 0
     last = feat.num_clients - 1
@@ -145,7 +152,7 @@ def test_split_respects_minimums_and_fraction():
 def test_impossible_partitions_are_refused(monkeypatch, data, words):
     monkeypatch.setattr(part, "MAX_TRIES", 20)
     with pytest.raises(FedarenaError) as err:
-        load_federated(make_config(**data))
+        load(make_config(**data))
     message = str(err.value)
     assert "\n" not in message and all(w in message for w in words), message
 
@@ -153,48 +160,49 @@ def test_impossible_partitions_are_refused(monkeypatch, data, words):
 # ---------------------------------------------------------------- synthetic
 
 
-def synthetic_config(seed: int = 0, num_clients: int = 30, **synthetic: object) -> Config:
+def synthetic_config(seed: int = 0, num_clients: int = 30, **synthetic: object) -> Case:
     return make_config(seed=seed, synthetic={"samples_per_client": 200, **synthetic}, name="synthetic", num_clients=num_clients)
 
 
 def test_synthetic_shapes_and_reproducibility():
     config = synthetic_config(num_clients=5)
-    fd = load_federated(config)
+    fd = load(config)
     assert fd.partition == "natural" and fd.num_classes == 10 and fd.input_shape == (60,)
     assert fd.train_offsets[-1] + fd.test_offsets[-1] == 5 * 200
     assert fd.details["alpha"] == 1.0 and fd.details["beta"] == 1.0
-    again = load_federated(config)
+    again = load(config)
     assert torch.equal(fd.x_train, again.x_train) and torch.equal(fd.y_test, again.y_test)
-    other = load_federated(synthetic_config(seed=1, num_clients=5))
+    other = load(synthetic_config(seed=1, num_clients=5))
     assert not torch.equal(fd.x_train, other.x_train)
 
 
 def test_synthetic_lognormal_sizes_are_at_least_50():
-    fd = load_federated(make_config(name="synthetic", num_clients=10))
+    fd = load(make_config(name="synthetic", num_clients=10))
     sizes = np.diff(fd.train_offsets) + np.diff(fd.test_offsets)
     assert sizes.min() >= 50 and len(set(sizes.tolist())) > 1
 
 
 def test_synthetic_client_does_not_depend_on_num_clients():
-    small = load_federated(synthetic_config(num_clients=3))
-    large = load_federated(synthetic_config(num_clients=8))
+    small = load(synthetic_config(num_clients=3))
+    large = load(synthetic_config(num_clients=8))
     for i in range(3):
         a, b = small.client(i), large.client(i)
         assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
 
 
 def test_synthetic_heterogeneity_rises_with_beta_and_iid_is_homogeneous():
-    iid = summarize(load_federated(synthetic_config(iid=True, alpha=0.0, beta=0.0)))
-    stats = [summarize(load_federated(synthetic_config(alpha=1.0, beta=b))) for b in (0.0, 1.0, 10.0)]
+    iid = summarize(load(synthetic_config(iid=True, alpha=0.0, beta=0.0)))
+    stats = [summarize(load(synthetic_config(alpha=1.0, beta=b))) for b in (0.0, 1.0, 10.0)]
     effective = [s["effective_classes_mean"] for s in stats]
     assert effective[0] > effective[1] > effective[2]
-    assert iid["js_divergence_mean"] < 0.05 < 0.5 < min(s["js_divergence_mean"] for s in stats)
+    assert iid["js_divergence_mean"] < 0.05
+    assert min(s["js_divergence_mean"] for s in stats) > 0.5
     assert iid["effective_classes_mean"] > effective[0] + 2
 
 
 def test_synthetic_alpha_shifts_all_logits_equally():
     """u_k is added to every logit, so labels do not depend on alpha (documented in the module)."""
-    cfg = Config().synthetic
+    cfg = SyntheticConfig()
     x0, y0 = synthetic_client(replace(cfg, alpha=0.0, samples_per_client=300), 4, seed=0)
     x1, y1 = synthetic_client(replace(cfg, alpha=5.0, samples_per_client=300), 4, seed=0)
     assert np.array_equal(x0, x1) and np.mean(y0 == y1) > 0.99
@@ -202,7 +210,7 @@ def test_synthetic_alpha_shifts_all_logits_equally():
 
 def test_synthetic_too_few_samples_is_refused():
     with pytest.raises(FedarenaError, match="client 0 has 5 samples"):
-        load_federated(synthetic_config(samples_per_client=5))
+        load(synthetic_config(samples_per_client=5))
 
 
 # ---------------------------------------------------------------- npz-dir
@@ -230,7 +238,7 @@ def good_dir(root: Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
 
 def test_npz_round_trip(tmp_path):
     data = good_dir(tmp_path)
-    fd = load_federated(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3))
+    fd = load(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3))
     assert fd.client_ids == ("a", "b", "c") and fd.partition == "natural"
     assert fd.x_train.dtype == torch.float32 and fd.y_train.dtype == torch.int64
     labels = np.concatenate([data[s][split][1] for s in "abc" for split in ("train", "test")])
@@ -323,7 +331,7 @@ def test_npz_rejects_bad_data(tmp_path, case):
     corrupt, expected = BAD_CASES[case]
     corrupt(tmp_path)
     with pytest.raises(FedarenaError) as err:
-        load_federated(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3))
+        load(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3))
     message = str(err.value)
     assert expected in message and "\n" not in message, message
 
@@ -398,3 +406,115 @@ def test_heterogeneity_identical_clients_have_zero_divergence():
     s = summarize(tiny([[0, 1, 2], [2, 1, 0]], num_classes=3))
     assert s["effective_classes_mean"] == pytest.approx(3.0)
     assert s["js_divergence_mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------- specs: the data layer's own types and checks
+
+
+def test_data_imports_nothing_from_config():
+    """data/ sits below config.py: the specs are data's types and config imports them, not the reverse."""
+    import ast
+
+    import fedarena.data
+
+    root = Path(fedarena.data.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            assert not [n for n in names if n == "fedarena.config" or n.startswith("fedarena.config.")], path
+
+
+def test_config_reexports_the_data_specs():
+    from fedarena import config as cfg
+    from fedarena.data import spec
+
+    assert cfg.DataConfig is spec.DataConfig and cfg.SyntheticConfig is spec.SyntheticConfig
+    assert cfg.PARTITIONS is spec.PARTITIONS and cfg.DATASETS is spec.DATASETS
+    assert cfg.Config().data == spec.DataConfig()
+
+
+@pytest.mark.parametrize(
+    ("data", "synthetic", "message"),
+    [
+        ({"num_clients": 0}, {}, "data.num_clients must be >= 1"),
+        ({"alpha": 0.0}, {}, "data.alpha"),
+        ({"shards_per_client": 0}, {}, "data.shards_per_client"),
+        ({"feature_sigma": -1.0}, {}, "data.feature_sigma"),
+        ({"test_fraction": 1.0}, {}, "data.test_fraction"),
+        ({"min_test": 0}, {}, "data.min_train and data.min_test"),
+        ({"partition": "zipf"}, {}, "unknown partition 'zipf'"),
+        ({"new_clients": 1.0}, {}, "data.new_clients"),
+        ({"name": "mnist"}, {}, "unknown dataset 'mnist'"),
+        ({"name": "npz-dir:/x", "partition": "iid"}, {}, "cannot be used with npz-dir"),
+        ({"name": "synthetic", "partition": "dirichlet"}, {}, "cannot be used with synthetic"),
+        ({"partition": "natural"}, {}, "digits has no natural partition"),
+        ({"name": "synthetic"}, {"beta": -1.0}, "synthetic.alpha and synthetic.beta"),
+        ({"name": "synthetic"}, {"num_classes": 1}, "synthetic needs"),
+        ({"name": "synthetic"}, {"samples_per_client": -1}, "synthetic.samples_per_client"),
+    ],
+)
+def test_spec_checks_name_the_key_once_for_loader_and_config(data, synthetic, message):
+    """Each check lives in the spec's validate(); the loader and config.validate both reach it."""
+    from fedarena import config as cfg
+
+    case = make_config(synthetic=synthetic, **data)
+    with pytest.raises(FedarenaError, match=message):
+        case.data.validate()
+        case.synthetic.validate()
+    with pytest.raises(FedarenaError, match=message):
+        load(case)
+    with pytest.raises(FedarenaError, match=message):
+        cfg.validate(replace(cfg.Config(), data=case.data, synthetic=case.synthetic))
+
+
+def test_resolved_partition_and_details():
+    from fedarena.data import partition_details
+    from fedarena.data.spec import DataConfig as Spec
+
+    assert Spec().resolved_partition() == "dirichlet"
+    assert Spec(name="synthetic").resolved_partition() == "natural"
+    assert Spec(name="npz-dir:/x").resolved_partition() == "natural"
+    assert Spec(partition="shards").resolved_partition() == "shards"
+    assert partition_details(Spec(alpha=0.7)) == {"alpha": 0.7}
+    assert partition_details(Spec(partition="shards", shards_per_client=3)) == {"shards_per_client": 3}
+    assert partition_details(Spec(), "iid") == {}
+    case = make_config(partition="feature", feature_sigma=0.2)
+    assert load(case).details == {**partition_details(case.data), "test_fraction": case.data.test_fraction}
+
+
+def test_new_client_count_matches_the_engine_rule():
+    from fedarena.data.spec import new_client_count
+    from fedarena.sim.engine import select_new_clients
+
+    for n in (2, 3, 6, 20, 101):
+        for fraction in (0.0, 0.01, 0.1, 0.34, 0.5):
+            expected = None
+            try:
+                expected = len(select_new_clients(0, n, fraction))
+            except FedarenaError:
+                with pytest.raises(FedarenaError, match="would hold out all"):
+                    new_client_count(n, fraction)
+            if expected is not None:
+                assert new_client_count(n, fraction) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "num_clients", "new_clients", "expected"),
+    [(None, 20, 0.0, 10), (None, 3, 0.0, 3), (None, 12, 0.34, 8), (None, 6, 0.34, 4), (5, 20, 0.0, 5),
+     (4, 6, 0.34, 4)],
+)
+def test_clients_per_round_defaults_to_min_10_training_clients(requested, num_clients, new_clients, expected):
+    from fedarena.data.spec import resolve_clients_per_round
+
+    assert resolve_clients_per_round(requested, num_clients, new_clients) == expected
+
+
+def test_clients_per_round_above_the_training_clients_is_refused():
+    from fedarena.data.spec import resolve_clients_per_round
+
+    with pytest.raises(FedarenaError, match=r"clients_per_round \(6\) exceeds the 5 clients that train"):
+        resolve_clients_per_round(6, 5, 0.0)
+    with pytest.raises(FedarenaError, match=r"exceeds the 4 clients that train \(2 of data.num_clients 6 held out"):
+        resolve_clients_per_round(5, 6, 0.34)

@@ -13,44 +13,33 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tomli_w
 
 from fedarena.core.types import FedarenaError
 
-DATASETS = ("digits", "synthetic", "npz-dir:PATH")
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
+# [data] and [synthetic] are the data layer's own specs (fedarena/data/spec.py), re-exported here
+from fedarena.data.spec import (
+    DATASETS,
+    PARTITIONS,
+    DataConfig,
+    SyntheticConfig,
+    resolve_clients_per_round,
+)
+
+__all__ = [
+    "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "SECTIONS", "Config", "DataConfig", "ForgetConfig", "ModelConfig",
+    "PrivacyConfig", "RunConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml", "hyperparameters",
+    "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_partition", "to_tree", "validate",
+    "with_clients_per_round",
+]
+
 MODELS = ("mlr", "mlp", "cnn")
 ENGINES = ("reference", "vectorized", "flower-sim")  # flower-sim: Flower's simulation runtime (Ray)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "digits"  # digits | synthetic | npz-dir:PATH
-    partition: str = "auto"  # auto: dirichlet for digits, natural for synthetic and npz-dir
-    num_clients: int = 20
-    alpha: float = 0.3  # Dirichlet concentration (dirichlet label skew, quantity skew)
-    shards_per_client: int = 2  # classes per client for `shards`
-    feature_sigma: float = 0.1  # `feature`: client i gets Gaussian noise of std sigma*i/N (NIID-Bench)
-    test_fraction: float = 0.25  # share of each client's samples held out as its own test split
-    min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
-    min_test: int = 2
-    new_clients: float = 0.0  # fraction of clients held out of training and onboarded at the end
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Synthetic(alpha, beta) of Li et al. (FedProx, MLSys 2020), Sec. 5.1."""
-
-    alpha: float = 1.0  # model heterogeneity: u_k ~ N(0, alpha)
-    beta: float = 1.0  # feature heterogeneity: B_k ~ N(0, beta)
-    iid: bool = False  # Synthetic-IID: one shared W, b and v = 0
-    num_features: int = 60
-    num_classes: int = 10
-    samples_per_client: int = 0  # 0: log-normal sizes as in the FedProx generator
 
 
 @dataclass(frozen=True)
@@ -63,7 +52,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     rounds: int = 30
-    clients_per_round: int = 10
+    clients_per_round: int | None = None  # None (unset): min(10, training clients), see with_clients_per_round
     local_epochs: int = 1
     batch_size: int = 10
     lr: float = 0.05
@@ -132,13 +121,13 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "alg
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a TOML/CLI value to a dataclass field type, or raise naming the key."""
     if isinstance(tp, str):
-        tp = eval(tp, vars(typing) | {"float": float, "int": int, "str": str, "bool": bool})  # noqa: S307
+        tp = eval(tp, vars(typing) | {"float": float, "int": int, "str": str, "bool": bool})
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "auto", "")):
-            if type(None) in args:
-                return None
+        unset = value is None or (isinstance(value, str) and value.lower() in ("none", "auto", ""))
+        if unset and type(None) in args:
+            return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is tuple:
@@ -251,28 +240,17 @@ def validate(config: Config) -> Config:
     """Range checks that need no data; data-dependent checks happen when the data is loaded."""
     from fedarena.algorithms import REGISTRY
 
-    d, t, r, s = config.data, config.train, config.run, config.synthetic
+    d, t, r = config.data, config.train, config.run
+    d.validate()  # the data layer's own checks (fedarena/data/spec.py)
+    config.synthetic.validate()
     checks = [
-        (d.num_clients >= 1, "data.num_clients must be >= 1"),
-        (d.alpha > 0, f"data.alpha (Dirichlet concentration) must be > 0, got {d.alpha}"),
-        (d.shards_per_client >= 1, "data.shards_per_client must be >= 1"),
-        (d.feature_sigma >= 0, "data.feature_sigma must be >= 0"),
-        (0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}"),
-        (d.min_train >= 1 and d.min_test >= 1, "data.min_train and data.min_test must be >= 1"),
-        (d.partition in PARTITIONS + ("auto",),
-         f"unknown partition '{d.partition}'; valid: {', '.join(PARTITIONS)}"),
-        (s.alpha >= 0 and s.beta >= 0, "synthetic.alpha and synthetic.beta must be >= 0"),
-        (s.num_features >= 1 and s.num_classes >= 2, "synthetic needs >= 1 feature and >= 2 classes"),
-        (s.samples_per_client >= 0, "synthetic.samples_per_client must be >= 0"),
         (config.model.name in MODELS,
          f"unknown model '{config.model.name}'; valid: {', '.join(MODELS)}"),
         (config.model.hidden >= 1, "model.hidden must be >= 1"),
         (config.model.norm in ("none", "bn"), f"unknown model.norm '{config.model.norm}'; valid: none, bn"),
-        (0 <= d.new_clients < 1, f"data.new_clients must be a fraction in [0, 1), got {d.new_clients}"),
         (t.rounds >= 1, f"train.rounds must be >= 1, got {t.rounds}"),
-        (t.clients_per_round >= 1, f"train.clients_per_round must be >= 1, got {t.clients_per_round}"),
-        (t.clients_per_round <= d.num_clients,
-         f"train.clients_per_round ({t.clients_per_round}) must be <= data.num_clients ({d.num_clients})"),
+        (t.clients_per_round is None or t.clients_per_round >= 1,
+         f"train.clients_per_round must be >= 1, got {t.clients_per_round}"),
         (t.local_epochs >= 1, "train.local_epochs must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
@@ -295,7 +273,7 @@ def validate(config: Config) -> Config:
          "privacy.target_epsilon must be > 0"),
         (config.privacy.target_epsilon is None or config.privacy.dp_clip > 0,
          "privacy.target_epsilon needs DP on (privacy.dp_clip > 0)"),
-        (not config.privacy.secagg or t.clients_per_round >= 3,
+        (not config.privacy.secagg or t.clients_per_round is None or t.clients_per_round >= 3,
          "privacy.secagg needs train.clients_per_round >= 3 (a sum of fewer reveals too much)"),
         (config.privacy.secagg_bits in (16, 24, 32, 48, 64) or 8 <= config.privacy.secagg_bits <= 64,
          "privacy.secagg_bits must be in [8, 64]"),
@@ -303,9 +281,9 @@ def validate(config: Config) -> Config:
         (config.privacy.secagg_neighbours >= 0 and config.privacy.secagg_neighbours % 2 == 0,
          "privacy.secagg_neighbours must be an even number >= 0 (SecAgg+ Harary graph)"),
         (config.privacy.secagg_threshold >= 0, "privacy.secagg_threshold must be >= 0"),
-        (config.privacy.secagg_threshold <= t.clients_per_round,
-         f"privacy.secagg_threshold ({config.privacy.secagg_threshold}) exceeds train.clients_per_round "
-         f"({t.clients_per_round})"),
+        (t.clients_per_round is None or config.privacy.secagg_threshold <= t.clients_per_round,
+         (f"privacy.secagg_threshold ({config.privacy.secagg_threshold}) exceeds train.clients_per_round "
+          f"({t.clients_per_round})")),
         (not config.privacy.secagg_neighbours or config.privacy.secagg_threshold <= config.privacy.secagg_neighbours + 1,
          "privacy.secagg_threshold must be <= secagg_neighbours + 1 (a client's SecAgg+ neighbourhood)"),
         (config.privacy.sgd_noise >= 0 and config.privacy.sgd_clip >= 0,
@@ -331,28 +309,22 @@ def validate(config: Config) -> Config:
             raise FedarenaError(f"unknown algorithm '{name}'; valid: {', '.join(REGISTRY)}")
     if len(set(r.algorithms)) != len(r.algorithms):
         raise FedarenaError("run.algorithms lists an algorithm twice")
-    name = d.name
-    if name not in ("digits", "synthetic") and not name.startswith("npz-dir:"):
-        raise FedarenaError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
-    if name.startswith("npz-dir:") and d.partition not in ("auto", "natural"):
-        raise FedarenaError(
-            f"--partition {d.partition} cannot be used with npz-dir data: its clients are the files"
-        )
-    if name == "synthetic" and d.partition not in ("auto", "natural"):
-        raise FedarenaError(
-            f"--partition {d.partition} cannot be used with synthetic data: the generator makes each "
-            "client's distribution itself (use synthetic.alpha/beta/iid)"
-        )
-    if name == "digits" and d.partition == "natural":
-        raise FedarenaError("digits has no natural partition; use iid, dirichlet, shards, quantity or feature")
     return config
 
 
+def with_clients_per_round(config: Config, num_clients: int) -> Config:
+    """`config` with ``train.clients_per_round`` resolved for a run of `num_clients` clients (the data's, or
+    the SuperNodes'): min(10, training clients) when unset, refused above the training clients (those left
+    after ``data.new_clients``); the checks that need the number run again. Every runtime calls this once
+    its clients are known, so config.toml and summary.json record the number the run used."""
+    t = config.train
+    per_round = resolve_clients_per_round(t.clients_per_round, num_clients, config.data.new_clients)
+    return validate(dataclasses.replace(config, train=dataclasses.replace(t, clients_per_round=per_round)))
+
+
 def resolved_partition(config: Config) -> str:
-    p = config.data.partition
-    if p != "auto":
-        return p
-    return "dirichlet" if config.data.name == "digits" else "natural"
+    """``data.partition`` with ``auto`` resolved (the rule is the data spec's)."""
+    return config.data.resolved_partition()
 
 
 def hyperparameters(config: Config, name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Federated datasets: ``load_federated(config)`` builds the clients every algorithm shares.
+"""Federated datasets: ``load_federated(spec, seed=...)`` builds the clients every algorithm shares.
 
 - ``digits``: scikit-learn's bundled digits, split among ``data.num_clients`` clients by
   ``data.partition`` (iid, dirichlet, shards, quantity, feature; see :mod:`.partition`).
@@ -8,27 +8,47 @@
   ignored.
 
 For digits and synthetic, each client's own samples are split into its train and test split
-(``data.test_fraction``, at least ``data.min_test`` / ``data.min_train``). Identical config and
-seed give bit-identical output.
+(``data.test_fraction``, at least ``data.min_test`` / ``data.min_train``). Identical spec and
+seed give bit-identical output. The specs (:mod:`.spec`) are this package's own types;
+the config module (config.py) builds its ``[data]`` and ``[synthetic]`` sections from them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import torch
 
-from fedarena.config import Config, resolved_partition
-from fedarena.core.types import FedarenaError, FederatedData
+from fedarena.core.types import FederatedData
 from fedarena.data.embedded import load_digits
 from fedarena.data.heterogeneity import summarize
-from fedarena.data.npz import PREFIX as NPZ_PREFIX
 from fedarena.data.npz import load_npz_dir
-from fedarena.data.partition import add_feature_noise, partition_indices, split_train_test
+from fedarena.data.partition import (
+    add_feature_noise,
+    partition_indices,
+    split_train_test,
+)
+from fedarena.data.spec import (
+    NPZ_PREFIX,
+    DataConfig,
+    SyntheticConfig,
+    partition_details,
+    synthetic_details,
+)
 from fedarena.data.synthetic import generate_synthetic
 
-__all__ = ["load_federated", "load_digits", "load_npz_dir", "generate_synthetic", "summarize"]
+__all__ = [
+    "DataConfig",
+    "SyntheticConfig",
+    "generate_synthetic",
+    "load_digits",
+    "load_federated",
+    "load_npz_dir",
+    "partition_details",
+    "summarize",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +58,8 @@ def _offsets(parts: list[np.ndarray]) -> tuple[int, ...]:
 
 
 def _assemble(
-    config: Config,
+    spec: DataConfig,
+    seed: int,
     x: np.ndarray,
     y: np.ndarray,
     clients: list[np.ndarray],
@@ -47,18 +68,17 @@ def _assemble(
     details: dict,
 ) -> FederatedData:
     """Split each client's indices into train/test and gather the rows into concatenated arrays."""
-    seed = config.run.seed
-    splits = [split_train_test(idx, i, config.data, seed) for i, idx in enumerate(clients)]
+    splits = [split_train_test(idx, i, spec, seed) for i, idx in enumerate(clients)]
     train = [tr for tr, _ in splits]
     test = [te for _, te in splits]
     train_rows, test_rows = np.concatenate(train), np.concatenate(test)
     x_train, x_test = x[train_rows], x[test_rows]
     train_offsets, test_offsets = _offsets(train), _offsets(test)
     if partition == "feature":
-        add_feature_noise(x_train, train_offsets, config.data.feature_sigma, seed, "train")
-        add_feature_noise(x_test, test_offsets, config.data.feature_sigma, seed, "test")
+        add_feature_noise(x_train, train_offsets, spec.feature_sigma, seed, "train")
+        add_feature_noise(x_test, test_offsets, spec.feature_sigma, seed, "test")
     return FederatedData(
-        name=config.data.name,
+        name=spec.name,
         client_ids=tuple(str(i) for i in range(len(clients))),
         x_train=torch.from_numpy(x_train),
         y_train=torch.from_numpy(y[train_rows]),
@@ -68,53 +88,29 @@ def _assemble(
         test_offsets=test_offsets,
         num_classes=num_classes,
         partition=partition,
-        details={**details, "test_fraction": config.data.test_fraction},
+        details={**details, "test_fraction": spec.test_fraction},
     )
 
 
-def _partition_details(config: Config, partition: str) -> dict:
-    d = config.data
-    return {
-        "iid": {},
-        "dirichlet": {"alpha": d.alpha},
-        "shards": {"shards_per_client": d.shards_per_client},
-        "quantity": {"alpha": d.alpha},
-        "feature": {"feature_sigma": d.feature_sigma},
-    }.get(partition, {})
-
-
-def load_federated(config: Config) -> FederatedData:
-    """The federated dataset described by ``config.data`` (and ``config.synthetic``), seeded by
-    ``config.run.seed``. Raises :class:`FedarenaError` on impossible requests or bad data."""
-    name, partition, seed = config.data.name, resolved_partition(config), config.run.seed
+def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | None = None) -> FederatedData:
+    """The federated dataset described by ``spec`` (``[data]``; ``synthetic`` is ``[synthetic]``,
+    read for synthetic data only), seeded by ``seed``. Raises :class:`FedarenaError` on impossible
+    requests or bad data."""
+    spec.validate()
+    name, partition = spec.name, spec.resolved_partition()
     if name.startswith(NPZ_PREFIX):
-        if partition != "natural":
-            raise FedarenaError(f"partition '{partition}' cannot be used with npz-dir data: its clients are the files")
-        fd = load_npz_dir(
-            name[len(NPZ_PREFIX) :], min_train=config.data.min_train, min_test=config.data.min_test, name=name
-        )
-        if fd.num_clients != config.data.num_clients:
-            log.info("npz-dir has %d clients; data.num_clients=%d is ignored", fd.num_clients, config.data.num_clients)
+        fd = load_npz_dir(name[len(NPZ_PREFIX) :], min_train=spec.min_train, min_test=spec.min_test, name=name)
+        if fd.num_clients != spec.num_clients:
+            log.info("npz-dir has %d clients; data.num_clients=%d is ignored", fd.num_clients, spec.num_clients)
         return fd
     if name == "synthetic":
-        if partition != "natural":
-            raise FedarenaError(f"partition '{partition}' cannot be used with synthetic data; use synthetic.alpha/beta/iid")
-        per_client = generate_synthetic(config.synthetic, config.data.num_clients, seed)
+        s = (synthetic or SyntheticConfig()).validate()
+        per_client = generate_synthetic(s, spec.num_clients, seed)
         x = np.concatenate([cx for cx, _ in per_client])
         y = np.concatenate([cy for _, cy in per_client])
         bounds = _offsets([cy for _, cy in per_client])
-        clients = [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
-        s = config.synthetic
-        details = {
-            "alpha": s.alpha,
-            "beta": s.beta,
-            "iid": s.iid,
-            "num_features": s.num_features,
-            "samples_per_client": s.samples_per_client,
-        }
-        return _assemble(config, x, y, clients, s.num_classes, partition, details)
-    if name == "digits":
-        x, y = load_digits()
-        clients = partition_indices(partition, y, config.data, seed)
-        return _assemble(config, x, y, clients, int(y.max()) + 1, partition, _partition_details(config, partition))
-    raise FedarenaError(f"unknown dataset '{name}'; valid: digits, synthetic, npz-dir:PATH")
+        clients = [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(bounds)]
+        return _assemble(spec, seed, x, y, clients, s.num_classes, partition, synthetic_details(s))
+    x, y = load_digits()  # validate() admits only digits here
+    clients = partition_indices(partition, y, spec, seed)
+    return _assemble(spec, seed, x, y, clients, int(y.max()) + 1, partition, partition_details(spec, partition))

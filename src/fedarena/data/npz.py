@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from fedarena.core.types import ClientData, FedarenaError, FederatedData
+from fedarena.data.spec import NPZ_PREFIX as PREFIX
 
-PREFIX = "npz-dir:"
 SPLITS = ("train", "test")
 
 

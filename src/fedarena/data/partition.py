@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedarena.config import DataConfig
 from fedarena.core.rng import numpy_rng
 from fedarena.core.types import FedarenaError
+from fedarena.data.spec import DataConfig
 
 MAX_TRIES = 1000  # Dirichlet resampling attempts before giving up
 
@@ -143,7 +143,8 @@ def partition_indices(name: str, labels: np.ndarray, cfg: DataConfig, seed: int)
     elif name == "quantity":
         parts = quantity_partition(n, num_clients, cfg.alpha, min_size, seed)
     else:
-        raise FedarenaError(f"unknown partition '{name}' for this dataset; valid: iid, dirichlet, shards, quantity, feature")
+        # DataConfig.validate refuses unknown partitions (and `natural` for embedded data) before this
+        raise ValueError(f"partition_indices: no partitioner '{name}'; valid: iid, dirichlet, shards, quantity, feature")
     smallest = int(np.argmin([len(p) for p in parts]))
     if len(parts[smallest]) < min_size:
         raise FedarenaError(

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedarena.config import SyntheticConfig
 from fedarena.core.rng import numpy_rng
+from fedarena.data.spec import SyntheticConfig
 
 
 def _feature_std(num_features: int) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""What data a run asks for: the ``[data]`` and ``[synthetic]`` specs, their checks and their rules.
+
+The data layer owns these types; the config module (config.py) imports them (and re-exports them under the
+same names) to build the TOML schema. Each spec's :meth:`validate` is the one place its range and
+compatibility checks live: ``config.validate`` calls it, and so does :func:`fedarena.data.load_federated`.
+Checks that need the data itself (enough samples per client, npz headers) happen where it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedarena.core.types import FedarenaError
+
+DATASETS = ("digits", "synthetic", "npz-dir:PATH")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
+NPZ_PREFIX = "npz-dir:"
+DEFAULT_CLIENTS_PER_ROUND = 10  # train.clients_per_round when unset: min(this, training clients)
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise FedarenaError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # digits | synthetic | npz-dir:PATH
+    partition: str = "auto"  # auto: dirichlet for digits, natural for synthetic and npz-dir
+    num_clients: int = 20
+    alpha: float = 0.3  # Dirichlet concentration (dirichlet label skew, quantity skew)
+    shards_per_client: int = 2  # classes per client for `shards`
+    feature_sigma: float = 0.1  # `feature`: client i gets Gaussian noise of std sigma*i/N (NIID-Bench)
+    test_fraction: float = 0.25  # share of each client's samples held out as its own test split
+    min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
+    min_test: int = 2
+    new_clients: float = 0.0  # fraction of clients held out of training and onboarded at the end
+
+    def resolved_partition(self) -> str:
+        """``partition``, with ``auto`` resolved: dirichlet for digits, natural for the others."""
+        if self.partition != "auto":
+            return self.partition
+        return "dirichlet" if self.name == "digits" else "natural"
+
+    def validate(self) -> DataConfig:
+        """Range and compatibility checks that need no data; raises :class:`FedarenaError` naming the key."""
+        _check([
+            (self.num_clients >= 1, "data.num_clients must be >= 1"),
+            (self.alpha > 0, f"data.alpha (Dirichlet concentration) must be > 0, got {self.alpha}"),
+            (self.shards_per_client >= 1, "data.shards_per_client must be >= 1"),
+            (self.feature_sigma >= 0, "data.feature_sigma must be >= 0"),
+            (0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {self.test_fraction}"),
+            (self.min_train >= 1 and self.min_test >= 1, "data.min_train and data.min_test must be >= 1"),
+            (self.partition in PARTITIONS + ("auto",),
+             f"unknown partition '{self.partition}'; valid: {', '.join(PARTITIONS)}"),
+            (0 <= self.new_clients < 1, f"data.new_clients must be a fraction in [0, 1), got {self.new_clients}"),
+        ])
+        name, partition = self.name, self.partition
+        if name not in ("digits", "synthetic") and not name.startswith(NPZ_PREFIX):
+            raise FedarenaError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
+        if name.startswith(NPZ_PREFIX) and partition not in ("auto", "natural"):
+            raise FedarenaError(f"--partition {partition} cannot be used with npz-dir data: its clients are the files")
+        if name == "synthetic" and partition not in ("auto", "natural"):
+            raise FedarenaError(
+                f"--partition {partition} cannot be used with synthetic data: the generator makes each "
+                "client's distribution itself (use synthetic.alpha/beta/iid)"
+            )
+        if name == "digits" and partition == "natural":
+            raise FedarenaError("digits has no natural partition; use iid, dirichlet, shards, quantity or feature")
+        return self
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Synthetic(alpha, beta) of Li et al. (FedProx, MLSys 2020), Sec. 5.1."""
+
+    alpha: float = 1.0  # model heterogeneity: u_k ~ N(0, alpha)
+    beta: float = 1.0  # feature heterogeneity: B_k ~ N(0, beta)
+    iid: bool = False  # Synthetic-IID: one shared W, b and v = 0
+    num_features: int = 60
+    num_classes: int = 10
+    samples_per_client: int = 0  # 0: log-normal sizes as in the FedProx generator
+
+    def validate(self) -> SyntheticConfig:
+        _check([
+            (self.alpha >= 0 and self.beta >= 0, "synthetic.alpha and synthetic.beta must be >= 0"),
+            (self.num_features >= 1 and self.num_classes >= 2, "synthetic needs >= 1 feature and >= 2 classes"),
+            (self.samples_per_client >= 0, "synthetic.samples_per_client must be >= 0"),
+        ])
+        return self
+
+
+def partition_details(spec: DataConfig, partition: str | None = None) -> dict[str, Any]:
+    """The parameters of ``partition`` (default: the spec's resolved one) that ``FederatedData.details``
+    records for embedded data."""
+    d = spec
+    return {
+        "iid": {},
+        "dirichlet": {"alpha": d.alpha},
+        "shards": {"shards_per_client": d.shards_per_client},
+        "quantity": {"alpha": d.alpha},
+        "feature": {"feature_sigma": d.feature_sigma},
+    }.get(partition or spec.resolved_partition(), {})
+
+
+def synthetic_details(s: SyntheticConfig) -> dict[str, Any]:
+    """What ``FederatedData.details`` records for Synthetic(alpha, beta) (``test_fraction`` aside)."""
+    return {"alpha": s.alpha, "beta": s.beta, "iid": s.iid, "num_features": s.num_features,
+            "samples_per_client": s.samples_per_client}
+
+
+def new_client_count(num_clients: int, fraction: float) -> int:
+    """How many of ``num_clients`` clients ``data.new_clients = fraction`` holds out of training:
+    max(1, round(fraction * N)), none when the fraction is 0; refuses holding out every client."""
+    if fraction <= 0:
+        return 0
+    k = max(1, round(fraction * num_clients))
+    if k >= num_clients:
+        raise FedarenaError(f"data.new_clients={fraction} would hold out all {num_clients} clients")
+    return k
+
+
+def resolve_clients_per_round(requested: int | None, num_clients: int, new_clients: float) -> int:
+    """``train.clients_per_round`` for a run of ``num_clients`` clients of which ``data.new_clients``
+    are held out: ``requested``, or min(10, training clients) when it is None (not set). Refuses a
+    request above the number of training clients."""
+    held_out = new_client_count(num_clients, new_clients)
+    training = num_clients - held_out
+    if requested is None:
+        return min(DEFAULT_CLIENTS_PER_ROUND, training)
+    if requested > training:
+        raise FedarenaError(
+            f"train.clients_per_round ({requested}) exceeds the {training} clients that train"
+            + (f" ({held_out} of data.num_clients {num_clients} held out by data.new_clients)" if held_out else
+               f" (data.num_clients {num_clients})")
+            + "; lower it, or leave it unset for min(10, training clients)"
+        )
+    return requested
+
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_CLIENTS_PER_ROUND",
+    "NPZ_PREFIX",
+    "PARTITIONS",
+    "DataConfig",
+    "SyntheticConfig",
+    "new_client_count",
+    "partition_details",
+    "resolve_clients_per_round",
+    "synthetic_details",
+]

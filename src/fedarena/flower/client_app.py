@@ -95,7 +95,8 @@ def _embedded(config_text: str) -> FederatedData:
     actor serves many virtual nodes of one run; each node still takes only its own client)."""
     from fedarena.data import load_federated
 
-    return load_federated(common.config_from_text(config_text))
+    config = common.config_from_text(config_text)
+    return load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic)
 
 
 class Node:

@@ -99,8 +99,7 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     check_out_dir(out)
     check_privacy(config)
     nodes = node_clients(config)
-    if config.train.clients_per_round > len(nodes):
-        raise FedarenaError(f"train.clients_per_round ({config.train.clients_per_round}) exceeds the {len(nodes)} clients")
+    config = cfg.with_clients_per_round(config, len(nodes))  # unset: min(10, training clients)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-deploy-"))
     node_configs = []
     for i, nc in enumerate(nodes):

@@ -83,8 +83,7 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
     if reason:
         raise FedarenaError(f"--engine {ENGINE} cannot run: {reason}")
     nodes = node_clients(config)
-    if config.train.clients_per_round > len(nodes):
-        raise FedarenaError(f"train.clients_per_round ({config.train.clients_per_round}) exceeds the {len(nodes)} clients")
+    config = cfg.with_clients_per_round(config, len(nodes))  # unset: min(10, training clients)
     for name in config.run.algorithms:
         if not common.federates(cfg.hyperparameters(config, name)):
             log.warning("%s is skipped on %s: it does not federate (nothing crosses the network)", name, ENGINE)

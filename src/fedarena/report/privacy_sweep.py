@@ -137,6 +137,7 @@ def run_privacy_sweep(base: cfg.Config, epsilons: list[float], out: Path,
     if len({_label(e) for e in epsilons}) != len(epsilons):
         raise FedarenaError("a privacy budget is listed twice")
     p = prepare(base)
+    base = cfg.with_clients_per_round(base, p.data.num_clients)  # unset: min(10, training clients)
     population = p.data.num_clients - len(p.new_clients)
     out.mkdir(parents=True, exist_ok=True)
     cells, inf_summary = [], None

@@ -175,6 +175,7 @@ def run_sweep(base: cfg.Config, cells: list[Cell], out: Path,
         raise FedarenaError("fedarena sweep partitions embedded data: use --data digits")
     if len({c.name for c in cells}) != len(cells):
         raise FedarenaError("a sweep cell is listed twice")
+    base = cfg.with_clients_per_round(base, base.data.num_clients)  # digits: its clients are data.num_clients
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for i, cell in enumerate(cells):

@@ -1,4 +1,4 @@
-"""SCAFFOLD, FedAdam (FedOpt) and IFCA: hand-checked numbers, reductions to FedAvg, and bytes.
+"""SCAFFOLD, the server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad) and IFCA: hand-checked numbers, reductions to FedAvg, and bytes.
 
 Hand-checked cases: y = w x, MSE, lr 0.1, batch 1, 1 epoch. Client 0 holds (x=1, y=2); client 1 holds
 three copies of (x=2, y=-1); w0 = 0.5. The gradient of (w x - y)^2 is 2 x (w x - y): client 0's is
@@ -160,7 +160,7 @@ def test_scaffold_rejects_bad_eta_g():
         REGISTRY["scaffold"](eta_g=0.0)
 
 
-# ---------------------------------------------------------------- FedAdam
+# ---------------------------------------------------------------- server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad)
 
 
 def test_fedadam_hand_checked():
@@ -169,43 +169,67 @@ def test_fedadam_hand_checked():
     # Yogi:    v = 1e-6 - 0.01 * 0.447561 * sign(1e-6 - 0.447561) = 0.00447661
     # Adagrad: v = 1e-6 + 0.447561 = 0.447562;  x = 0.5 + 0.01 * m / (0.669001 + 1e-3) = 0.499001
     task = linear_regression_task()
-    expected = {"adam": (0.0044766, 0.490148), "yogi": (0.00447661, 0.490148), "adagrad": (0.447562, 0.499001)}
-    for opt, (v, x) in expected.items():
-        algo = REGISTRY["fedadam"](server_opt=opt)
+    expected = {("fedadam", ()): (0.0044766, 0.490148), ("fedyogi", ()): (0.00447661, 0.490148),
+                ("fedadagrad", (("beta1", 0.9), ("eta", 0.01))): (0.447562, 0.499001)}
+    for (name, hyper), (v, x) in expected.items():
+        algo = REGISTRY[name](**dict(hyper))
         server, states = start(algo)
         assert w(server.extra["v/" + KEY]) == pytest.approx(1e-6)  # v_{-1} = tau^2
         server, _, _ = one_round(algo, task, server, states)
         assert w(server.extra["m/" + KEY]) == pytest.approx(-0.0669, abs=1e-7)
-        assert w(server.extra["v/" + KEY]) == pytest.approx(v, abs=1e-9), opt
-        assert w(server.params[KEY]) == pytest.approx(x, abs=1e-6), opt
+        assert w(server.extra["v/" + KEY]) == pytest.approx(v, abs=1e-9), name
+        assert w(server.params[KEY]) == pytest.approx(x, abs=1e-6), name
         assert algo.broadcast(server, 0).extra == {}  # m, v stay on the server
 
 
+def test_fedadagrad_defaults_hand_checked():
+    # beta1 = 0, eta = 0.1: m = Delta = -0.669, v = 1e-6 + 0.447561 = 0.447562,
+    # x = 0.5 + 0.1 * -0.669 / (0.669001 + 1e-3) = 0.400149
+    algo, task = REGISTRY["fedadagrad"](), linear_regression_task()
+    server, states = start(algo)
+    server, _, _ = one_round(algo, task, server, states)
+    assert w(server.extra["m/" + KEY]) == pytest.approx(-0.669, abs=1e-6)
+    assert w(server.extra["v/" + KEY]) == pytest.approx(0.447562, abs=1e-6)
+    assert w(server.params[KEY]) == pytest.approx(0.400149, abs=1e-6)
+
+
 def test_fedavgm_hand_checked():
-    # server_opt=sgd, beta1=0.9, eta=1. Round 1: m = Delta = -0.669, x = -0.169 (FedAvg's).
+    # beta = 0.9, eta = 1 (the defaults). Round 1: m = Delta = -0.669, x = -0.169 (FedAvg's).
     # Round 2 FedAvg from -0.169: client 0 -> 0.2648, client 1 -> -0.4338, -0.48676, -0.497352;
     # mean -0.306814, Delta = -0.137814, m = 0.9 * -0.669 - 0.137814 = -0.739914, x = -0.908914
-    algo, task = REGISTRY["fedadam"](server_opt="sgd", eta=1.0, beta1=0.9), linear_regression_task()
+    algo, task = REGISTRY["fedavgm"](), linear_regression_task()
+    assert (algo.eta, algo.beta) == (1.0, 0.9)
     server, states = start(algo)
+    assert set(server.extra) == {"m/" + KEY}  # momentum only: no second moment
     server, _, states = one_round(algo, task, server, states)
     assert w(server.params[KEY]) == pytest.approx(-0.169, abs=1e-6)
     server, _, _ = one_round(algo, task, server, states)
     assert w(server.params[KEY]) == pytest.approx(-0.908914, abs=1e-5)
+    assert w(server.extra["m/" + KEY]) == pytest.approx(-0.739914, abs=1e-5)
 
 
-def test_fedadam_sgd_eta1_no_momentum_is_fedavg_bit_for_bit(runs):
-    a, b = runs("fedadam", server_opt="sgd", eta=1.0, beta1=0.0), runs("fedavg")
-    same_run(a, b)
-    assert a.ledger.up == b.ledger.up and a.ledger.down == b.ledger.down  # m, v are never sent
-    c = runs("fedadam")
-    assert any(not torch.equal(c.server.params[k], b.server.params[k]) for k in b.server.params)
+def test_fedavgm_without_momentum_at_server_lr_1_is_fedavg_bit_for_bit(runs):
+    a, b = runs("fedavgm", eta=1.0, beta=0.0), runs("fedavg")
+    assert a.server.params.keys() == b.server.params.keys()
+    same_run(a, b)  # torch.equal on every key of the server state, and the same accuracies
+    assert a.ledger.up == b.ledger.up and a.ledger.down == b.ledger.down  # m is never sent
+    for c in (runs("fedavgm"), runs("fedadam")):
+        assert any(not torch.equal(c.server.params[k], b.server.params[k]) for k in b.server.params)
 
 
-@pytest.mark.parametrize("field,value", [("eta", 0.0), ("beta1", 1.0), ("beta2", -0.1), ("tau", 0.0),
-                                         ("server_opt", "rmsprop")])
-def test_fedadam_rejects_bad_hyperparameters(field, value):
-    with pytest.raises(FedarenaError, match=f"fedadam.{field}"):
-        REGISTRY["fedadam"](**{field: value})
+@pytest.mark.parametrize("name,field,value", [
+    ("fedadam", "eta", 0.0), ("fedadam", "beta1", 1.0), ("fedadam", "beta2", -0.1), ("fedadam", "tau", 0.0),
+    ("fedyogi", "beta2", 1.0), ("fedyogi", "tau", -1.0), ("fedadagrad", "eta", -1.0), ("fedadagrad", "beta1", 1.0),
+    ("fedavgm", "eta", 0.0), ("fedavgm", "beta", 1.0), ("fedavgm", "beta", float("nan")),
+])
+def test_server_optimizers_reject_bad_hyperparameters(name, field, value):
+    with pytest.raises(FedarenaError, match=f"{name}.{field}"):
+        REGISTRY[name](**{field: value})
+
+
+def test_server_opt_is_no_longer_a_hyperparameter():
+    with pytest.raises(TypeError):
+        REGISTRY["fedadam"](server_opt="yogi")  # one algorithm per update rule: fedyogi
 
 
 # ---------------------------------------------------------------- IFCA

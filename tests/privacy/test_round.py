@@ -143,13 +143,21 @@ def test_poisson_sampling_is_per_client_and_seeded():
 
 @pytest.mark.parametrize("name, settings, message", [
     ("scaffold", {"dp_clip": 1.0, "dp_noise": 1.0}, "not a weighted mean"),
-    ("fedadam", {"secagg": True}, "not a weighted mean"),
+    ("ifca", {"secagg": True}, "not a weighted mean"),
     ("fedavg", {"secagg": True, "dp_clip": 1.0, "dp_noise": 1.0, "accountant": "pld"}, "Skellam.*poisson"),
 ])
 def test_impossible_combinations_are_refused(name, settings, message):
     config = make_config(**settings)
     with pytest.raises(FedarenaError, match=message):
         check(config.privacy, REGISTRY[name](), config.model)
+
+
+@pytest.mark.parametrize("settings", [{"secagg": True}, {"dp_clip": 1.0, "dp_noise": 1.0}])
+def test_a_server_optimizer_after_the_mean_is_accepted(settings):
+    """FedAdam's server step reads only the (noised / secure) mean: DP and SecAgg accept it (server_step
+    "mean+optimizer"); tests/algorithms/test_capabilities.py checks that declaration against behaviour."""
+    config = make_config(**settings)
+    check(config.privacy, REGISTRY["fedadam"](), config.model)
 
 
 def test_bad_privacy_settings_are_refused():

@@ -3,13 +3,16 @@
 from fedarena.algorithms.apfl import APFL
 from fedarena.algorithms.centralized import Centralized
 from fedarena.algorithms.ditto import Ditto
+from fedarena.algorithms.fedadagrad import FedAdagrad
 from fedarena.algorithms.fedadam import FedAdam
 from fedarena.algorithms.fedavg import FedAvg
+from fedarena.algorithms.fedavgm import FedAvgM
 from fedarena.algorithms.fedavg_ft import FedAvgFT
 from fedarena.algorithms.fedbn import FedBN
 from fedarena.algorithms.fedper import FedPer
 from fedarena.algorithms.fedprox import FedProx
 from fedarena.algorithms.fedrep import FedRep
+from fedarena.algorithms.fedyogi import FedYogi
 from fedarena.algorithms.ifca import IFCA
 from fedarena.algorithms.lg_fedavg import LGFedAvg
 from fedarena.algorithms.local import Local
@@ -20,8 +23,8 @@ from fedarena.algorithms.scaffold import Scaffold
 
 REGISTRY = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, Local, FedAvgFT, Centralized, FedPer, FedRep, LGFedAvg, FedBN, Scaffold, FedAdam, IFCA,
-                Mocha, Ditto, APFL, PerFedAvg, PFedMe)
+    for cls in (FedAvg, FedProx, Local, FedAvgFT, Centralized, FedPer, FedRep, LGFedAvg, FedBN, Scaffold, FedAvgM, FedAdam,
+                FedYogi, FedAdagrad, IFCA, Mocha, Ditto, APFL, PerFedAvg, PFedMe)
 }
 
 __all__ = ["REGISTRY"]

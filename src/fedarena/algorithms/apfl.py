@@ -49,7 +49,10 @@ def mix(alpha, v, w, trainable):
     return {k: alpha * v[k] + (1 - alpha) * w[k] if k in trainable else v[k] for k in v}
 
 
-@algorithm("apfl", "personalized", "Deng et al., arXiv 2003.13461 (2020)")
+@algorithm("apfl", "personalized", "Deng et al., arXiv 2003.13461 (2020)",
+           server_step="mean", per_sample_risk=False,
+           not_per_sample=("its objective mixes the personal and the global model (alpha v + (1 - alpha) w), trained "
+                          "jointly"))
 class APFL:
     alpha: float = 0.5
     adaptive: bool = True

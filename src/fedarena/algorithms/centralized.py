@@ -11,6 +11,7 @@ from __future__ import annotations
 from fedarena.core.algorithm import algorithm
 
 
-@algorithm("centralized", "baseline", "pooled-data ceiling (not federated)", federated=False)
+@algorithm("centralized", "baseline", "pooled-data ceiling (not federated)", federated=False,
+           server_step="mean", per_sample_risk=True, communicates=False)
 class Centralized:
     """FedAvg's steps on one pseudo-client that holds all clients' train data."""

@@ -48,7 +48,10 @@ def same_stream(rng: torch.Generator) -> torch.Generator:
     return copy
 
 
-@algorithm("ditto", "personalized", "Li et al., ICML 2021, arXiv 2012.04221")
+@algorithm("ditto", "personalized", "Li et al., ICML 2021, arXiv 2012.04221",
+           server_step="mean", per_sample_risk=False,
+           not_per_sample=("its personal objective adds lambda/2 ||v - w||^2, a parameter-dependent term whose "
+                          "gradient is not per-sample"))
 class Ditto:
     lam: float = 1.0
 

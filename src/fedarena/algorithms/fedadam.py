@@ -2,19 +2,17 @@
 Optimization", ICLR 2021, arXiv 2003.00295.
 
 Clients run FedAvg's local SGD (`client_update` is FedAvg's). The server treats the mean client change
-Delta = mean_i x_i - x as a pseudo-gradient and takes one adaptive step (`aggregate`, Algorithm 2 as
-written: no bias correction, v_{-1} = tau^2, the smallest value its "v_{-1} >= tau^2" allows):
+Delta = mean_i x_i - x as a pseudo-gradient and takes one Adam step (`aggregate`, Algorithm 2's server
+update as written: no bias correction, v_{-1} = tau^2, the smallest value its "v_{-1} >= tau^2" allows):
     m <- beta1 m + (1 - beta1) Delta
-    v <- beta2 v + (1 - beta2) Delta^2                       (FedAdam)
-         v - (1 - beta2) Delta^2 sign(v - Delta^2)            (FedYogi,    server_opt="yogi")
-         v + Delta^2                                          (FedAdagrad, server_opt="adagrad")
+    v <- beta2 v + (1 - beta2) Delta^2
     x <- x + eta m / (sqrt(v) + tau)
-server_opt="sgd" is FedAvgM (server momentum; Hsu, Qi, Brown, arXiv 1909.06335, the paper's baseline):
-m <- beta1 m + Delta, x <- x + eta m; with eta = 1 and beta1 = 0 it is FedAvg bit for bit (tested).
-m and v live in `ServerState.extra` (float64; never broadcast: the download is FedAvg's). The mean is
-FedAvg's (weighted by train size; the paper averages uniformly over equal-weight clients). Every
-floating-point key is stepped (BatchNorm statistics too: the paper's models use GroupNorm and are
-silent on this); integer buffers take the mean.
+(`core.server_opt.adaptive_step` with `adam_v`; FedYogi and FedAdagrad change only the v line, FedAvgM is
+the momentum-only variant: fedyogi.py, fedadagrad.py, fedavgm.py.) m and v live in `ServerState.extra`
+(float64; never broadcast: the download is FedAvg's). The mean is FedAvg's (weighted by train size; the
+paper averages uniformly over equal-weight clients). Every floating-point key is stepped (BatchNorm
+statistics too: the paper's models use GroupNorm and are silent on this); integer buffers take the mean.
+The step reads only the mean and the server state (server_step "mean+optimizer"), so DP and SecAgg apply.
 
 Defaults. beta1 = 0.9, beta2 = 0.99: the paper's stated FedAdam/FedYogi setting (the authors' notes in
 google-research/federated optimization/docs/hyperparameters.md say their TFF runs kept Keras' 0.9/0.999).
@@ -28,69 +26,31 @@ Algorithm 2.)
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+from functools import partial
 
-from fedarena.core.algorithm import algorithm, fedavg_aggregate
-from fedarena.core.types import FedarenaError, ServerState
+from fedarena.core.algorithm import algorithm
+from fedarena.core.server_opt import adam_v, adaptive_step, check_hyperparameters, init_moments, server_opt_step
+from fedarena.core.types import Params, ServerState, Upload
 
-SERVER_OPTS = ("adam", "yogi", "adagrad", "sgd")
 
-
-@algorithm("fedadam", "global", "Reddi et al., ICLR 2021, arXiv 2003.00295")
+@algorithm("fedadam", "global", "Reddi et al., ICLR 2021, arXiv 2003.00295",
+           server_step="mean+optimizer", per_sample_risk=True)
 class FedAdam:
     eta: float = 1e-2
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
-    server_opt: str = "adam"
 
-    def __post_init__(self):
-        checks = [
-            (self.server_opt in SERVER_OPTS,
-             f"server_opt must be one of {', '.join(SERVER_OPTS)}, got {self.server_opt!r}"),
-            (self.eta > 0, f"eta must be > 0, got {self.eta}"),
-            (0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1}"),
-            (0 <= self.beta2 < 1, f"beta2 must be in [0, 1), got {self.beta2}"),
-            (self.tau > 0, f"tau must be > 0, got {self.tau}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FedarenaError(f"fedadam.{message}")
+    def __post_init__(self) -> None:
+        check_hyperparameters(self.name, eta=self.eta, beta1=self.beta1, beta2=self.beta2, tau=self.tau)
 
-    def init_server(self, shared_params):
+    def init_server(self, shared_params: Params) -> ServerState:
         """x_0 = the shared initial model, m_{-1} = 0, v_{-1} = tau^2."""
-        extra = {}
-        for k, x in shared_params.items():
-            if x.is_floating_point():
-                extra["m/" + k] = torch.zeros(x.shape, dtype=torch.float64)
-                extra["v/" + k] = torch.full(x.shape, self.tau**2, dtype=torch.float64)
-        return ServerState(params=dict(shared_params), extra=extra)
+        return ServerState(params=dict(shared_params), extra=init_moments(shared_params, self.tau**2))
 
-    def aggregate(self, server, uploads):
-        """One ServerOpt step on the pseudo-gradient Delta (Algorithm 2's server update)."""
-        mean = fedavg_aggregate(self, server, uploads)
-        if not any(u.params for u in uploads.values()):
-            return mean
-        params, extra = {}, {}
-        for k, x in server.params.items():
-            if not x.is_floating_point():
-                params[k] = mean.params[k]
-                continue
-            x64, avg = x.double(), mean.params[k].double()
-            delta, m_old, v = avg - x64, server.extra["m/" + k], server.extra["v/" + k]
-            if self.server_opt == "sgd":
-                m = self.beta1 * m_old + delta
-                new = torch.lerp(x64, avg, self.eta) + self.eta * self.beta1 * m_old  # = x + eta m, exact at eta 1
-            else:
-                m = self.beta1 * m_old + (1 - self.beta1) * delta
-                sq = delta * delta
-                if self.server_opt == "adam":
-                    v = self.beta2 * v + (1 - self.beta2) * sq
-                elif self.server_opt == "yogi":
-                    v = v - (1 - self.beta2) * sq * torch.sign(v - sq)
-                else:
-                    v = v + sq
-                new = x64 + self.eta * m / (v.sqrt() + self.tau)
-            params[k] = new.to(x.dtype)
-            extra["m/" + k], extra["v/" + k] = m, v
-        return ServerState(params=params, round=mean.round, extra=extra)
+    def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
+        """One Adam step on the pseudo-gradient Delta (Algorithm 2's server update)."""
+        step = partial(adaptive_step, eta=self.eta, beta1=self.beta1, tau=self.tau,
+                       second_moment=partial(adam_v, beta2=self.beta2))
+        return server_opt_step(self, server, uploads, step)

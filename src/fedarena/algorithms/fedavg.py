@@ -13,6 +13,7 @@ from __future__ import annotations
 from fedarena.core.algorithm import algorithm
 
 
-@algorithm("fedavg", "global", "McMahan et al., AISTATS 2017, arXiv 1602.05629")
+@algorithm("fedavg", "global", "McMahan et al., AISTATS 2017, arXiv 1602.05629",
+           server_step="mean", per_sample_risk=True)
 class FedAvg:
     """FedAvg has no hyperparameter of its own: every step is a FedAvg building block."""

@@ -19,7 +19,8 @@ from fedarena.core.local_train import local_sgd
 from fedarena.core.types import FedarenaError, Onboarding
 
 
-@algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)")
+@algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)",
+           server_step="mean", per_sample_risk=True)
 class FedAvgFT:
     epochs: int = 1
 

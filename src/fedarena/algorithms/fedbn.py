@@ -32,7 +32,8 @@ from fedarena.core.types import KeyFilter
 BN_KEYS = KeyFilter(("body.norm*",))
 
 
-@algorithm("fedbn", "personalized", "Li et al., ICLR 2021, arXiv 2102.07623", personal=BN_KEYS)
+@algorithm("fedbn", "personalized", "Li et al., ICLR 2021, arXiv 2102.07623", personal=BN_KEYS,
+           server_step="mean", per_sample_risk=True)
 class FedBN:
     """FedAvg's steps with the BatchNorm keys personal."""
 

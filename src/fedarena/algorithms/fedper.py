@@ -65,7 +65,8 @@ def global_if_nothing_personal(self, server: ServerState) -> Params | None:
     return None if self.personal.patterns else server.params
 
 
-@algorithm("fedper", "personalized", "Arivazhagan et al., arXiv 1912.00818 (2019)")
+@algorithm("fedper", "personalized", "Arivazhagan et al., arXiv 1912.00818 (2019)",
+           server_step="mean", per_sample_risk=True)
 class FedPer:
     personal_layers: tuple[str, ...] = ("head.*",)
 

@@ -18,7 +18,10 @@ from fedarena.core.params import sq_distance
 from fedarena.core.types import FedarenaError
 
 
-@algorithm("fedprox", "global", "Li et al., MLSys 2020, arXiv 1812.06127")
+@algorithm("fedprox", "global", "Li et al., MLSys 2020, arXiv 1812.06127",
+           server_step="mean", per_sample_risk=False,
+           not_per_sample=("its local objective adds (mu/2) ||w - w^t||^2, a parameter-dependent term whose gradient "
+                          "is not per-sample"))
 class FedProx:
     mu: float = 0.01
 

@@ -46,7 +46,8 @@ def _mean_loss(*phases: tuple[float, int]) -> float:
     return sum(loss * n for loss, n in ran) / sum(n for _, n in ran) if ran else float("nan")
 
 
-@algorithm("fedrep", "personalized", "Collins et al., ICML 2021, arXiv 2102.07078")
+@algorithm("fedrep", "personalized", "Collins et al., ICML 2021, arXiv 2102.07078",
+           server_step="mean", per_sample_risk=True)
 class FedRep:
     tau_h: int = 10
     personal_layers: tuple[str, ...] = ("head.*",)

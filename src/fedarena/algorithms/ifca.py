@@ -51,7 +51,10 @@ def shuffled(tensor, generator):
     return tensor.reshape(-1)[order].reshape(tensor.shape)
 
 
-@algorithm("ifca", "personalized", "Ghosh et al., NeurIPS 2020, arXiv 2006.04088")
+@algorithm("ifca", "personalized", "Ghosh et al., NeurIPS 2020, arXiv 2006.04088",
+           server_step="custom", per_sample_risk=False,
+           not_per_sample=("it chooses its cluster from the losses of every cluster model on the whole train split, "
+                          "a data-dependent release outside DP-SGD"))
 class IFCA:
     k: int = 3
     init_seed: int = 0

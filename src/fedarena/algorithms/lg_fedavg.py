@@ -32,7 +32,8 @@ from fedarena.algorithms.fedper import global_if_nothing_personal, init_client_c
 from fedarena.core.algorithm import algorithm, onboard_by_local_training
 
 
-@algorithm("lg-fedavg", "personalized", "Liang et al., arXiv 2001.01523 (2020)")
+@algorithm("lg-fedavg", "personalized", "Liang et al., arXiv 2001.01523 (2020)",
+           server_step="mean", per_sample_risk=True)
 class LGFedAvg:
     personal_layers: tuple[str, ...] = ("body.*",)
 

@@ -14,7 +14,7 @@ from fedarena.core.types import EVERYTHING
 
 
 @algorithm("local", "baseline", "local-only baseline (e.g. Li et al., ICML 2021, arXiv 2012.04221, Sec. 5)",
-           personal=EVERYTHING)
+           personal=EVERYTHING, server_step="mean", per_sample_risk=True, communicates=False)
 class Local:
     """Every key is personal: the shared part is empty, so nothing is sent and the server state stays
     empty; a client trains in the rounds it is sampled."""

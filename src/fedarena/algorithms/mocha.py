@@ -123,7 +123,9 @@ def _autograd_grad(loss_fn, z, label):
 
 
 @algorithm("mocha", "personalized", "Smith et al., NeurIPS 2017, arXiv 1705.10467",
-           personal=KeyFilter(("head.*",)), uploads_personal=True)
+           personal=KeyFilter(("head.*",)), uploads_personal=True,
+           server_step="custom", per_sample_risk=False,
+           not_per_sample=("its local work is a dual (SDCA) solver, not SGD"))
 class Mocha:
     lam1: float = 1e-3
     lam2: float = 0.0

@@ -69,7 +69,9 @@ def parts(x, y, n):
     return [p if p[1].shape[0] else out[0] for p in out]
 
 
-@algorithm("per-fedavg", "personalized", "Fallah et al., NeurIPS 2020, arXiv 2002.07948")
+@algorithm("per-fedavg", "personalized", "Fallah et al., NeurIPS 2020, arXiv 2002.07948",
+           server_step="mean", per_sample_risk=False,
+           not_per_sample=("its objective is a meta-gradient (a MAML step inside the loss), not a per-sample loss"))
 class PerFedAvg:
     beta: float = 0.001
     variant: str = "fo"

@@ -39,7 +39,10 @@ from fedarena.core.params import sq_distance
 from fedarena.core.types import SGD, ClientState, FedarenaError, ServerState, Upload
 
 
-@algorithm("pfedme", "personalized", "T. Dinh et al., NeurIPS 2020, arXiv 2006.08848")
+@algorithm("pfedme", "personalized", "T. Dinh et al., NeurIPS 2020, arXiv 2006.08848",
+           server_step="mean+optimizer", per_sample_risk=False,
+           not_per_sample=("its inner problem adds lambda/2 ||theta - w||^2 (a Moreau envelope), not a per-sample "
+                          "loss"))
 class PFedMe:
     lam: float = 15.0
     K: int = 5

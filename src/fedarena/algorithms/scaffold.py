@@ -41,7 +41,10 @@ C = "c/"  # c (broadcast), c_i (client state), Delta c_i (upload), per trainable
 SUM, SEEN, WEIGHT = "c_sum/", "seen", "seen_weight"  # server: sum_i n_i c_i, ids heard from, sum_i n_i
 
 
-@algorithm("scaffold", "global", "Karimireddy et al., ICML 2020, arXiv 1910.06378")
+@algorithm("scaffold", "global", "Karimireddy et al., ICML 2020, arXiv 1910.06378",
+           server_step="custom", per_sample_risk=False,
+           not_per_sample=("its local objective adds <c - c_i, y>, a parameter-dependent term whose gradient is not "
+                          "per-sample"))
 class Scaffold:
     eta_g: float = 1.0
     control_variates: bool = True

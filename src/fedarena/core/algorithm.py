@@ -32,6 +32,36 @@ if TYPE_CHECKING:
 
 FAMILIES = ("global", "personalized", "baseline")
 
+# ---------------------------------------------------------------- capabilities
+# What an algorithm can do is declared by the algorithm (class variables set by `@algorithm`), read by the
+# packages that depend on it (privacy, forget, the runtimes) and checked against behaviour by a registry-wide
+# test (tests/algorithms/test_capabilities.py). Nothing decides it from an algorithm's name or functions.
+#
+# `server_step`: how the server step uses the round's uploads, one of SERVER_STEPS:
+# - "mean": the new server params are FedAvg's weighted mean of the uploaded (shared) params, weighted by
+#   `num_samples` (`fedavg_aggregate`); nothing else of the uploads is read.
+# - "mean+optimizer": that weighted mean, then a step that reads only the mean and the server state (a
+#   server optimizer, `core.server_opt`; pFedMe's beta-mixing): replacing the uploads by one upload holding
+#   their weighted mean, with their summed weight, gives the same server state.
+# - "custom": anything else (SCAFFOLD's control variates, IFCA's clusters, MOCHA's personal weights): the
+#   server needs each client's upload.
+# DP-FedAvg and secure aggregation deliver only the (noised) weighted mean, which the private round hands to
+# the algorithm's own `aggregate` as one upload: they accept MEAN_STEPS. FedEraser calibrates the mean update
+# and takes it as the next model: it accepts "mean" only.
+#
+# `per_sample_risk`: True where every `local_sgd` call of `client_update` is SGD on the plain per-sample
+# empirical risk (`task_loss`), so DP-SGD (privacy/dpsgd.py: per-sample clipping and noise) trains exactly
+# it. False where the local objective adds a parameter-dependent term (FedProx, SCAFFOLD, Ditto, pFedMe), is a
+# meta-gradient (Per-FedAvg), a joint (APFL) or dual (MOCHA) objective, or the client releases something
+# computed from its data outside those SGD calls (IFCA's cluster choice). An algorithm declaring False
+# also says why in `not_per_sample` (one clause, shown in DP-SGD's refusal); "" where True.
+#
+# `communicates`: False where no message crosses the network (`centralized`: pooled data; `local`: every key
+# personal). `federated` (summary.json's field) is False for `centralized` only: `local` trains on the
+# clients' own data but sends nothing.
+SERVER_STEPS = ("mean", "mean+optimizer", "custom")
+MEAN_STEPS = ("mean", "mean+optimizer")  # server steps that need only the uploads' weighted mean
+
 
 class Algorithm(Protocol):
     name: ClassVar[str]
@@ -40,6 +70,11 @@ class Algorithm(Protocol):
     personal: ClassVar[KeyFilter]  # keys that never leave a client
     federated: ClassVar[bool]  # False only for `centralized` (pooled data, no messages)
     uploads_personal: ClassVar[bool]  # True only for MOCHA
+    # capabilities (declared with `@algorithm`, documented above)
+    server_step: ClassVar[str]  # one of SERVER_STEPS
+    per_sample_risk: ClassVar[bool]
+    not_per_sample: ClassVar[str]  # why per_sample_risk is False ("" where True)
+    communicates: ClassVar[bool]
 
     def init_server(self, shared_params: Params) -> ServerState: ...
     def broadcast(self, server: ServerState, client_id: int) -> Broadcast: ...
@@ -151,6 +186,11 @@ def algorithm(
     name: str,
     family: str,
     paper: str,
+    *,
+    server_step: str,
+    per_sample_risk: bool,
+    not_per_sample: str = "",
+    communicates: bool = True,
     personal: KeyFilter = NOTHING,
     federated: bool = True,
     uploads_personal: bool = False,
@@ -159,10 +199,19 @@ def algorithm(
     ones the class defines, and FedAvg's building blocks (``FEDAVG_STEPS``) for every one it does
     not. Reading an algorithm file therefore shows exactly where it departs from FedAvg.
 
+    `server_step` and `per_sample_risk` are its capabilities (see the comment above SERVER_STEPS), declared
+    by every algorithm, with `not_per_sample` saying why where per_sample_risk is False; `communicates` is
+    False only where nothing crosses the network.
     `uploads_personal` is True only for an algorithm whose personal weights must reach the server
     (MOCHA learns task relationships from them); it exempts it from the no-personal-upload test."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if server_step not in SERVER_STEPS:
+        raise ValueError(f"server_step must be one of {SERVER_STEPS}, got {server_step!r}")
+    if per_sample_risk == bool(not_per_sample):
+        raise ValueError(f"{name}: give not_per_sample (why) exactly when per_sample_risk is False")
+    if communicates and not federated:
+        raise ValueError(f"{name}: an algorithm that pools the data (federated=False) sends nothing (communicates=False)")
 
     def wrap(cls):
         for step, fn in FEDAVG_STEPS.items():
@@ -170,14 +219,10 @@ def algorithm(
                 setattr(cls, step, fn)
         cls.name, cls.family, cls.paper = name, family, paper
         cls.federated, cls.uploads_personal = federated, uploads_personal
+        cls.server_step, cls.per_sample_risk, cls.communicates = server_step, per_sample_risk, communicates
+        cls.not_per_sample = not_per_sample
         if "personal" not in cls.__dict__:  # a class may derive it from a hyperparameter (a property)
             cls.personal = personal
         return dataclass(frozen=True)(cls)
 
     return wrap
-
-
-def averages_uploads(algo) -> bool:
-    """Whether the server step is FedAvg's weighted mean of the uploaded (shared) params: what FedEraser
-    calibrates and what secure aggregation and DP-FedAvg can replace by a (noised) sum."""
-    return type(algo).aggregate is fedavg_aggregate

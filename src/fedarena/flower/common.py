@@ -50,10 +50,9 @@ def make_config_task(config: cfg.Config, input_shape: tuple[int, ...], num_class
 
 
 def federates(algo: object) -> bool:
-    """False for algorithms with nothing to deploy: `centralized` (pooled data) and algorithms whose
-    every key is personal and never uploaded (`local`)."""
-    everything_personal = getattr(algo, "personal").patterns == ("*",)
-    return bool(getattr(algo, "federated")) and not (everything_personal and not getattr(algo, "uploads_personal"))
+    """False for algorithms with nothing to deploy, those that declare `communicates=False`
+    (`centralized`: pooled data; `local`: every key personal, nothing sent)."""
+    return bool(getattr(algo, "communicates"))
 
 
 def state_path(state_dir: Path, run_id: int, seed: int, algorithm: str, client_id: str) -> Path:

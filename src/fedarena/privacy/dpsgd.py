@@ -19,14 +19,16 @@ are (epsilon_k, delta)-DP with respect to adding or removing one of client k's s
 (DP-FedAvg, `privacy/round.py`) protects a whole client's data against the server's model; the two are
 different guarantees and can be on together.
 
-Where it fits (`check_dpsgd`): algorithms whose local work is SGD on the plain empirical risk
-(`core.algorithm.task_loss`): fedavg, fedadam, fedper, fedrep, lg-fedavg, fedbn (without BatchNorm), local,
-fedavg-ft, centralized. Refused, with the reason: objectives with a parameter-dependent term or a
-meta-gradient (fedprox, scaffold, ditto, apfl, pfedme, per-fedavg: Opacus clips per-sample gradients of a
-per-sample loss; a regularizer's gradient is not per-sample, and adding it after the noise would be a different
-algorithm), IFCA (chooses its cluster from losses on the whole train split, outside DP-SGD), MOCHA (a dual
-solver, not SGD), and any model with BatchNorm (per-sample gradients are undefined with batch statistics;
-Opacus refuses them too).
+Where it fits (`check_dpsgd`): algorithms that declare `per_sample_risk=True` (core/algorithm.py): every
+`local_sgd` call of their `client_update` trains the plain per-sample empirical risk (`core.algorithm.task_loss`),
+which is what DP-SGD trains (fedavg, the server-optimizer family, fedper, fedrep, lg-fedavg, fedbn without
+BatchNorm, local, fedavg-ft, centralized). The others are refused with the reason they declare (`not_per_sample`):
+Opacus clips per-sample gradients of a per-sample loss, and a regularizer's gradient (fedprox, scaffold, ditto, pfedme),
+a meta-gradient (per-fedavg), a joint (apfl) or dual (mocha) objective is not one (adding it after the noise
+would be a different algorithm), or the client releases something computed from its data outside DP-SGD (ifca's
+cluster choice). Any model with BatchNorm is refused too (per-sample gradients are undefined with batch
+statistics; Opacus refuses them). At run time, a `local_sgd` call with another objective is refused as well
+(`_ClientTraining`): DP-SGD trains `task.loss_fn` and would silently drop any other term.
 
 Only training is DP-SGD: the uploads and the client states kept from it. Evaluation-time personalization
 (`personalize`, e.g. fedavg-ft's fine-tuning) and a new client's onboarding stay plain SGD: their result is used
@@ -52,26 +54,13 @@ from typing import Any
 
 import torch
 
-from fedarena.core.algorithm import sgd_client_update, task_loss
+from fedarena.core.algorithm import task_loss
 from fedarena.core.batched import SGDRequest
 from fedarena.core.local_train import PRIVATE_SGD
 from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
 from fedarena.privacy import accountant as acc
 
 log = logging.getLogger(__name__)
-
-# Why an algorithm whose objective is the plain empirical risk still does not fit (the others: its objective).
-NOT_PER_SAMPLE = {
-    "ditto": "its personal objective adds lambda/2 ||v - w||^2, a parameter-dependent term whose gradient is not "
-             "per-sample",
-    "apfl": "its objective mixes the personal and the global model (alpha v + (1 - alpha) w), trained jointly",
-    "per-fedavg": "its objective is a meta-gradient (a MAML step inside the loss), not a per-sample loss",
-    "pfedme": "its inner problem adds lambda/2 ||theta - w||^2 (a Moreau envelope), not a per-sample loss",
-    "ifca": "it chooses its cluster from the losses of every cluster model on the whole train split, a data-dependent "
-            "release outside DP-SGD",
-    "mocha": "its local work is a dual (SDCA) solver, not SGD",
-}
-
 
 def check_dpsgd(settings: Any, algo: Any, model: Any) -> None:
     """Refuse, before any work, DP-SGD where it does not fit (settings: config.PrivacyConfig; model:
@@ -81,19 +70,9 @@ def check_dpsgd(settings: Any, algo: Any, model: Any) -> None:
     if model.norm == "bn":
         raise FedarenaError("DP-SGD (privacy.sgd_noise) cannot train a model with BatchNorm (model.norm=bn): "
                             "per-sample gradients are undefined with batch statistics; use model.norm=none")
-    objective = getattr(type(algo), "local_objective", None)
-    if objective is not task_loss:
-        raise FedarenaError(
-            f"DP-SGD (privacy.sgd_noise) does not fit {algo.name}: its local objective adds a parameter-dependent "
-            "term to the per-sample loss (Opacus clips per-sample gradients of a per-sample loss; adding the term "
-            "after the noise would be a different algorithm)")
-    from fedarena.algorithms.fedrep import FedRep  # its two phases are both SGD on the empirical risk
-
-    reason = NOT_PER_SAMPLE.get(algo.name)
-    if reason is None and type(algo).client_update not in (sgd_client_update, FedRep.client_update):
-        reason = "its client_update does more than SGD on the empirical risk"
-    if reason:
-        raise FedarenaError(f"DP-SGD (privacy.sgd_noise) does not fit {algo.name}: {reason}")
+    if not algo.per_sample_risk:  # the algorithm's declaration (core/algorithm.py), with its reason
+        raise FedarenaError(f"DP-SGD (privacy.sgd_noise) does not fit {algo.name}: {algo.not_per_sample} (Opacus clips "
+                            "per-sample gradients of a per-sample empirical risk)")
 
 
 @dataclass(frozen=True)

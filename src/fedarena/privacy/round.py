@@ -12,8 +12,9 @@ One object per algorithm run (`Privacy.build`), called by the engine at three po
     (W = the largest client train size, a public bound) masked so that the server learns only the sum;
     the weighted mean is sum / sum-of-weights, exactly FedAvg's up to the fixed-point resolution.
   The result reaches the algorithm's own `aggregate` as one upload holding the new mean, so every algorithm
-  whose server step is FedAvg's weighted mean (`core.algorithm.averages_uploads`) — the shared part of
-  personalized ones included — works unchanged; others are refused at configuration time.
+  whose server step needs only the weighted mean (`server_step` in `core.algorithm.MEAN_STEPS`: FedAvg's mean,
+  the shared part of personalized ones included, or that mean followed by a server optimizer such as FedAdam's)
+  works unchanged; others are refused at configuration time.
 Personal keys are never uploaded, so they are neither masked nor noised: they never leave the client.
 
 Where the clients run elsewhere (the Flower deployment), the server must never hold a single update, so the
@@ -53,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedarena.core.algorithm import averages_uploads
+from fedarena.core.algorithm import MEAN_STEPS
 from fedarena.core.rng import numpy_rng, torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Params, ServerState, Upload
 from fedarena.privacy import accountant as acc
@@ -75,10 +76,11 @@ def check(settings: Any, algo: Any, model: Any) -> None:
     check_dpsgd(settings, algo, model)
     if not enabled(settings):
         return
-    if algo.federated and not averages_uploads(algo):
+    if algo.communicates and algo.server_step not in MEAN_STEPS:
         raise FedarenaError(
             f"privacy (DP/secure aggregation) cannot be applied to {algo.name}: its server step is not a weighted "
-            "mean of uploaded models, so the server would need each client's update in the clear"
+            f"mean of uploaded models (server_step={algo.server_step!r}), so the server would need each client's "
+            "update in the clear"
         )
     if settings.secagg and settings.dp_clip > 0 and settings.dp_mode == "central" and (
             settings.sampling != "poisson" or settings.accountant != "rdp"):
@@ -91,7 +93,7 @@ def check(settings: Any, algo: Any, model: Any) -> None:
     shape = (1, 8, 8) if model.name == "cnn" else (4,)
     params = build_module(model.name, shape, 2, 2, model.norm if model.name != "mlr" else "none").state_dict()
     integer = sorted(k for k, v in params.items() if not algo.personal(k) and not v.is_floating_point())
-    if algo.federated and algo.personal.patterns != ("*",) and integer:
+    if algo.communicates and integer:
         raise FedarenaError(f"privacy needs float shared parameters; {algo.name} shares the integer {integer[0]} "
                             "(model.norm=bn's counters: use fedbn, which keeps them personal, or model.norm=none)")
 
@@ -211,7 +213,7 @@ class Privacy:
     def build(cls, settings: Any, algo: Any, population: int, per_round: int, seed: int, max_weight: int,
               shared_dim: int = 0) -> "Privacy | None":
         """`shared_dim`: the number of shared parameters (central DP under SecAgg sizes its integer grid by it)."""
-        if not enabled(settings) or not algo.federated or algo.personal.patterns == ("*",):
+        if not enabled(settings) or not algo.communicates:
             return None  # nothing is uploaded (local) or nothing is federated (centralized)
         out = cls(settings, population, per_round, seed, max_weight)
         if settings.dp_clip > 0 and settings.dp_mode == "central" and settings.secagg:

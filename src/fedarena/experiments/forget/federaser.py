@@ -12,8 +12,11 @@ Defaults are the paper's experimental setting as we read Sec. V: Delta_t = 2, r 
 down, at least one epoch: with E = 1 calibration trains a full epoch, and the saving comes from Delta_t).
 Only the norms of the stored updates enter Eq. 3, so fedarena keeps those (forget/store.py).
 
-Applies to algorithms whose server step is FedAvg's weighted mean of uploaded models (the shared part for
-personalized ones); others are refused with the reason. Personal parts of the remaining clients are kept as
+Applies to algorithms whose server step is FedAvg's weighted mean of uploaded models (`server_step` "mean",
+the shared part for personalized ones); others are refused with the reason. That includes "mean+optimizer"
+algorithms (FedAvgM, FedAdam, ...): Eq. 4 makes the calibrated mean the next model, while their server moves
+by an optimizer step whose moments carry every earlier round's mean, so the calibrated model would be neither
+theirs nor a retrain of theirs. Personal parts of the remaining clients are kept as
 they were trained (FedEraser recalibrates the shared model only) — measured, not assumed, by the probes.
 """
 
@@ -25,7 +28,6 @@ import time
 
 import torch
 
-from fedarena.core.algorithm import averages_uploads
 from fedarena.core.codec import Ledger
 from fedarena.core.types import SGD, FedarenaError, ServerState
 from fedarena.forget.source import Outcome, Source
@@ -46,10 +48,10 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     if src.config.privacy.secagg:
         raise FedarenaError(f"federaser cannot forget from {name}: the run used secure aggregation, so the server "
                             "never saw (nor kept) a single client's update; use --method retrain")
-    if not averages_uploads(algo):
+    if algo.server_step != "mean":
         raise FedarenaError(
             f"federaser cannot forget from {name}: its server step is not FedAvg's mean of uploaded models "
-            "(FedEraser, Eq. 4, calibrates exactly that); use --method retrain"
+            f"(server_step={algo.server_step!r}; FedEraser, Eq. 4, calibrates exactly that); use --method retrain"
         )
     first = src.first_round(name)
     if first is None:

@@ -15,7 +15,8 @@ from fedarena.algorithms import REGISTRY
 from fedarena.algorithms.ifca import pack
 from fedarena.core.types import ClientData, ClientState, FedarenaError, ServerState
 from fedarena.core.rng import torch_rng
-from fedarena.sim.engine import run_algorithm, storage_bytes
+from fedarena.sim.engine import storage_bytes
+from running import run_loop
 from toy import classification_task, federation, linear_regression_task
 
 KEY = "head.weight"
@@ -105,7 +106,7 @@ def runs(toy):
     def get(name, **hyper):
         key = (name, tuple(sorted(hyper.items())))
         if key not in cache:
-            cache[key] = run_algorithm(REGISTRY[name](**hyper), task, data_, **RUN)
+            cache[key] = run_loop(REGISTRY[name](**hyper), task, data_, **RUN)
         return cache[key]
 
     return get
@@ -129,7 +130,7 @@ def test_scaffold_without_control_variates_is_fedavg_bit_for_bit(runs):
 def test_scaffold_c_is_the_weighted_mean_of_the_known_control_variates(toy, per_round):
     data_, task = toy
     algo = REGISTRY["scaffold"]()
-    run = run_algorithm(algo, task, data_, rounds=4, clients_per_round=per_round, eval_every=4, seed=5)
+    run = run_loop(algo, task, data_, rounds=4, clients_per_round=per_round, eval_every=4, seed=5)
     seen = sorted({c for chosen in run.sampled for c in chosen})
     assert run.server.extra["seen"].sort().values.tolist() == seen
     sizes = {c: data_.client(c).num_train for c in seen}

@@ -24,7 +24,7 @@ from fedarena.algorithms import REGISTRY
 from fedarena.core.params import weighted_mean
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import SGD, ClientData, FedarenaError
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from fedarena.tasks import Net, Task
 from toy import classification_task, federation
 
@@ -135,16 +135,16 @@ KW = dict(rounds=3, clients_per_round=4, eval_every=1, seed=3)  # full participa
 def test_empty_personal_set_is_fedavg_bit_for_bit(algo, norm, toy):
     # FedRep: with no personal key the head phase has nothing to train and is skipped for any tau_h
     task = classification_task(toy, norm=norm)
-    fedavg = run_algorithm(REGISTRY["fedavg"](), task, toy, **KW)
-    assert_same_run(fedavg, run_algorithm(algo, task, toy, **KW))
+    fedavg = run_loop(REGISTRY["fedavg"](), task, toy, **KW)
+    assert_same_run(fedavg, run_loop(algo, task, toy, **KW))
 
 
 def test_fedbn_without_batchnorm_is_fedavg_and_warns_once(toy, caplog):
     # a new client too: its onboarding calls init_client again, still one warning for the run
     task = classification_task(toy, norm="none")
-    fedavg = run_algorithm(REGISTRY["fedavg"](), task, toy, **KW, new_clients=[3])
+    fedavg = run_loop(REGISTRY["fedavg"](), task, toy, **KW, new_clients=[3])
     with caplog.at_level(logging.WARNING):
-        fedbn = run_algorithm(REGISTRY["fedbn"](), task, toy, **KW, new_clients=[3])
+        fedbn = run_loop(REGISTRY["fedbn"](), task, toy, **KW, new_clients=[3])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "fedbn" in warnings[0] and "model.norm=bn" in warnings[0]
     assert_same_run(fedavg, fedbn, global_too=False)  # FedBN reports no global model
@@ -154,8 +154,8 @@ def test_fedbn_without_batchnorm_is_fedavg_and_warns_once(toy, caplog):
 def test_personal_layers_that_match_nothing_warn(toy, caplog):
     task = classification_task(toy)
     with caplog.at_level(logging.WARNING):
-        run_algorithm(REGISTRY["fedper"](personal_layers=("heda.*",)), task, toy, **KW)
-        run_algorithm(REGISTRY["fedper"](personal_layers=()), task, toy, **KW)  # FedAvg on purpose: silent
+        run_loop(REGISTRY["fedper"](personal_layers=("heda.*",)), task, toy, **KW)
+        run_loop(REGISTRY["fedper"](personal_layers=()), task, toy, **KW)  # FedAvg on purpose: silent
     assert len([r for r in caplog.records if "match no key" in r.getMessage()]) == 1
 
 
@@ -187,7 +187,7 @@ def test_fedbn_keeps_every_batchnorm_key_local(toy):
 
 def test_fedbn_full_run_never_sends_a_batchnorm_key(toy):
     task = classification_task(toy, norm="bn")
-    run = run_algorithm(REGISTRY["fedbn"](), task, toy, **KW)
+    run = run_loop(REGISTRY["fedbn"](), task, toy, **KW)
     assert not any(k.startswith("body.norm") for k in run.server.params)
     assert all(any(k.startswith("body.norm") for k in s.params) for s in run.states.values())
     assert run.evaluations[-1].personal_acc_mean > 0.5
@@ -205,8 +205,8 @@ def test_fedbn_undoes_a_per_client_affine_feature_shift():
     data = dataclasses.replace(data, x_train=xs, x_test=xt)
     task = classification_task(data, norm="bn", lr=0.05)
     kw = dict(rounds=10, clients_per_round=6, eval_every=10, seed=0)
-    fedavg = run_algorithm(REGISTRY["fedavg"](), task, data, **kw).evaluations[-1]
-    fedbn = run_algorithm(REGISTRY["fedbn"](), task, data, **kw).evaluations[-1]
+    fedavg = run_loop(REGISTRY["fedavg"](), task, data, **kw).evaluations[-1]
+    fedbn = run_loop(REGISTRY["fedbn"](), task, data, **kw).evaluations[-1]
     assert fedbn.personal_acc_mean > fedavg.personal_acc_mean + 0.15  # measured: 0.78 vs 0.52
     assert fedbn.personal_acc_worst10 > fedavg.personal_acc_worst10 + 0.3  # measured: 0.70 vs 0.25
 

@@ -13,7 +13,7 @@ from fedarena.algorithms import REGISTRY
 from fedarena.core.algorithm import fedavg_aggregate
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import ClientState, FedarenaError
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from test_algorithms import CLIENTS, W0, data, w
 from toy import classification_task, federation, linear_regression_task
 
@@ -45,7 +45,7 @@ def run(algo, toy, **kw):
     """Two rounds, full participation, evaluated at the end, seed 11."""
     data_, task = toy
     args = dict(rounds=2, clients_per_round=4, eval_every=2, seed=11) | kw
-    return run_algorithm(algo, task, data_, **args)
+    return run_loop(algo, task, data_, **args)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Bench pieces that can be checked without timing anything."""
 
 from fedarena import bench
-from fedarena.bench import WORKLOADS, _macs_per_sample, _quantile, _speedups, flower_sim_status
+from fedarena.experiments.bench import WORKLOADS, _macs_per_sample, _quantile, _speedups, flower_sim_status
 from fedarena.core.types import SGD
 from fedarena.tasks import make_task
 

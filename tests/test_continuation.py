@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app
-from fedarena.compare import RUN_STATE, run_compare
-from fedarena.continuation import continue_run
+from fedarena.experiments.compare import run_compare
+from fedarena.experiments.rundir import RUN_STATE
+from fedarena.experiments.continuation import continue_run
 from fedarena.core.types import FedarenaError
 
 ALGOS = "fedavg,fedper,ditto,scaffold,local,centralized"

@@ -13,7 +13,7 @@ from fedarena.core.codec import decode, encode
 from fedarena.core.params import clone
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, ClientState, Upload
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from toy import classification_task, federation
 
 ALGOS = sorted(REGISTRY)
@@ -27,7 +27,7 @@ def toy():
 
 def run(name, toy, rounds=3):
     data, task = toy
-    return run_algorithm(REGISTRY[name](), task, data, rounds=rounds, clients_per_round=3, eval_every=1, seed=7)
+    return run_loop(REGISTRY[name](), task, data, rounds=rounds, clients_per_round=3, eval_every=1, seed=7)
 
 
 @pytest.mark.parametrize("name", ALGOS)
@@ -106,8 +106,8 @@ def test_state_and_messages_survive_encode_decode(name, toy):
 def test_fedprox_mu0_equals_fedavg_bit_for_bit(toy):
     data, task = toy
     kw = dict(rounds=3, clients_per_round=3, eval_every=1, seed=3)
-    a = run_algorithm(REGISTRY["fedavg"](), task, data, **kw)
-    b = run_algorithm(REGISTRY["fedprox"](mu=0.0), task, data, **kw)
+    a = run_loop(REGISTRY["fedavg"](), task, data, **kw)
+    b = run_loop(REGISTRY["fedprox"](mu=0.0), task, data, **kw)
     for k in a.server.params:
         assert torch.equal(a.server.params[k], b.server.params[k])
     assert [e.per_client_acc for e in a.evaluations] == [e.per_client_acc for e in b.evaluations]
@@ -116,16 +116,16 @@ def test_fedprox_mu0_equals_fedavg_bit_for_bit(toy):
 def test_fedprox_mu_changes_result(toy):
     data, task = toy
     kw = dict(rounds=2, clients_per_round=3, eval_every=1, seed=3)
-    a = run_algorithm(REGISTRY["fedavg"](), task, data, **kw)
-    b = run_algorithm(REGISTRY["fedprox"](mu=1.0), task, data, **kw)
+    a = run_loop(REGISTRY["fedavg"](), task, data, **kw)
+    b = run_loop(REGISTRY["fedprox"](mu=1.0), task, data, **kw)
     assert any(not torch.equal(a.server.params[k], b.server.params[k]) for k in a.server.params)
 
 
 def test_fedavg_ft_zero_epochs_is_fedavg(toy):
     data, task = toy
     kw = dict(rounds=2, clients_per_round=3, eval_every=1, seed=3)
-    a = run_algorithm(REGISTRY["fedavg"](), task, data, **kw)
-    b = run_algorithm(REGISTRY["fedavg-ft"](epochs=0), task, data, **kw)
+    a = run_loop(REGISTRY["fedavg"](), task, data, **kw)
+    b = run_loop(REGISTRY["fedavg-ft"](epochs=0), task, data, **kw)
     assert [e.per_client_acc for e in a.evaluations] == [e.per_client_acc for e in b.evaluations]
 
 
@@ -136,8 +136,8 @@ def test_centralized_is_fedavg_on_one_pooled_client(toy):
         train_offsets=(0, data.train_offsets[-1]), test_offsets=(0, data.test_offsets[-1]),
     )
     kw = dict(rounds=2, clients_per_round=1, eval_every=1, seed=5)
-    a = run_algorithm(REGISTRY["centralized"](), task, data, **kw)
-    b = run_algorithm(REGISTRY["fedavg"](), task, pooled, **kw)
+    a = run_loop(REGISTRY["centralized"](), task, data, **kw)
+    b = run_loop(REGISTRY["fedavg"](), task, pooled, **kw)
     for k in a.server.params:
         assert torch.equal(a.server.params[k], b.server.params[k])
     assert a.ledger.up == {} and a.ledger.down == {}
@@ -155,8 +155,8 @@ def test_centralized_pool_excludes_new_clients(toy):
         test_offsets=(0, pooled.num_test),
     )
     kw = dict(rounds=2, clients_per_round=1, eval_every=2, seed=5)
-    a = run_algorithm(REGISTRY["centralized"](), task, data, new_clients=[0], **kw)
-    b = run_algorithm(REGISTRY["fedavg"](), task, only_rest, **kw)
+    a = run_loop(REGISTRY["centralized"](), task, data, new_clients=[0], **kw)
+    b = run_loop(REGISTRY["fedavg"](), task, only_rest, **kw)
     assert all(torch.equal(a.server.params[k], b.server.params[k]) for k in a.server.params)
     assert a.evaluations[-1].clients == rest and a.new_clients["clients"] == ["0"]
 
@@ -183,7 +183,7 @@ def test_no_personal_key_in_the_bytes_the_ledger_counts(name, toy, monkeypatch):
     real_encode = codec.encode
     monkeypatch.setattr(codec, "encode", spy)
     algo = REGISTRY[name]()
-    run_algorithm(algo, task, data, rounds=2, clients_per_round=3, eval_every=2, seed=1)
+    run_loop(algo, task, data, rounds=2, clients_per_round=3, eval_every=2, seed=1)
     assert len(sent) == (0 if not algo.federated else 2 * 2 * 3)
     for kind, payload in sent:
         leaked = [k for k in _payload_keys(payload) if algo.personal(k)]

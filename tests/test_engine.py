@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from fedarena.algorithms import REGISTRY
 from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.types import Broadcast, FedarenaError, Upload
-from fedarena.sim.engine import Evaluation, run_algorithm, sample_clients
+from fedarena.sim.engine import Evaluation, sample_clients
+from running import run_loop
 from toy import classification_task, federation
 
 
@@ -62,7 +63,7 @@ def test_evaluation_summaries():
 def test_fedavg_bytes_per_round_match_model_size():
     data = federation([20, 20, 20], [5, 5, 5])
     task = classification_task(data)
-    run = run_algorithm(REGISTRY["fedavg"](), task, data, rounds=2, clients_per_round=2, eval_every=2, seed=0)
+    run = run_loop(REGISTRY["fedavg"](), task, data, rounds=2, clients_per_round=2, eval_every=2, seed=0)
     model_bytes = sum(v.numel() * 4 for v in task.init_params(torch.Generator()).values())
     assert len(run.ledger.down) == 4 and len(run.ledger.up) == 4
     for v in [*run.ledger.down.values(), *run.ledger.up.values()]:

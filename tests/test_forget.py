@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app
-from fedarena.compare import prepare, run_compare
+from fedarena.experiments.compare import prepare, run_compare
 from fedarena.forget import probe
-from fedarena.forget.retrain import retrain
-from fedarena.forget.run import forget
-from fedarena.forget.source import Source
-from fedarena.sim.engine import run_algorithm, sample_clients
+from fedarena.experiments.forget.retrain import retrain
+from fedarena.experiments.forget.run import forget
+from fedarena.experiments.forget.source import Source
+from fedarena.sim.engine import sample_clients
+from running import run_loop
 
 ROUNDS, CLIENTS, PER_ROUND = 4, 8, 3
 ALGOS = "fedavg,fedper,ditto,local,centralized,scaffold"
@@ -61,13 +62,13 @@ def test_retrain_equals_a_fresh_run_without_the_client(run_dir):
     for name in ("fedavg", "ditto", "scaffold"):
         outcome = retrain(src, name)
         assert outcome.rounds == ROUNDS - (first[late] - 1)
-        fresh = run_algorithm(src.algo(name), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+        fresh = run_loop(src.algo(name), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
                               eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[late])
         for k in fresh.server.params:
             assert torch.equal(fresh.server.params[k], outcome.server.params[k]), (name, k)
         for k in fresh.server.extra:
             assert torch.equal(fresh.server.extra[k], outcome.server.extra[k]), (name, k)
-        original = run_algorithm(src.algo(name), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+        original = run_loop(src.algo(name), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
                                  eval_every=ROUNDS, seed=config.run.seed, engine="reference")
         # nobody else's participation changes: the run that never had the client
         assert fresh.sampled == [[c for c in chosen if c != late] for chosen in original.sampled]
@@ -168,7 +169,7 @@ def test_bad_input_is_refused(run_dir, tmp_path):
 
 def test_federaser_calibration_is_eqs_3_and_4_by_hand():
     from fedarena.core.types import ServerState, Upload
-    from fedarena.forget.federaser import _calibrated_step
+    from fedarena.experiments.forget.federaser import _calibrated_step
 
     server = ServerState(params={"w": torch.tensor([1.0, 1.0])})
     # new updates: client 0 moves by (3, 4) (length 5), client 1 by (0, -2) (length 2)
@@ -187,9 +188,9 @@ def test_retrain_is_exact_on_private_runs(tmp_path, privacy):
     src = Source.load(tmp_path / "run", ["2"])
     first = src.first_round("fedavg")
     outcome = retrain(src, "fedavg")
-    from fedarena.compare import privacy_for
+    from fedarena.experiments.compare import privacy_for
 
-    fresh = run_algorithm(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+    fresh = run_loop(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
                           eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[2],
                           privacy=privacy_for(config, src.algo("fedavg"), src.prepared))
     if "secagg" in privacy:  # secure sums are exact only up to the fixed-point resolution
@@ -225,7 +226,7 @@ def test_two_clients_are_forgotten_at_once(run_dir, tmp_path):
     names = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert not any(n.startswith(("client-1.", "client-4.", "client-1-", "client-4-")) for n in names)
     src = Source.load(out, ["1", "4"])
-    fresh = run_algorithm(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
+    fresh = run_loop(src.algo("fedavg"), src.task, src.data, rounds=ROUNDS, clients_per_round=PER_ROUND,
                           eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[1, 4])
     got = retrain(src, "fedavg")
     assert all(torch.equal(v, got.server.params[k]) for k, v in fresh.server.params.items())

@@ -336,7 +336,7 @@ def test_cell_names_parse():
 
 
 def test_sweep_resume_does_not_redo_finished_cells(tmp_path, monkeypatch):
-    import fedarena.compare as compare
+    import fedarena.experiments.compare as compare
 
     calls: list[Path] = []
     real = compare.run_compare

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedarena.algorithms import REGISTRY
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from toy import classification_task, federation
 
 ATOL = 1e-5
@@ -32,8 +32,8 @@ def _close(a, b):
 def test_parity_with_reference(name, toy):
     data, task = toy
     kw = dict(rounds=5, clients_per_round=4, eval_every=1, seed=11, new_clients=[5])
-    ref = run_algorithm(REGISTRY[name](), task, data, engine="reference", **kw)
-    vec = run_algorithm(REGISTRY[name](), task, data, engine="vectorized", **kw)
+    ref = run_loop(REGISTRY[name](), task, data, engine="reference", **kw)
+    vec = run_loop(REGISTRY[name](), task, data, engine="vectorized", **kw)
     assert _close(ref.server.params, vec.server.params)
     assert _close(ref.server.extra, vec.server.extra)
     assert ref.states.keys() == vec.states.keys()
@@ -48,7 +48,7 @@ def test_parity_with_reference(name, toy):
 
 def test_sgd_based_algorithms_are_actually_batched(toy):
     data, task = toy
-    run = run_algorithm(REGISTRY["fedprox"](mu=0.1), task, data, rounds=2, clients_per_round=4, eval_every=2,
+    run = run_loop(REGISTRY["fedprox"](mu=0.1), task, data, rounds=2, clients_per_round=4, eval_every=2,
                         seed=0, engine="vectorized")
     assert run.engine["batched_sgd_calls"] == 8 and run.engine["single_sgd_calls"] == 0
 
@@ -58,8 +58,8 @@ def test_batchnorm_falls_back_with_a_logged_reason(toy, caplog):
     task = classification_task(data, batch_size=4, norm="bn")
     kw = dict(rounds=2, clients_per_round=3, eval_every=2, seed=0)
     with caplog.at_level(logging.WARNING):
-        vec = run_algorithm(REGISTRY["fedavg"](), task, data, engine="vectorized", **kw)
-    ref = run_algorithm(REGISTRY["fedavg"](), task, data, engine="reference", **kw)
+        vec = run_loop(REGISTRY["fedavg"](), task, data, engine="vectorized", **kw)
+    ref = run_loop(REGISTRY["fedavg"](), task, data, engine="reference", **kw)
     assert "BatchNorm" in caplog.text and vec.engine["notes"]
     assert all(torch.equal(ref.server.params[k], vec.server.params[k]) for k in ref.server.params)
 
@@ -77,7 +77,7 @@ def test_errors_inside_a_client_reach_the_caller(toy):
 
     object.__setattr__(algo, "local_objective", exploding)
     with pytest.raises(Boom):
-        run_algorithm(algo, task, data, rounds=1, clients_per_round=3, eval_every=1, seed=0, engine="vectorized")
+        run_loop(algo, task, data, rounds=1, clients_per_round=3, eval_every=1, seed=0, engine="vectorized")
 
 
 def _sum_objective(scale, params, *, batch):

@@ -45,6 +45,31 @@ def _guard(fn, *args, **kwargs):
         _fail(1, f"{type(exc).__name__}: {exc}")
 
 
+# Options several commands share, declared once (config sections [data], [train], [model], [run]).
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML config (e.g. a run's config.toml).")]
+Data = Annotated[Optional[str], typer.Option("--data", help="digits | synthetic | npz-dir:PATH")]
+Partition = Annotated[Optional[str], typer.Option(
+    "--partition", help="iid | dirichlet | shards | quantity | feature (default: dirichlet for digits)")]
+Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Dirichlet concentration (dirichlet, quantity).")]
+ShardsPerClient = Annotated[Optional[int], typer.Option("--shards-per-client", help="Classes per client (shards).")]
+Clients = Annotated[Optional[int], typer.Option("--clients", help="Number of clients (embedded data).")]
+NewClients = Annotated[Optional[float], typer.Option(
+    "--new-clients", help="Fraction of clients held out of training and onboarded at the end.")]
+ClientsPerRound = Annotated[Optional[int], typer.Option(
+    "--clients-per-round", help="Clients sampled per round (default: min(10, training clients)).")]
+Rounds = Annotated[Optional[int], typer.Option("--rounds", help="Training rounds.")]
+LocalEpochs = Annotated[Optional[int], typer.Option("--local-epochs", help="Local epochs per round.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Local mini-batch size.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Local learning rate.")]
+Model = Annotated[Optional[str], typer.Option("--model", help="mlr | mlp | cnn")]
+Algorithms = Annotated[Optional[str], typer.Option(
+    "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local (`fedarena list` names them all).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (the first one, with --seeds).")]
+Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Run for K seeds (seed, seed+1, ...).")]
+Target = Annotated[Optional[float], typer.Option("--target", help="Target personal accuracy (fraction).")]
+RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run directory (must be absent or empty).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE override, repeatable.")]
+
 # The privacy flags `compare` and `deploy` share (config section [privacy]).
 DpClip = Annotated[Optional[float], typer.Option("--dp-clip", help="DP: clip each client update to L2 norm C.")]
 DpNoise = Annotated[Optional[float], typer.Option("--dp-noise", help="DP: noise multiplier z (std z*C).")]
@@ -80,27 +105,26 @@ def main_callback(verbose: bool = typer.Option(False, "--verbose", "-v", help="L
 
 @app.command()
 def compare(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (e.g. a run's config.toml)."),
-    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH"),
-    partition: Optional[str] = typer.Option(None, "--partition", help="iid | dirichlet | shards | quantity | feature"),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration (dirichlet, quantity)."),
-    shards_per_client: Optional[int] = typer.Option(None, "--shards-per-client", help="Classes per client (shards)."),
-    clients: Optional[int] = typer.Option(None, "--clients", help="Number of clients (embedded data)."),
-    new_clients: Optional[float] = typer.Option(
-        None, "--new-clients", help="Fraction of clients held out of training and onboarded at the end."),
-    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
-    rounds: Optional[int] = typer.Option(None, "--rounds"),
-    local_epochs: Optional[int] = typer.Option(None, "--local-epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
-    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: ConfigFile = None,
+    data: Data = None,
+    partition: Partition = None,
+    alpha: Alpha = None,
+    shards_per_client: ShardsPerClient = None,
+    clients: Clients = None,
+    new_clients: NewClients = None,
+    clients_per_round: ClientsPerRound = None,
+    rounds: Rounds = None,
+    local_epochs: LocalEpochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    model: Model = None,
+    algorithms: Algorithms = None,
+    seed: Seed = None,
     engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference | flower-sim (Flower + Ray)"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run the comparison for K seeds (seed, seed+1, ...)."),
-    target: Optional[float] = typer.Option(None, "--target", help="Target personal accuracy (fraction)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
-    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+    seeds: Seeds = None,
+    target: Target = None,
+    out_dir: RunOut = None,
+    set_: Sets = None,
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
     dp_clip: DpClip = None,
     dp_noise: DpNoise = None,
@@ -128,8 +152,9 @@ def compare(
         "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
                                   secagg, secagg_threshold, secagg_neighbours),
     }
-    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
-    from fedarena.compare import check_out_dir, default_out_dir, run_compare
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
+    from fedarena.experiments.compare import run_compare
+    from fedarena.experiments.rundir import check_out_dir, default_out_dir
 
     target_dir = out_dir or default_out_dir(conf)
     _guard(check_out_dir, target_dir)
@@ -141,7 +166,7 @@ def compare(
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
     if forget_probe:
-        from fedarena.forget.run import forget as forget_clients
+        from fedarena.experiments.forget.run import forget as forget_clients
 
         result = _guard(forget_clients, target_dir, [forget_probe], ["retrain", "federaser"],
                         target_dir / f"forget-{forget_probe}")
@@ -190,7 +215,7 @@ def forget(
                                 help="Also retrain exactly, to measure the method against (costs a retrain)."),
 ) -> None:
     """Remove clients from every algorithm of a run; write the models without them, audit.json and forget.json."""
-    from fedarena.forget.run import forget as forget_clients
+    from fedarena.experiments.forget.run import forget as forget_clients
 
     target = out_dir or run_dir.parent / f"{run_dir.name}-forget-{'-'.join(client)}"
     methods = [m.strip() for m in method.split(",") if m.strip()]
@@ -209,7 +234,7 @@ def continue_(
 ) -> None:
     """Continue a finished run to more rounds from its checkpoints (same numbers as a run of that length; the
     privacy budget continues); writes a new run directory."""
-    from fedarena.continuation import continue_run
+    from fedarena.experiments.continuation import continue_run
 
     target = out_dir or run_dir.parent / f"{run_dir.name}-to-{rounds}"
     summary = _guard(continue_run, run_dir, rounds, target)
@@ -278,8 +303,8 @@ def recommend(
 
 @app.command()
 def sweep(
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config for everything but the partition."),
-    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default: global, pFL, baselines)."),
+    config: ConfigFile = None,
+    algorithms: Algorithms = None,
     cells: Optional[str] = typer.Option(
         None, "--cells", help="Comma-separated grid, e.g. iid,dirichlet-0.1,shards-2 (default: Dirichlet "
                               "0.05/0.1/0.3/1/10, IID, shards 2/5)."),
@@ -287,22 +312,25 @@ def sweep(
     epsilons: Optional[str] = typer.Option(
         None, "--epsilons", help="Privacy sweep instead: comma-separated DP budgets, e.g. 1,3,8,inf "
                                  "(central DP-FedAvg, noise chosen per budget; any --data)."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per cell (default 3)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="First seed."),
-    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH (the heterogeneity "
-                                                            "grid re-partitions embedded data per cell)."),
-    clients: Optional[int] = typer.Option(None, "--clients"),
-    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round"),
-    rounds: Optional[int] = typer.Option(None, "--rounds"),
-    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
+    seeds: Seeds = None,
+    seed: Seed = None,
+    data: Data = None,
+    clients: Clients = None,
+    clients_per_round: ClientsPerRound = None,
+    rounds: Rounds = None,
+    model: Model = None,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory; rerun with the same --out to resume."),
-    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+    set_: Sets = None,
 ) -> None:
-    """Run the comparison over a heterogeneity grid and find where personalization stops paying off."""
+    """Run the comparison over a heterogeneity grid and find where personalization stops paying off.
+
+    The grid re-partitions embedded data per cell (--config sets everything but the partition); by default
+    it compares global FL, personalized FL and the baselines over 3 seeds per cell (2 with --quick)."""
     import datetime as dt
 
-    from fedarena.report import sweep as sw
+    from fedarena.experiments import sweep as sw
     from fedarena.report.render import sweep_lines, write_sweep_report
+    from fedarena.report.sweep import Cell
 
     flags: dict[str, dict[str, Any]] = {
         "data": _given(name=data, num_clients=clients),
@@ -311,11 +339,11 @@ def sweep(
         "run": _given(algorithms=algorithms or ",".join(sw.default_algorithms()), seed=seed,
                       seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS)),
     }
-    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     if epsilons:
         return _privacy_sweep(conf, epsilons, out_dir)
     names = cells.split(",") if cells else (sw.QUICK_CELLS if quick else sw.DEFAULT_CELLS)
-    grid = [_guard(sw.Cell.parse, n) for n in names]
+    grid = [_guard(Cell.parse, n) for n in names]
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -333,6 +361,7 @@ def sweep(
 def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path]) -> None:
     import datetime as dt
 
+    from fedarena.experiments.privacy_sweep import run_privacy_sweep
     from fedarena.report import privacy_sweep as ps
     from fedarena.report.render import write_privacy_sweep_report
 
@@ -341,7 +370,7 @@ def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path]) -> 
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         bar = progress.add_task("privacy budgets", total=len(budgets) + 1)
-        result = _guard(ps.run_privacy_sweep, conf, budgets, target,
+        result = _guard(run_privacy_sweep, conf, budgets, target,
                         lambda i, name, reused: progress.update(bar, completed=i + 1, description=name))
     paths = _guard(write_privacy_sweep_report, result, target)
     for line in ps.lines(result):
@@ -386,8 +415,8 @@ def bench(
     import datetime as dt
     import os
 
-    from fedarena.bench import run_bench, write
-    from fedarena.compare import check_out_dir
+    from fedarena.experiments.bench import run_bench, write
+    from fedarena.experiments.rundir import check_out_dir
 
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-bench"
     _guard(check_out_dir, target)
@@ -440,19 +469,22 @@ def deploy(
     tls: bool = typer.Option(False, "--tls", help="--local: serve HTTPS with a throwaway CA."),
     round_timeout: float = typer.Option(60.0, "--round-timeout", help="Seconds a round waits for train replies."),
     eval_timeout: float = typer.Option(120.0, "--eval-timeout", help="Seconds an evaluation waits for every client."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (e.g. a run's config.toml)."),
-    data: Optional[str] = typer.Option(None, "--data", help="digits | synthetic | npz-dir:PATH"),
-    partition: Optional[str] = typer.Option(None, "--partition", help="iid | dirichlet | shards | quantity | feature"),
-    alpha: Optional[float] = typer.Option(None, "--alpha"),
-    clients_per_round: Optional[int] = typer.Option(None, "--clients-per-round", help="Default: every client."),
-    rounds: Optional[int] = typer.Option(None, "--rounds"),
-    local_epochs: Optional[int] = typer.Option(None, "--local-epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    model: Optional[str] = typer.Option(None, "--model", help="mlr | mlp | cnn"),
-    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Comma-separated (default fedavg)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    target: Optional[float] = typer.Option(None, "--target"),
+    config: ConfigFile = None,
+    data: Data = None,
+    partition: Partition = None,
+    alpha: Alpha = None,
+    shards_per_client: ShardsPerClient = None,
+    new_clients: NewClients = None,
+    clients_per_round: ClientsPerRound = None,
+    rounds: Rounds = None,
+    local_epochs: LocalEpochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    model: Model = None,
+    algorithms: Algorithms = None,
+    seed: Seed = None,
+    seeds: Seeds = None,
+    target: Target = None,
     dp_clip: DpClip = None,
     dp_noise: DpNoise = None,
     dp_delta: DpDelta = None,
@@ -463,27 +495,29 @@ def deploy(
     secagg: SecAgg = False,
     secagg_threshold: SecAggThreshold = None,
     secagg_neighbours: SecAggNeighbours = None,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (must be absent or empty)."),
-    set_: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE override, repeatable."),
+    out_dir: RunOut = None,
+    set_: Sets = None,
 ) -> None:
-    """Run the comparison on Flower: SuperLink + SuperNodes, personal state kept on the nodes."""
+    """Run the comparison on Flower: SuperLink + SuperNodes, personal state kept on the nodes (--algorithms
+    defaults to fedavg; algorithms with nothing to federate are skipped)."""
     if (local is None) == (superlink is None):
         _fail(2, "give exactly one of --local N or --superlink HOST:PORT")
     if local is not None and local < 1:
         _fail(2, f"--local must be >= 1, got {local}")
     flags: dict[str, dict[str, Any]] = {
-        "data": _given(name=data, partition=partition, alpha=alpha, num_clients=local),
-        "train": _given(clients_per_round=clients_per_round or local, rounds=rounds, local_epochs=local_epochs,
+        "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
+                       num_clients=local, new_clients=new_clients),
+        "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
                         batch_size=batch_size, lr=lr),
         "model": _given(name=model),
-        "run": _given(algorithms=algorithms or (None if config else "fedavg"), seed=seed, target=target,
+        "run": _given(algorithms=algorithms or (None if config else "fedavg"), seed=seed, seeds=seeds, target=target,
                       engine="reference"),
         "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
                                   secagg, secagg_threshold, secagg_neighbours),
     }
-    conf = _guard(cfg.build, str(config) if config else None, flags, set_)
-    from fedarena.compare import check_out_dir, default_out_dir
-    from fedarena.flower.deploy import Timeouts, deploy_local, deploy_remote
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
+    from fedarena.experiments.rundir import check_out_dir, default_out_dir
+    from fedarena.experiments.deploy import Timeouts, deploy_local, deploy_remote
 
     target_dir = (out_dir or default_out_dir(conf)).resolve()
     _guard(check_out_dir, target_dir)

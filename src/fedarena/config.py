@@ -364,3 +364,17 @@ def build(config_file: str | None, flags: Mapping[str, Mapping[str, Any]], sets:
     config = apply(config, parse_sets(sets))
     data = dataclasses.replace(config.data, partition=resolved_partition(config))
     return dataclasses.replace(config, data=data)
+
+
+def with_seed(config: Config, seed: int) -> Config:
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
+
+
+def make_config_task(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The model task of `config` (the same model, loss and local SGD on every runtime and platform)."""
+    from fedarena.core.types import SGD
+    from fedarena.tasks import make_task
+
+    t = config.train
+    return make_task(config.model.name, tuple(input_shape), num_classes,
+                     SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
-from fedarena.flower.deploy import Timeouts, deploy_local
+from fedarena.experiments.deploy import Timeouts, deploy_local
 from fedarena.flower.processes import kill_marked, marked_pids
 
 

@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app as cli_app
-from fedarena.compare import run_compare
+from fedarena.experiments.compare import run_compare
 from fedarena.data import load_federated
 from fedarena.flower import common
-from fedarena.flower.deploy import Timeouts
-from fedarena.sim.engine import LocalClients, ReferenceExecutor, run_algorithm
+from fedarena.experiments.deploy import Timeouts
+from fedarena.sim.local import LocalClients
+from fedarena.sim.local import ReferenceExecutor
+from running import run_loop
 
 from flower.deploying import deploy_and_reap
 
@@ -111,7 +113,11 @@ class _Survivors:
 
     def __init__(self, inner: LocalClients, replied: dict[int, set[int]]) -> None:
         self.inner, self.replied = inner, replied
-        self.ids, self.pooled, self.states = inner.ids, inner.pooled, inner.states
+        self.ids, self.pooled, self.states, self.ledger = inner.ids, inner.pooled, inner.states, inner.ledger
+        self.onboard_bytes = 0
+
+    protects_updates = False
+    transport = "in-process (simulated messages)"
 
     def train(self, rnd, broadcasts):
         return self.inner.train(rnd, {c: b for c, b in broadcasts.items() if c in self.replied[rnd]})
@@ -149,15 +155,15 @@ def test_killed_supernode_the_survivors_aggregate_matches(tmp_path):
     table = pq.read_table(tmp_path / "run" / "metrics.parquet").to_pylist()
     replied = {r: {int(x["client"]) for x in table if x["round"] == r and x["sampled"]} for r in (1, 2, 3)}
     assert any(2 not in replied[r] for r in (2, 3)) and all(replied[r] >= {0, 1} for r in (1, 2, 3)), replied
-    data = load_federated(config)
-    task = common.make_config_task(config, data.input_shape, data.num_classes)
+    data = load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic)
+    task = cfg.make_config_task(config, data.input_shape, data.num_classes)
     algo = cfg.hyperparameters(config, "fedavg")
 
-    def runtime(algo, task, training, full, seed, ledger):
-        return _Survivors(LocalClients(algo, task, data, training, full, seed, ReferenceExecutor(task, algo.name), ledger),
+    def runtime(algo, task, data, training, full, seed, dpsgd):
+        return _Survivors(LocalClients(algo, task, data, training, full, seed, ReferenceExecutor(task, algo.name), dpsgd),
                           replied)
 
-    ref = run_algorithm(algo, task, data, rounds=3, clients_per_round=3, eval_every=3, seed=0, runtime=runtime)
+    ref = run_loop(algo, task, data, rounds=3, clients_per_round=3, eval_every=3, seed=0, runtime=runtime)
     got = load_file(tmp_path / "run" / "models" / "fedavg" / "global.safetensors")
     want = algo.global_model(ref.server)
     assert all(torch.equal(got[k], want[k]) for k in want)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from fedarena import config as cfg
-from fedarena.compare import run_compare
-from fedarena.flower.deploy import Timeouts
+from fedarena.experiments.compare import run_compare
+from fedarena.experiments.deploy import Timeouts
 
 from flower.deploying import deploy_and_reap
 

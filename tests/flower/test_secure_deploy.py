@@ -24,16 +24,20 @@ import torch
 from safetensors.torch import load_file
 
 from fedarena import config as cfg
-from fedarena.compare import prepare, run_compare
+from fedarena.experiments.compare import prepare, run_compare
 from fedarena.core.codec import decode
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Upload
+from fedarena.flower import messages
 from fedarena.flower import secagg_stages as st
-from fedarena.flower.deploy import Timeouts
+from fedarena.experiments.deploy import Timeouts
 from fedarena.privacy import secagg
 from fedarena.privacy.fixedpoint import wrap
 from fedarena.privacy.round import ClientPrivacy, Privacy, encode_update, mean_from_sum
-from fedarena.sim.engine import LocalClients, ReferenceExecutor, run_algorithm, train_client
+from fedarena.sim.local import LocalClients
+from fedarena.sim.local import ReferenceExecutor
+from running import run_loop
+from fedarena.sim.runtime import train_client
 
 from flower.deploying import deploy_and_reap
 
@@ -61,7 +65,7 @@ def test_the_client_app_serves_every_stage():
     from fedarena.flower.client_app import app
 
     registered = set(app._registered_funcs)
-    assert {st.TRAIN_PRIVATE, *st.STAGE_TYPES.values()} <= registered, registered
+    assert {messages.TRAIN_PRIVATE, *messages.SECAGG_TYPES.values()} <= registered, registered
 
 
 def _vectors(n: int, dim: int = 50) -> dict[int, np.ndarray]:
@@ -92,17 +96,17 @@ def test_secrets_file_round_trip_mode_and_deletion(tmp_path):
     st.client_start(store, cp, 2, vectors[2])
     path = store.path(cp.round)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(store.dir.stat().st_mode) == 0o700
-    secrets = st.ClientSecrets.from_bytes(path.read_bytes())
-    assert secrets.client == 2 and secrets.stage == 1 and np.array_equal(secrets.vector, vectors[2])
-    again = st.snapshot(st.restore(secrets), secrets.vector)
-    assert again.to_bytes() == secrets.to_bytes()
+    kept = st.NodeSecrets.from_bytes(path.read_bytes())
+    assert kept.secrets.client == 2 and kept.secrets.stage == 1 and np.array_equal(kept.vector, vectors[2])
+    assert secagg.Client.restore_secrets(kept.secrets).export_secrets() == kept.secrets
+    assert st.NodeSecrets.from_bytes(kept.to_bytes()).secrets == kept.secrets
     with pytest.raises(FedarenaError, match="unreadable"):
-        st.ClientSecrets.from_bytes(b"not a secrets file")
+        st.NodeSecrets.from_bytes(b"not a secrets file")
     # a later round purges this aborted one's secrets
     st.client_start(store, _cp(rnd=cp.round + 1), 2, vectors[2])
     assert not path.exists() and store.path(cp.round + 1).exists()
     with pytest.raises(secagg.SecAggAbort, match="no secrets for round"):
-        st.client_step(store, cp.round, st.SHARE_KEYS, b"")
+        st.client_step(store, cp.round, "share_keys", b"")
 
 
 def test_protocol_through_secrets_files_gives_the_exact_sum(tmp_path):
@@ -111,19 +115,19 @@ def test_protocol_through_secrets_files_gives_the_exact_sum(tmp_path):
     want = sum(v.astype(np.uint64) for v in vectors.values()) % (1 << 32)
     assert np.array_equal(result.sum.astype(np.uint64), want) and result.survivors == frozenset(range(4))
     assert not any(s.path(3).exists() for s in stores.values())  # deleted after unmasking
-    masked = {c: secagg.MaskedInput.from_bytes(b).vector for c, b in seen[st.MASKED_INPUT].items()}
+    masked = {c: secagg.MaskedInput.from_bytes(b).vector for c, b in seen["masked_input"].items()}
     assert all(np.mean(masked[c] == vectors[c]) < 0.05 for c in vectors)  # only masked vectors reach the server
     b = result.bytes_per_client[0]
-    assert b.masked_up == len(seen[st.MASKED_INPUT][0]) and b.overhead_up > 0 and b.overhead_down > 0
+    assert b.masked_up == len(seen["masked_input"][0]) and b.overhead_up > 0 and b.overhead_down > 0
 
 
 def test_dropout_during_the_protocol_keeps_the_survivors_sum_or_aborts(tmp_path):
     vectors = _vectors(5)
-    result, stores, _ = _run(tmp_path / "a", _cp(n=5), vectors, {st.MASKED_INPUT: {4}})
+    result, stores, _ = _run(tmp_path / "a", _cp(n=5), vectors, {"masked_input": {4}})
     want = sum(vectors[c].astype(np.uint64) for c in range(4)) % (1 << 32)
     assert np.array_equal(result.sum.astype(np.uint64), want) and result.survivors == frozenset(range(4))
     with pytest.raises(secagg.SecAggAbort, match="threshold"):
-        _run(tmp_path / "b", _cp(n=5, threshold=4), vectors, {st.SHARE_KEYS: {0, 1}})
+        _run(tmp_path / "b", _cp(n=5, threshold=4), vectors, {"share_keys": {0, 1}})
 
 
 def test_a_reply_naming_another_sender_is_dropped(tmp_path):
@@ -141,8 +145,8 @@ def test_node_protects_its_update_as_the_simulator_encodes_it(tmp_path):
     upload = Upload(params={"b": torch.tensor([[0.25]]), "a": torch.tensor([1.5, 1.0])}, num_samples=5)
     store = st.SecretStore(tmp_path, 1, 0, "fedavg")
     payload, blob = st.protect(cp, Broadcast(params=ref), upload, 1, store)
-    assert payload == b"" and st.sender_matches(blob, 1) and not st.sender_matches(blob, 2)
-    kept = st.ClientSecrets.from_bytes(store.path(cp.round).read_bytes()).vector
+    assert payload == b"" and secagg.sender_matches(blob, 1) and not secagg.sender_matches(blob, 2)
+    kept = st.NodeSecrets.from_bytes(store.path(cp.round).read_bytes()).vector
     delta = {k: upload.params[k] - ref[k] for k in ref}
     assert np.array_equal(kept, encode_update(delta, 5, cp))
     mean = mean_from_sum(ref, cp.fixed_point().decode(kept))  # one client: its own update, to fixed-point
@@ -201,7 +205,7 @@ def test_secure_deploy_matches_the_simulator_with_secagg(secure_deployed):
     assert p["survivors"] == NODES and p["aborted_rounds"] == 0 and p["seeded_test_mode"] is False
     assert p["transport"] == "flower messages" and got["privacy"]["noise_source"] == "os-secure"
     # the overhead is what the Flower records carried: the wire log's secagg blobs, both directions
-    lines = [x for x in _wire(tmp) if x["type"].startswith("query.secagg") or x["type"] == st.TRAIN_PRIVATE]
+    lines = [x for x in _wire(tmp) if x["type"].startswith("query.secagg") or x["type"] == messages.TRAIN_PRIVATE]
     carried = sum(x["payload_bytes"] for x in lines)
     masked = sum(x["payload_bytes"] for x in lines if x["type"] == "query.secagg_masked_input" and x["direction"] == "up")
     broadcast = got["bytes"]["down_total"]
@@ -238,7 +242,7 @@ def test_the_server_receives_only_masked_vectors(secure_deployed):
     assert len(masked) == NODES  # round 1's masked vector of every node
     for m in masked:
         assert all(np.mean(m == plain[c]) < 0.01 for c in plain)
-    up = [x for x in _wire(tmp) if x["direction"] == "up" and x["type"] == st.TRAIN_PRIVATE]
+    up = [x for x in _wire(tmp) if x["direction"] == "up" and x["type"] == messages.TRAIN_PRIVATE]
     assert up and all(x["payload_bytes"] < 200 for x in up)  # AdvertiseKeys only, no model
 
 
@@ -271,17 +275,17 @@ def test_supernode_killed_during_the_protocol_leaves_the_survivors_sum(tmp_path)
     algo = cfg.hyperparameters(config, "fedavg")
 
     class Survivors(LocalClients):
-        def train(self, rnd, broadcasts):
-            return super().train(rnd, {c: b for c, b in broadcasts.items() if c in sampled[rnd]})
+        def train(self, rnd, broadcasts, protect=None):
+            return super().train(rnd, {c: b for c, b in broadcasts.items() if c in sampled[rnd]}, protect)
 
-    def runtime(algo, task, training, full, seed, ledger):
-        return Survivors(algo, task, p.data, training, full, seed, ReferenceExecutor(task, algo.name), ledger)
+    def runtime(algo, task, data, training, full, seed, dpsgd):
+        return Survivors(algo, task, data, training, full, seed, ReferenceExecutor(task, algo.name), dpsgd)
 
     max_weight = max(p.data.client(c).num_train for c in range(NODES))
     privacy = Privacy.build(config.privacy, algo, NODES, NODES, 0, max_weight)
     # the fixed point's capacity n is the round's sampled clients (4), not its survivors
     privacy.client_privacy = lambda rnd, n, f=privacy.client_privacy: f(rnd, NODES)
-    ref = run_algorithm(algo, p.task, p.data, rounds=2, clients_per_round=NODES, eval_every=2, seed=0,
+    ref = run_loop(algo, p.task, p.data, rounds=2, clients_per_round=NODES, eval_every=2, seed=0,
                         runtime=runtime, privacy=privacy)
     got = load_file(tmp_path / "run" / "models" / "fedavg" / "global.safetensors")
     want = algo.global_model(ref.server)

@@ -15,11 +15,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedarena import config as cfg
-from fedarena.compare import run_compare
+from fedarena.experiments.compare import run_compare
 from fedarena.core.types import ClientState, FedarenaError
 from fedarena.flower import client_app, common, records, simulation
 from fedarena.flower.processes import kill_marked, marked_pids
-from fedarena.flower.simulation import Resources, federation_config, simulate
+from fedarena.experiments.flower_sim import Resources, federation_config, simulate
 
 
 def _config(engine: str, algorithms: list[str], clients: int = 4, rounds: int = 3) -> cfg.Config:
@@ -141,7 +141,7 @@ def test_flower_sim_summary_equals_reference(tmp_path):
 def test_secagg_is_refused_on_flower_sim(tmp_path):
     from fedarena import config as cfg
     from fedarena.core.types import FedarenaError
-    from fedarena.flower.simulation import simulate
+    from fedarena.experiments.flower_sim import simulate
 
     config = cfg.build(None, {"data": {"num_clients": 4}, "train": {"clients_per_round": 3},
                               "privacy": {"secagg": True}, "run": {"algorithms": "fedavg"}}, [])

@@ -19,7 +19,7 @@ from fedarena.cli import app
 from fedarena.core.types import SGD, FedarenaError
 from fedarena.privacy.dpsgd import DPSGD, SampleLevel, check_dpsgd, dp_sgd, poisson_lots, steps_per_epoch
 from fedarena.privacy.round import check
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from fedarena.tasks import make_task
 from toy import classification_task, federation
 
@@ -172,12 +172,12 @@ def test_an_objective_other_than_the_empirical_risk_is_refused_at_run_time():
     data = federation([12, 14], [4, 4])
     task = classification_task(data)
     with pytest.raises(FedarenaError, match="empirical risk"):
-        run_algorithm(REGISTRY["ditto"](), task, data, rounds=1, clients_per_round=2, eval_every=1, seed=0,
+        run_loop(REGISTRY["ditto"](), task, data, rounds=1, clients_per_round=2, eval_every=1, seed=0,
                       dpsgd=SampleLevel(DPSGD(1.0, 1.0)))
 
 
 def train(engine, data, task, name="fedavg", rounds=2):
-    return run_algorithm(REGISTRY[name](), task, data, rounds=rounds, clients_per_round=3, eval_every=rounds, seed=4,
+    return run_loop(REGISTRY[name](), task, data, rounds=rounds, clients_per_round=3, eval_every=rounds, seed=4,
                          engine=engine, dpsgd=SampleLevel(DPSGD(1.0, 1.0)))
 
 
@@ -204,7 +204,7 @@ def test_same_seed_same_bits_and_steps_are_counted_per_client(toy, name):
     sizes = [data.train_offsets[i + 1] - data.train_offsets[i] for i in range(3)]
     assert a.sample_dp.steps == {(r, c): epochs * steps_per_epoch(4, sizes[c]) for r in (1, 2) for c in range(3)}
     assert a.sample_dp.rates == {c: 4 / sizes[c] for c in range(3)}
-    plain = run_algorithm(REGISTRY[name](), task, data, rounds=2, clients_per_round=3, eval_every=2, seed=4)
+    plain = run_loop(REGISTRY[name](), task, data, rounds=2, clients_per_round=3, eval_every=2, seed=4)
     assert any(not torch.equal(v, plain.server.params[k]) for k, v in a.server.params.items())
 
 
@@ -241,7 +241,7 @@ def test_cli_compare_writes_the_sample_level_block(tmp_path):
 
 
 def test_user_level_block_is_unchanged_with_dp_sgd_on_too(tmp_path):
-    from fedarena.compare import run_compare
+    from fedarena.experiments.compare import run_compare
 
     base = {"data": {"name": "digits", "num_clients": 4}, "train": {"rounds": 2, "clients_per_round": 2},
             "model": {"name": "mlr"}, "run": {"algorithms": "fedavg", "engine": "reference", "seed": 2}}

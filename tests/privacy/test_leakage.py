@@ -9,7 +9,7 @@ from fedarena.algorithms import REGISTRY
 from fedarena.core.local_train import local_sgd
 from fedarena.core.types import SGD
 from fedarena.privacy import leakage
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 from toy import classification_task, federation
 
 
@@ -39,7 +39,7 @@ def test_summary_skips_unmeasured_clients():
 @pytest.mark.parametrize("name", ["fedavg", "fedper"])
 def test_runs_report_membership_of_their_final_models(name):
     data = federation([30, 30, 30], [20, 20, 20], seed=2)
-    run = run_algorithm(REGISTRY[name](), classification_task(data), data, rounds=2, clients_per_round=2,
+    run = run_loop(REGISTRY[name](), classification_task(data), data, rounds=2, clients_per_round=2,
                         eval_every=1, seed=0)
     m = run.membership
     assert m["clients"] == 3 and 0 <= m["personal_auc_mean"] <= 1

@@ -10,12 +10,12 @@ import torch
 
 from fedarena import config as cfg
 from fedarena.algorithms import REGISTRY
-from fedarena.compare import prepare, run_compare
+from fedarena.experiments.compare import prepare, run_compare
 from fedarena.core.types import FedarenaError, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
 from fedarena.privacy.round import Privacy, check
-from fedarena.sim.engine import run_algorithm
+from running import run_loop
 
 N, PER_ROUND, ROUNDS = 12, 4, 3
 
@@ -32,7 +32,7 @@ def train(name, config):
     algo = REGISTRY[name]()
     size = max(p.data.train_offsets[i + 1] - p.data.train_offsets[i] for i in range(N))
     privacy = Privacy.build(config.privacy, algo, N, PER_ROUND, config.run.seed, size)
-    return run_algorithm(algo, p.task, p.data, rounds=ROUNDS, clients_per_round=PER_ROUND, eval_every=ROUNDS,
+    return run_loop(algo, p.task, p.data, rounds=ROUNDS, clients_per_round=PER_ROUND, eval_every=ROUNDS,
                          seed=config.run.seed, privacy=privacy)
 
 
@@ -203,7 +203,7 @@ def test_secagg_plus_uses_a_threshold_its_neighbourhood_can_meet():
     for privacy in ({}, {"secagg": True, "secagg_neighbours": 2}):
         config = six(**privacy)
         priv = Privacy.build(config.privacy, algo, N, 6, config.run.seed, 1000)
-        runs.append(run_algorithm(algo, p.task, p.data, rounds=2, clients_per_round=6, eval_every=2,
+        runs.append(run_loop(algo, p.task, p.data, rounds=2, clients_per_round=6, eval_every=2,
                                   seed=config.run.seed, privacy=priv))
     assert runs[1].privacy.secagg_summary["protocol"] == "SecAgg+"
     for k, v in runs[0].server.params.items():

@@ -1,6 +1,6 @@
 """`fedarena bench`: the same workloads on every engine, side by side, in one process tree.
 
-Each (workload, engine) pair runs in a fresh child process (`python -m fedarena.bench worker SPEC`)
+Each (workload, engine) pair runs in a fresh child process (`python -m fedarena.experiments.bench worker SPEC`)
 so that its peak RSS is its own; the matmul peak is measured in a child too, in the same run.
 Timings are training time per round (broadcast, local work, upload, aggregation; evaluation runs
 once, after the last round, and is not timed). GFLOP/s counts the model's forward+backward
@@ -73,6 +73,7 @@ def _config(w: Workload, seed: int, rounds: int = 1, engine: str = "reference"):
         "train": {"clients_per_round": w.clients_per_round, "batch_size": w.batch_size,
                   "local_epochs": w.local_epochs, "lr": w.lr, "rounds": rounds, "eval_every": rounds},
         "run": {"seed": seed, "algorithms": ["fedavg"], "engine": engine},
+        "forget": {"keep": "none"},  # no checkpoint encoding inside the timed rounds
     }
     return cfg.build(None, flags, [])
 
@@ -110,24 +111,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "peak":
         return {"matmul_peak_gflops": _matmul_peak()}
     if spec["kind"] == "baseline":
-        from fedarena.sim import engine  # noqa: F401  (imports torch and fedarena)
+        from fedarena.experiments import compare  # noqa: F401  (imports torch and what a worker imports)
 
         return {"peak_rss_mb": _peak_rss_mb()}
-    from fedarena.algorithms import REGISTRY
-    from fedarena.core.types import SGD
-    from fedarena.data import load_federated
-    from fedarena.sim.engine import run_algorithm
-    from fedarena.tasks import make_task
+    from fedarena.experiments.compare import prepare, train_algorithm
 
     w = Workload(**spec["workload"])
     conf = _config(w, spec["seed"], spec["rounds"], spec["engine"])
-    data = load_federated(conf)
-    task = make_task(w.model, data.input_shape, data.num_classes, SGD(w.local_epochs, w.batch_size, w.lr))
-    rounds = spec["rounds"]
-    if spec["engine"] == "flower-sim":
-        return _flower_sim(conf, spec["threads"], data, task)
-    run = run_algorithm(REGISTRY["fedavg"](), task, data, rounds=rounds, clients_per_round=w.clients_per_round,
-                        eval_every=rounds, seed=spec["seed"], engine=spec["engine"])
+    in_process = spec["engine"] != "flower-sim"
+    p = prepare(conf, spec["engine"] if in_process else "reference")  # the comparison's own clients and task
+    if not in_process:
+        return _flower_sim(conf, spec["threads"], p.data, p.task)
+    _, run = train_algorithm(conf, p, "fedavg")
+    data, task = p.data, p.task
     return _timings(run.train_seconds, run.sampled, data, task, w.local_epochs) | {
         "peak_rss_mb": _peak_rss_mb(),
         "final_acc": run.evaluations[-1].personal_acc_mean,
@@ -255,7 +251,7 @@ def _matmul_peak(n: int = 1024, repeats: int = 10) -> float:
 
 
 def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "fedarena.bench", "worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "fedarena.experiments.bench", "worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -348,4 +344,4 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.WARNING)
         print(json.dumps(worker(json.loads(sys.argv[2]))))
     else:
-        sys.exit("usage: python -m fedarena.bench worker SPEC_JSON (use `fedarena bench`)")
+        sys.exit("usage: python -m fedarena.experiments.bench worker SPEC_JSON (use `fedarena bench`)")

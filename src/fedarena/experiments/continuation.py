@@ -28,14 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedarena import config as cfg
-from fedarena.compare import (
-    RUN_STATE, Trained, auto_target, build_summary, check_out_dir, check_privacy, prepare, train_algorithm,
-    _write_run_dir,
-)
 from fedarena.core.codec import Ledger
 from fedarena.core.types import ClientState, FedarenaError, FederatedData
+from fedarena.experiments.compare import Trained, check_privacy, prepare, train_algorithm
+from fedarena.experiments.rundir import RUN_STATE, check_out_dir, read_json, recompute_engine, write_run_dir
+from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget.store import Stored, decode_state
-from fedarena.sim.engine import EXECUTORS, AlgorithmRun, Checkpoint, Evaluation
+from fedarena.sim.engine import AlgorithmRun, Checkpoint, Evaluation
 
 
 METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
@@ -44,7 +43,7 @@ METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test
 
 @dataclass(frozen=True)
 class Resume:
-    """What one algorithm continues from (compare.train_algorithm's `resume`)."""
+    """What one algorithm continues from (experiments.compare.train_algorithm's `resume`)."""
 
     checkpoint: Checkpoint
     privacy: dict[str, Any] | None
@@ -58,14 +57,15 @@ def continue_run(run_dir: Path, rounds: int, out: Path,
     """Continue the run in `run_dir` to `rounds` rounds; write the new run directory `out`; return its summary."""
     run_dir = Path(run_dir)
     old = _load_config(run_dir)
+    engine = recompute_engine(run_dir, "continue")
     done = old.train.rounds
     if rounds <= done:
         raise FedarenaError(f"--rounds {rounds} does not continue {run_dir}: it already trained {done} rounds")
     config = dataclasses.replace(old, train=dataclasses.replace(old.train, rounds=rounds))
     check_out_dir(out)
     check_privacy(config)
-    p = prepare(config)
-    summary = _read_json(run_dir / "summary.json")
+    p = prepare(config, engine)
+    summary = read_json(run_dir / "summary.json")
     try:
         metrics = pq.read_table(run_dir / "metrics.parquet", columns=list(METRIC_COLUMNS)).to_pylist()
     except (OSError, ValueError, pa.ArrowException) as exc:
@@ -75,14 +75,13 @@ def continue_run(run_dir: Path, rounds: int, out: Path,
         state = _run_state(run_dir / "forget" / name)
         before = _history(name, summary, metrics, p.data, state)
         resume = _resume(run_dir, name, config, p.data, state)
-        algo, after = train_algorithm(config, p, name, on_round, resume)
+        algo, after = train_algorithm(config, p, name, on_round, resume=resume)
         runs[name] = algo, _joined(before, after)
     trained = [Trained(config.run.seed, p.data, runs)]
-    target = config.run.target if config.run.target is not None else auto_target(trained)
-    summary = build_summary(config, trained, target) | {
-        "continued_from": {"run": str(run_dir), "rounds": done},
+    summary = build_summary(config, trained, target_for(config, trained), engine) | {
+        "continued_from": {"run": str(run_dir), "rounds": done, "engine": summary.get("engine")},
     }
-    _write_run_dir(out, config, trained, summary)
+    write_run_dir(out, config, trained, summary)
     return summary
 
 
@@ -95,24 +94,14 @@ def _load_config(run_dir: Path) -> cfg.Config:
     config = cfg.build(str(run_dir / "config.toml"), {}, [])
     if config.run.seeds != 1:
         raise FedarenaError(f"{run_dir} holds {config.run.seeds} seeds; continue works on single-seed runs")
-    if config.run.engine not in EXECUTORS:
-        raise FedarenaError(f"{run_dir} ran on {config.run.engine}, which keeps no checkpoints; continue works on "
-                            f"runs of the in-process engines ({', '.join(EXECUTORS)})")
     if config.forget.keep == "none":
         raise FedarenaError(f"{run_dir} kept no checkpoints (forget.keep=none); rerun it with forget.keep=server")
     return config
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FedarenaError(f"{path} cannot be read as JSON: {exc}") from None
-
-
 def _run_state(root: Path) -> dict[str, Any]:
     """forget/<algo>/run-state.json, checked: the training clock of every round and the privacy state."""
-    state = _read_json(root / RUN_STATE) if (root / RUN_STATE).is_file() else None
+    state = read_json(root / RUN_STATE) if (root / RUN_STATE).is_file() else None
     if not isinstance(state, dict) or state.get("format") != "fedarena-run-state/1":
         raise FedarenaError(f"{root / RUN_STATE} is missing or of another format: the run was written before "
                             "runs could be continued; rerun it")

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
-from fedarena.compare import check_out_dir
 from fedarena.core.types import FedarenaError
+from fedarena.experiments.compare import check_privacy as check_algorithms_privacy
+from fedarena.experiments.rundir import check_out_dir
 from fedarena.flower import common
+from fedarena.flower.common import node_clients
 from fedarena.flower.processes import LocalFederation, RunConfigValue, write_app_dir
 from fedarena.flower.tls import make_local_tls
 
@@ -37,19 +39,6 @@ class Timeouts:
     round: float = 60.0  # train replies; a round then aggregates the survivors
     evaluate: float = 120.0  # evaluation replies (waits for reconnecting nodes)
     start: float = 120.0  # SuperNodes to connect
-
-
-def node_clients(config: cfg.Config) -> list[dict[str, RunConfigValue]]:
-    """One SuperNode config per client: `partition-id` for embedded data, `npz-dir` + `client` for npz-dir
-    (the stems are listed, no file is read)."""
-    name = config.data.name
-    if name.startswith("npz-dir:"):
-        root = Path(name.removeprefix("npz-dir:")).expanduser()
-        stems = sorted(p.stem for p in (root / "train").glob("*.npz"))
-        if not stems:
-            raise FedarenaError(f"npz-dir {root}: 'train/' contains no .npz files")
-        return [{"npz-dir": str(root), "client": s} for s in stems]
-    return [{"partition-id": i} for i in range(config.data.num_clients)]
 
 
 def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeouts) -> dict[str, RunConfigValue]:
@@ -64,14 +53,17 @@ def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
     return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * len(config.run.algorithms) * config.run.seeds
 
 
-def check_privacy(config: cfg.Config) -> None:
-    """Refuse, before any process starts, privacy settings that cannot hold together (as `compare` does)."""
-    from fedarena.privacy.round import check
+def check_before_start(config: cfg.Config) -> None:
+    """Refuse, before any process starts, what the ServerApp would refuse: privacy settings that cannot hold
+    together (as `compare` does) for the algorithms that run on Flower (those that federate), and per-round
+    client-state snapshots (`forget.keep = all`), which would have to leave the nodes."""
+    if config.forget.keep == "all":
+        raise FedarenaError(NO_SNAPSHOTS)
+    check_algorithms_privacy(config, [n for n in config.run.algorithms if common.federates(cfg.hyperparameters(config, n))])
 
-    for name in config.run.algorithms:
-        algo = cfg.hyperparameters(config, name)
-        if common.federates(algo):
-            check(config.privacy, algo, config.model)
+
+NO_SNAPSHOTS = ("forget.keep=all keeps every client's state after every round; on Flower those states stay on the "
+                "nodes: use forget.keep=server (the server's checkpoints, kept where the ServerApp runs)")
 
 
 def _result(out: Path, log_path: Path) -> dict[str, Any]:
@@ -97,7 +89,7 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     node_dir)` adds node config entries (e.g. `wire-log`); `on_started(federation)` is called once
     the processes are up (fault tests use it)."""
     check_out_dir(out)
-    check_privacy(config)
+    check_before_start(config)
     nodes = node_clients(config)
     config = cfg.with_clients_per_round(config, len(nodes))  # unset: min(10, training clients)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-deploy-"))
@@ -143,7 +135,7 @@ def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certifi
         raise FedarenaError(f"--root-certificates: file not found: {root_certificates}")
     if ":" not in superlink:
         raise FedarenaError(f"--superlink expects HOST:PORT, got {superlink!r}")
-    check_privacy(config)
+    check_before_start(config)
     expect = expect_nodes if expect_nodes is not None else len(node_clients(config))
     with tempfile.TemporaryDirectory(prefix="fedarena-deploy-") as tmp:
         root = Path(tmp)

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
-from fedarena.compare import check_out_dir
 from fedarena.core.types import FedarenaError
 from fedarena.flower import common
-from fedarena.flower.deploy import Timeouts, check_privacy, node_clients, run_config, run_local
+from fedarena.experiments.deploy import Timeouts, check_before_start, run_config, run_local
+from fedarena.experiments.rundir import check_out_dir
+from fedarena.flower.common import node_clients
 from fedarena.flower.processes import LocalFederation, write_app_dir
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
     if config.privacy.secagg:
         raise FedarenaError(f"--secagg is not supported on {ENGINE} yet (its virtual nodes keep no secrets between "
                             "the protocol's stages); use fedarena deploy --secagg, or the in-process engines")
-    check_privacy(config)
+    check_before_start(config)
     reason = ray_missing()
     if reason:
         raise FedarenaError(f"--engine {ENGINE} cannot run: {reason}")

@@ -46,8 +46,9 @@ from fedarena.core.params import nbytes
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData
 from fedarena.flower import common, records, secagg_stages
+from fedarena.flower import messages as m
 from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.engine import evaluate_client, personal_model, train_client
+from fedarena.sim.runtime import evaluate_client, initial_model, onboard_client, personal_model, train_client
 
 log = logging.getLogger(__name__)
 STATE_FIELD = "safetensors"  # a virtual node's state record holds the state's safetensors bytes here
@@ -56,10 +57,10 @@ STATE_FIELD = "safetensors"  # a virtual node's state record holds the state's s
 def wire_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Measure what Flower carries for this node, both directions (node config ``wire-log``)."""
     reply = call_next(msg, context)
-    target = context.node_config.get("wire-log")
+    target = context.node_config.get(m.WIRE_LOG)
     if target:
-        capture = context.node_config.get("wire-capture")
-        algorithm = str(records.fields(msg).get("algorithm", "")) if msg.has_content() else ""
+        capture = context.node_config.get(m.WIRE_CAPTURE)
+        algorithm = str(records.fields(msg).get(m.ALGORITHM, "")) if msg.has_content() else ""
         lines = [_measure(m, direction, msg.metadata.message_type, algorithm, capture)
                  for m, direction in ((msg, "down"), (reply, "up"))]
         with open(str(target), "a") as fh:
@@ -74,8 +75,8 @@ def _measure(m: Message, direction: str, message_type: str, algorithm: str, capt
     blobs = {oid: obj.deflate() for oid, obj in objects.items()}
     record = records.fields(m) if m.has_content() else {}
     payload = sum(len(v) for k, v in record.items() if k.startswith(records.PAYLOAD) and isinstance(v, bytes))
-    line = {"type": message_type, "direction": direction, "algorithm": algorithm, "round": record.get("round"),
-            "client": record.get("client"), "payload_bytes": payload,
+    line = {"type": message_type, "direction": direction, "algorithm": algorithm, "round": record.get(m.ROUND),
+            "client": record.get(m.CLIENT), "payload_bytes": payload,
             "record_bytes": sum(r.count_bytes() for r in m.content.values()) if m.has_content() else 0,
             "object_bytes": sum(len(b) for b in blobs.values())}
     if capture:
@@ -105,8 +106,8 @@ class Node:
     def __init__(self, msg: Message, context: Context) -> None:
         torch.set_num_threads(1)
         self.record = records.fields(msg)
-        self.config = common.with_seed(common.config_from_text(str(context.run_config["config"])),
-                                       int(records.number(self.record, "seed")))
+        self.config = cfg.with_seed(common.config_from_text(str(context.run_config[m.CONFIG])),
+                                       int(records.number(self.record, m.SEED)))
         self.node_config = context.node_config
         self.context = context
         self.run_id = int(context.run_id)
@@ -114,31 +115,30 @@ class Node:
 
     def _load(self) -> tuple[str, int, ClientData, int]:
         nc = self.node_config
-        if "partition-id" in nc:
-            i = int(nc["partition-id"])
+        if m.PARTITION_ID in nc:
+            i = int(nc[m.PARTITION_ID])
             if self.config.data.name.startswith("npz-dir:"):
                 return self._virtual_npz_node(i)
             fd = _embedded(common.config_text(self.config))
             if not 0 <= i < fd.num_clients:
                 raise FedarenaError(f"node config partition-id={i} is outside 0..{fd.num_clients - 1}")
             return fd.client_ids[i], i, fd.client(i), fd.num_classes
-        if "npz-dir" in nc and "client" in nc:
+        if m.NPZ_DIR in nc and m.NODE_CLIENT in nc:
             from fedarena.data.npz import load_npz_client
 
             d = self.config.data
-            data, max_label = load_npz_client(str(nc["npz-dir"]), str(nc["client"]), min_train=d.min_train,
+            data, max_label = load_npz_client(str(nc[m.NPZ_DIR]), str(nc[m.NODE_CLIENT]), min_train=d.min_train,
                                               min_test=d.min_test)
-            return str(nc["client"]), -1, data, max_label + 1
+            return str(nc[m.NODE_CLIENT]), -1, data, max_label + 1
         raise FedarenaError("node config needs partition-id=I (embedded data) or npz-dir=PATH and client=ID")
 
     def _virtual_npz_node(self, i: int) -> tuple[str, int, ClientData, int]:
         """A simulation node I on npz-dir data: the I-th client in sorted file-stem order."""
         from fedarena.data.npz import load_npz_client
-        from fedarena.flower.deploy import node_clients
 
-        if "num-partitions" not in self.node_config:
+        if m.NUM_PARTITIONS not in self.node_config:
             raise FedarenaError("node config partition-id is for embedded datasets; npz-dir nodes need npz-dir and client")
-        stems = [str(n["client"]) for n in node_clients(self.config)]
+        stems = [str(n[m.NODE_CLIENT]) for n in common.node_clients(self.config)]
         if not 0 <= i < len(stems):
             raise FedarenaError(f"node config partition-id={i} is outside 0..{len(stems) - 1}")
         d = self.config.data
@@ -147,24 +147,24 @@ class Node:
         return stems[i], -1, data, max_label + 1
 
     def task(self):
-        return common.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
-                                       int(records.number(self.record, "num-classes")))
+        return cfg.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
+                                       int(records.number(self.record, m.NUM_CLASSES)))
 
     def algorithm(self) -> Any:
-        return cfg.hyperparameters(self.config, str(self.record["algorithm"]))
+        return cfg.hyperparameters(self.config, str(self.record[m.ALGORITHM]))
 
     def state_file(self) -> Path:
-        if "state-dir" not in self.node_config:
+        if m.STATE_DIR not in self.node_config:
             raise FedarenaError("node config needs state-dir=PATH (where this node keeps its personal state)")
-        return common.state_path(Path(str(self.node_config["state-dir"])), self.run_id, self.config.run.seed,
-                                 str(self.record["algorithm"]), self.client_id)
+        return common.state_path(Path(str(self.node_config[m.STATE_DIR])), self.run_id, self.config.run.seed,
+                                 str(self.record[m.ALGORITHM]), self.client_id)
 
     def virtual(self) -> bool:
         """A virtual SuperNode of the simulation runtime without a state directory."""
-        return "state-dir" not in self.node_config and "num-partitions" in self.node_config
+        return m.STATE_DIR not in self.node_config and m.NUM_PARTITIONS in self.node_config
 
     def _state_key(self) -> str:
-        return f"fedarena-state-seed-{self.config.run.seed}-{self.record['algorithm']}"
+        return f"fedarena-state-seed-{self.config.run.seed}-{self.record[m.ALGORITHM]}"
 
     def state(self, algo: Any, task: Any):
         """The saved state, or the initial one (`init_client` of the run's initial model)."""
@@ -185,15 +185,15 @@ class Node:
             common.save_state(self.state_file(), state)
 
 
-@app.query("describe")
+@app.query(m.DESCRIBE_ACTION)
 def describe(msg: Message, context: Context) -> Message:
     node = Node(msg, context)
     d = node.data
     counts = np.bincount(d.y_train.numpy(), minlength=node.num_classes).tolist()
     return Message(records.content({
-        "client-id": node.client_id, "index": node.index, "num-train": d.num_train, "num-test": d.num_test,
-        "num-classes": node.num_classes, "label-counts": [int(c) for c in counts],
-        "input-shape": [int(s) for s in d.x_train.shape[1:]],
+        m.CLIENT_ID: node.client_id, m.INDEX: node.index, m.NUM_TRAIN: d.num_train, m.NUM_TEST: d.num_test,
+        m.NUM_CLASSES: node.num_classes, m.LABEL_COUNTS: [int(c) for c in counts],
+        m.INPUT_SHAPE: [int(s) for s in d.x_train.shape[1:]],
     }), reply_to=msg)
 
 
@@ -202,7 +202,7 @@ def train(msg: Message, context: Context) -> Message:
     return _train(msg, context, private=False)
 
 
-@app.train(secagg_stages.PRIVATE_ACTION)
+@app.train(m.PRIVATE_ACTION)
 def train_private(msg: Message, context: Context) -> Message:
     """`train` whose update is protected here before it leaves (the message's ClientPrivacy): local DP noise,
     or SecAgg's first stage (then only AdvertiseKeys leaves)."""
@@ -210,36 +210,38 @@ def train_private(msg: Message, context: Context) -> Message:
 
 
 def _secret_store(record: dict, context: Context) -> secagg_stages.SecretStore | None:
-    state_dir = context.node_config.get("state-dir")
+    state_dir = context.node_config.get(m.STATE_DIR)
     if state_dir is None:
         return None
-    return secagg_stages.SecretStore(Path(str(state_dir)), int(context.run_id), int(records.number(record, "seed")),
-                                     str(record["algorithm"]))
+    return secagg_stages.SecretStore(Path(str(state_dir)), int(context.run_id), int(records.number(record, m.SEED)),
+                                     str(record[m.ALGORITHM]))
 
 
-def _secagg_stage(stage: str) -> Any:
+def _secagg_stage(stage: str, action: str) -> Any:
+    """The handler of one SecAgg stage after advertise_keys (``stage`` as `privacy.secagg.STAGES` names it)."""
+
     def handler(msg: Message, context: Context) -> Message:
         record = records.fields(msg)
         store = _secret_store(record, context)
         if store is None:
             raise FedarenaError("secure aggregation needs the node config state-dir=PATH")
-        rnd, client = int(records.number(record, "round")), int(records.number(record, "client"))
-        blob = secagg_stages.client_step(store, rnd, stage, records.payload(record, secagg_stages.BLOB))
-        return Message(records.content({"round": rnd, "client": client}, **{secagg_stages.BLOB: blob}), reply_to=msg)
+        rnd, client = int(records.number(record, m.ROUND)), int(records.number(record, m.CLIENT))
+        blob = secagg_stages.client_step(store, rnd, stage, records.payload(record, m.SECAGG))
+        return Message(records.content({m.ROUND: rnd, m.CLIENT: client}, **{m.SECAGG: blob}), reply_to=msg)
 
-    handler.__name__ = f"secagg_{stage.replace('-', '_')}"
+    handler.__name__ = action
     return handler
 
 
-for _stage in (secagg_stages.SHARE_KEYS, secagg_stages.MASKED_INPUT, secagg_stages.UNMASK):
-    app.query(_stage)(_secagg_stage(_stage))
+for _stage, _action in m.SECAGG_ACTIONS.items():
+    app.query(_action)(_secagg_stage(_stage, _action))
 
 
 def _train(msg: Message, context: Context, private: bool) -> Message:
     t0 = time.perf_counter()
     node = Node(msg, context)
     algo, task = node.algorithm(), node.task()
-    rnd, client = int(records.number(node.record, "round")), int(records.number(node.record, "client"))
+    rnd, client = int(records.number(node.record, m.ROUND)), int(records.number(node.record, m.CLIENT))
     broadcast = records.decode_broadcast(records.payload(node.record))
     # DP-SGD on the node, its noise and lots seeded from the OS as every deployment's noise is
     dpsgd = SampleLevel.build(dataclasses.replace(node.config.privacy, secure_noise=True))
@@ -252,10 +254,10 @@ def _train(msg: Message, context: Context, private: bool) -> Message:
     if private:
         cp = secagg_stages.privacy_from_fields(node.record)
         payload, blob = secagg_stages.protect(cp, broadcast, upload, client, _secret_store(node.record, context))
-    facts = {"round": rnd, "client": client, "compute-s": time.perf_counter() - t0, "state-bytes": stored}
+    facts = {m.ROUND: rnd, m.CLIENT: client, m.COMPUTE_S: time.perf_counter() - t0, m.STATE_BYTES: stored}
     if dpsgd is not None:  # the server accounts the client's sample-level epsilon from these
-        facts |= {"dpsgd-steps": dpsgd.steps[(rnd, client)], "dpsgd-rate": dpsgd.rates[client]}
-    return Message(records.content(facts, payload, **{secagg_stages.BLOB: blob}), reply_to=msg)
+        facts |= {m.DPSGD_STEPS: dpsgd.steps[(rnd, client)], m.DPSGD_RATE: dpsgd.rates[client]}
+    return Message(records.content(facts, payload, **{m.SECAGG: blob}), reply_to=msg)
 
 
 @app.evaluate()
@@ -263,12 +265,39 @@ def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     node = Node(msg, context)
     algo, task = node.algorithm(), node.task()
-    rnd, client = int(records.number(node.record, "round")), int(records.number(node.record, "client"))
+    rnd, client = int(records.number(node.record, m.ROUND)), int(records.number(node.record, m.CLIENT))
     broadcast = records.decode_broadcast(records.payload(node.record))
     personal = personal_model(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed, rnd, client)
-    result = evaluate_client(task, personal, records.decode_params(records.payload(node.record, "global")), node.data)
-    out = {"round": rnd, "client": client, "acc": result.acc, "loss": result.loss, "num-test": result.num_test,
-           "compute-s": time.perf_counter() - t0}
+    result = evaluate_client(task, personal, records.decode_params(records.payload(node.record, m.GLOBAL)), node.data)
+    out = {m.ROUND: rnd, m.CLIENT: client, m.ACC: result.acc, m.LOSS: result.loss, m.NUM_TEST: result.num_test,
+           m.COMPUTE_S: time.perf_counter() - t0}
     if result.global_acc is not None:
-        out["global-acc"] = result.global_acc
+        out[m.GLOBAL_ACC] = result.global_acc
     return Message(records.content(out), reply_to=msg)
+
+
+@app.query(m.ONBOARD_ACTION)
+def onboard(msg: Message, context: Context) -> Message:
+    """A new client (held out of training): adapt to the downloaded shared state from the run's initial model,
+    as `sim.local.LocalClients.onboard` does, and report accuracy before and after."""
+    t0 = time.perf_counter()
+    node = Node(msg, context)
+    algo, task = node.algorithm(), node.task()
+    client, seed = int(records.number(node.record, m.CLIENT)), node.config.run.seed
+    broadcast = records.decode_broadcast(records.payload(node.record))
+    result = onboard_client(algo, task, broadcast, initial_model(task, seed), node.data, seed, client)
+    return Message(records.content({m.CLIENT: client, m.BEFORE: result.before, m.AFTER: result.after,
+                                    m.STEPS: result.steps, m.COMPUTE_S: time.perf_counter() - t0}), reply_to=msg)
+
+
+@app.query(m.FETCH_STATE_ACTION)
+def fetch_state(msg: Message, context: Context) -> Message:
+    """The client's final state (flower-sim: its virtual node does not outlive the run; the run directory keeps
+    it so that `fedarena continue` and `fedarena forget` can use the run). Refused on a real SuperNode: there the
+    personal state never leaves the node."""
+    node = Node(msg, context)
+    if not node.virtual():
+        raise FedarenaError("a SuperNode's personal state never leaves it; only flower-sim's virtual nodes send it")
+    algo, task = node.algorithm(), node.task()
+    state = common.state_to_bytes(node.state(algo, task))
+    return Message(records.content({m.CLIENT: int(records.number(node.record, m.CLIENT))}, state), reply_to=msg)

@@ -1,13 +1,13 @@
-"""What the ServerApp and the ClientApp agree on: the run config they both read, message types,
-the task built from (config, input shape, number of classes), and how a node keeps personal state.
+"""What the ServerApp and the ClientApp agree on: the run config they both read, the task built from
+(config, input shape, number of classes), and how a node keeps personal state. The message types and
+record keys are in :mod:`fedarena.flower.messages`.
 
-The resolved fedarena config travels as TOML text in the Flower run config (key ``config``), so
-both sides build the same algorithm objects with the same hyperparameters.
+The resolved fedarena config travels as TOML text in the Flower run config (key ``messages.CONFIG``),
+so both sides build the same algorithm objects with the same hyperparameters.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from pathlib import Path
@@ -17,13 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from fedarena import config as cfg
-from fedarena.core.types import SGD, ClientState, FedarenaError
-from fedarena.tasks import Task, make_task
-
-DESCRIBE = "query.describe"  # a node names its client, split sizes and label counts (no data leaves)
-TRAIN = "train"
-EVALUATE = "evaluate"
-
+from fedarena.core.types import ClientState, FedarenaError
 
 def config_text(config: cfg.Config) -> str:
     return tomli_w.dumps(cfg.to_tree(config))
@@ -36,17 +30,6 @@ def config_from_text(text: str) -> cfg.Config:
     except tomllib.TOMLDecodeError as exc:
         raise FedarenaError(f"run config 'config' is not valid TOML: {exc}") from None
     return cfg.apply(cfg.Config(), tree)
-
-
-def with_seed(config: cfg.Config, seed: int) -> cfg.Config:
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
-
-
-def make_config_task(config: cfg.Config, input_shape: tuple[int, ...], num_classes: int) -> Task:
-    """The task `compare` builds for this config (same model, loss and local SGD)."""
-    t = config.train
-    return make_task(config.model.name, tuple(input_shape), num_classes,
-                     SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm)
 
 
 def federates(algo: object) -> bool:
@@ -88,3 +71,16 @@ def state_from_bytes(data: bytes) -> ClientState:
     params = {k[len("params/"):]: v for k, v in sorted(tensors.items()) if k.startswith("params/")}
     extra = {k[len("extra/"):]: v for k, v in sorted(tensors.items()) if k.startswith("extra/")}
     return ClientState(params=params, extra=extra)
+
+
+def node_clients(config: cfg.Config) -> list[dict[str, str | int]]:
+    """One SuperNode config per client: `partition-id` for embedded data, `npz-dir` + `client` for npz-dir
+    (the stems are listed, no file is read)."""
+    name = config.data.name
+    if name.startswith("npz-dir:"):
+        root = Path(name.removeprefix("npz-dir:")).expanduser()
+        stems = sorted(p.stem for p in (root / "train").glob("*.npz"))
+        if not stems:
+            raise FedarenaError(f"npz-dir {root}: 'train/' contains no .npz files")
+        return [{"npz-dir": str(root), "client": s} for s in stems]
+    return [{"partition-id": i} for i in range(config.data.num_clients)]

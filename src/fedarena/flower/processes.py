@@ -81,7 +81,7 @@ def write_app_dir(directory: Path, run_config: Mapping[str, RunConfigValue]) -> 
                     "license": "Apache-2.0", "dependencies": []},
         "tool": {"flwr": {"app": {
             "publisher": "fedarena",
-            "components": {"serverapp": "fedarena.flower.server_app:app",
+            "components": {"serverapp": "fedarena.experiments.flower_server:app",
                            "clientapp": "fedarena.flower.client_app:app"},
             "config": dict(run_config),
         }}},

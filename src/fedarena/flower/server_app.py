@@ -34,15 +34,14 @@ from typing import Any, Mapping
 
 import torch
 from flwr.app import Context, Message
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from fedarena import config as cfg
 from fedarena.core.codec import Ledger, encode
-from fedarena.core.types import Broadcast, FedarenaError, FederatedData, Params, Upload
-from fedarena.flower import common, records, secagg_stages
+from fedarena.core.types import Broadcast, ClientState, FedarenaError, FederatedData, Params, Upload
+from fedarena.flower import common, messages, records, secagg_stages
 from fedarena.privacy import round as private_round
-from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.engine import ClientEval, run_algorithm
+from fedarena.sim.runtime import ClientEval, OnboardEval
 
 log = logging.getLogger(__name__)
 Key = int  # a client index
@@ -90,9 +89,10 @@ class Described:
 
     @classmethod
     def parse(cls, node_id: int, r: Mapping[str, Any]) -> "Described":
-        out = cls(node_id, str(r["client-id"]), int(records.number(r, "index")), int(records.number(r, "num-train")),
-                  int(records.number(r, "num-test")), int(records.number(r, "num-classes")),
-                  tuple(int(c) for c in r["label-counts"]), tuple(int(s) for s in r["input-shape"]))
+        out = cls(node_id, str(r[messages.CLIENT_ID]), int(records.number(r, messages.INDEX)),
+                  int(records.number(r, messages.NUM_TRAIN)), int(records.number(r, messages.NUM_TEST)),
+                  int(records.number(r, messages.NUM_CLASSES)), tuple(int(c) for c in r[messages.LABEL_COUNTS]),
+                  tuple(int(s) for s in r[messages.INPUT_SHAPE]))
         if out.num_train < 1 or out.num_test < 1 or sum(out.label_counts) != out.num_train:
             raise FedarenaError(f"node {node_id} describes inconsistent sizes for client {out.client_id}")
         return out
@@ -155,7 +155,7 @@ class Link:
 
     def describe(self, node_ids: list[int], timeout: float) -> list[Described]:
         """Ask these nodes (keyed by node id here) who they are."""
-        msgs = {n: (common.DESCRIBE, records.content({"seed": self.seed})) for n in node_ids}
+        msgs = {n: (messages.DESCRIBE, records.content({messages.SEED: self.seed})) for n in node_ids}
         saved, self.clients = self.clients, {}
         try:
             replies, _ = self.exchange(msgs, timeout)
@@ -211,27 +211,31 @@ class Link:
 
 
 class FlowerClients:
-    """The runtime `run_algorithm` drives: each client's work runs on its SuperNode."""
+    """The runtime (`sim.runtime.Runtime`) whose clients' work runs on their SuperNodes. With `fetch_states`
+    (flower-sim, whose virtual nodes do not outlive the run) `close` fetches every training client's final
+    state from its node into `states`; otherwise personal state never leaves the nodes."""
 
     pooled = False
     protects_updates = True  # local DP and SecAgg run on the nodes (privacy/round.Privacy.train_and_aggregate)
-    reports_dpsgd = True  # DP-SGD runs on the nodes; their replies carry its steps (run_algorithm sets `dpsgd`)
     transport = "flower messages"
-    dpsgd: Any = None  # privacy/dpsgd.SampleLevel accounting the nodes' DP-SGD steps, or None
 
     def __init__(self, link: Link, algo: Any, task: Any, training: list[int], full: Params, seed: int,
-                 ledger: Ledger, num_classes: int) -> None:
-        self.link, self.algo, self.seed, self.ledger, self.num_classes = link, algo, seed, ledger, num_classes
+                 num_classes: int, dpsgd: Any = None, fetch_states: bool = False) -> None:
+        self.link, self.algo, self.task, self.seed, self.num_classes = link, algo, task, seed, num_classes
+        self.ledger = Ledger()
+        self.dpsgd = dpsgd  # privacy/dpsgd.SampleLevel accounting the nodes' DP-SGD steps, or None
+        self.fetch_states = fetch_states
         self.ids = list(training)
         self.model = full  # shapes and dtypes every upload must match
-        self.states: dict = {}  # personal state lives on the nodes, never here
+        self.states: dict[int, ClientState] = {}  # personal state lives on the nodes (fetched only by flower-sim)
         self.exchanges: list[dict[str, Any]] = []
         self.rejected: list[dict[str, Any]] = []
         self.onboard_bytes = 0
         self.state_bytes: dict[int, int] = {}  # per client, as its node reports it
 
     def _fields(self, rnd: int, c: int) -> dict[str, Any]:
-        return {"algorithm": self.algo.name, "seed": self.seed, "round": rnd, "client": c, "num-classes": self.num_classes}
+        return {messages.ALGORITHM: self.algo.name, messages.SEED: self.seed, messages.ROUND: rnd, messages.CLIENT: c,
+                messages.NUM_CLASSES: self.num_classes}
 
     def _send_train(self, rnd: int, broadcasts: dict[int, Broadcast],
                     protect: private_round.ClientPrivacy | None) -> tuple[dict[int, Message], float]:
@@ -242,7 +246,7 @@ class FlowerClients:
         for c, b in broadcasts.items():
             data = encode(b)
             self.ledger.record(rnd, c, "down", len(data))
-            kind = secagg_stages.TRAIN_PRIVATE if protect else common.TRAIN
+            kind = messages.TRAIN_PRIVATE if protect else messages.TRAIN
             msgs[c] = (kind, records.content({**self._fields(rnd, c), **extra}, data))
         return self.link.exchange(msgs, self.link.settings.round_timeout)
 
@@ -254,7 +258,7 @@ class FlowerClients:
         for c in sorted(replies):
             try:
                 r = records.fields(replies[c])
-                advertised[c] = records.payload(r, secagg_stages.BLOB)
+                advertised[c] = records.payload(r, messages.SECAGG)
                 compute.append(self._reply_facts(rnd, c, r))
             except FedarenaError as exc:
                 log.warning("round %d: rejected the reply of client %s: %s", rnd, self.link.clients[c].client_id, exc)
@@ -269,21 +273,22 @@ class FlowerClients:
         """What a train reply reports beside its payload: the node's compute seconds (returned), the size of the
         state it keeps and, under DP-SGD, the steps it took and its sampling rate q (counted for its epsilon
         even if the upload is then rejected: its data was used)."""
-        compute = float(records.number(r, "compute-s", float))
-        self.state_bytes[c] = int(records.number(r, "state-bytes"))
+        compute = float(records.number(r, messages.COMPUTE_S, float))
+        self.state_bytes[c] = int(records.number(r, messages.STATE_BYTES))
         if self.dpsgd is not None:
-            self.dpsgd.record(rnd, c, int(records.number(r, "dpsgd-steps")), float(records.number(r, "dpsgd-rate", float)))
+            self.dpsgd.record(rnd, c, int(records.number(r, messages.DPSGD_STEPS)),
+                              float(records.number(r, messages.DPSGD_RATE, float)))
         return compute
 
     def _stage(self, rnd: int, stage: str, outgoing: dict[int, bytes]) -> dict[int, bytes]:
         """One SecAgg stage: a blob to each client, the blobs of those that answered in time."""
-        msgs = {c: (secagg_stages.STAGE_TYPES[stage],
-                    records.content(self._fields(rnd, c), **{secagg_stages.BLOB: blob})) for c, blob in outgoing.items()}
+        msgs = {c: (messages.SECAGG_TYPES[stage],
+                    records.content(self._fields(rnd, c), **{messages.SECAGG: blob})) for c, blob in outgoing.items()}
         replies, wall = self.link.exchange(msgs, self.link.settings.round_timeout)
         out = {}
         for c, reply in replies.items():
             try:
-                out[c] = records.payload(records.fields(reply), secagg_stages.BLOB)
+                out[c] = records.payload(records.fields(reply), messages.SECAGG)
             except FedarenaError as exc:
                 log.warning("round %d: bad %s reply from client %s: %s", rnd, stage, self.link.clients[c].client_id, exc)
         self._note(stage, rnd, wall, [], len(outgoing), len(out))
@@ -322,19 +327,19 @@ class FlowerClients:
                  membership: bool = False) -> dict[int, ClientEval]:
         """(`membership`: measured in simulation only; a deployment's clients do not report it.)"""
         g = records.encode_params(global_params)
-        msgs = {c: (common.EVALUATE, records.content(self._fields(rnd, c), encode(b), **{"global": g}))
+        msgs = {c: (messages.EVALUATE, records.content(self._fields(rnd, c), encode(b), **{messages.GLOBAL: g}))
                 for c, b in broadcasts.items()}
         replies, wall = self.link.exchange(msgs, self.link.settings.eval_timeout, follow_reconnects=True)
         out, compute = {}, []
         for c, reply in replies.items():
             r = records.fields(reply)
             d = self.link.clients[c]
-            acc, num_test = float(records.number(r, "acc", float)), int(records.number(r, "num-test"))
-            gacc = float(records.number(r, "global-acc", float)) if "global-acc" in r else None
+            acc, num_test = float(records.number(r, messages.ACC, float)), int(records.number(r, messages.NUM_TEST))
+            gacc = float(records.number(r, messages.GLOBAL_ACC, float)) if messages.GLOBAL_ACC in r else None
             if not 0 <= acc <= 1 or num_test != d.num_test or (gacc is None) != (global_params is None):
                 raise FedarenaError(f"client {d.client_id} sent an inconsistent evaluation for round {rnd}")
-            out[c] = ClientEval(acc, float(records.number(r, "loss", float)), num_test, gacc)
-            compute.append(float(records.number(r, "compute-s", float)))
+            out[c] = ClientEval(acc, float(records.number(r, messages.LOSS, float)), num_test, gacc)
+            compute.append(float(records.number(r, messages.COMPUTE_S, float)))
         missing = sorted(set(broadcasts) - set(out))
         if missing:  # the engine evaluates over the clients that answered and logs how many did not
             log.warning("round %d: clients %s did not reply to the evaluation within %.0f s", rnd,
@@ -347,11 +352,53 @@ class FlowerClients:
         self.exchanges.append({"kind": kind, "round": rnd, "wall_s": wall, "slowest_client_s": slowest,
                                "flower_overhead_s": max(0.0, wall - slowest), "sent": sent, "replied": replied})
 
-    def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict:
-        raise FedarenaError("new clients are not supported on deploy yet (set data.new_clients = 0)")
+    def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict[int, OnboardEval]:
+        """New clients download the shared state once (counted in `onboard_bytes`) and adapt on their nodes, from
+        the run's initial model (which each node rebuilds from the seed, as `initial` was built)."""
+        msgs = {}
+        for c, b in broadcasts.items():
+            data = encode(b)
+            self.onboard_bytes += len(data)
+            msgs[c] = (messages.ONBOARD, records.content(self._fields(0, c), data))
+        replies, wall = self.link.exchange(msgs, self.link.settings.eval_timeout, follow_reconnects=True)
+        out, compute = {}, []
+        for c, reply in replies.items():
+            r = records.fields(reply)
+            before, after = float(records.number(r, messages.BEFORE, float)), float(records.number(r, messages.AFTER, float))
+            steps = int(records.number(r, messages.STEPS))
+            if not (0 <= before <= 1 and 0 <= after <= 1 and steps >= 0):
+                raise FedarenaError(f"client {self.link.clients[c].client_id} sent an inconsistent onboarding reply")
+            out[c] = OnboardEval(before, after, steps)
+            compute.append(float(records.number(r, messages.COMPUTE_S, float)))
+        missing = sorted(set(broadcasts) - set(out))
+        if missing:
+            raise FedarenaError(f"new clients {[self.link.clients[c].client_id for c in missing]} did not reply to "
+                                f"onboarding within {self.link.settings.eval_timeout:.0f} s")
+        self._note("onboard", 0, wall, compute, len(broadcasts), len(out))
+        return out
 
     def close(self) -> None:
-        pass
+        """With `fetch_states`: every training client's final state, from its node (safetensors, validated)."""
+        if not self.fetch_states or not self.exchanges:
+            return
+        msgs = {c: (messages.FETCH_STATE, records.content(self._fields(0, c))) for c in self.ids}
+        replies, wall = self.link.exchange(msgs, self.link.settings.eval_timeout, follow_reconnects=True)
+        expected = {k: v.shape for k, v in self.algo.init_client(self.model).params.items()}
+        for c in sorted(replies):
+            name = self.link.clients[c].client_id
+            try:
+                state = common.state_from_bytes(records.payload(records.fields(replies[c])))
+            except Exception as exc:  # safetensors' own errors: a malformed reply, named
+                raise FedarenaError(f"client {name} sent a malformed final state: {exc}") from None
+            if {k: v.shape for k, v in state.params.items()} != expected:
+                raise FedarenaError(f"client {name} sent a final state whose personal keys or shapes are not "
+                                    f"{self.algo.name}'s")
+            self.states[c] = state
+        missing = sorted(set(self.ids) - set(replies))
+        if missing:
+            raise FedarenaError(f"clients {[self.link.clients[c].client_id for c in missing]} did not send their final "
+                                f"state within {self.link.settings.eval_timeout:.0f} s")
+        self._note("fetch-state", 0, wall, [], len(msgs), len(replies))
 
     def summary(self) -> dict[str, Any]:
         def mean(kind: str, key: str) -> float | None:
@@ -387,95 +434,10 @@ def stand_in(config: cfg.Config, clients: list[Described], details: Mapping[str,
 
 def dataset_details(config: cfg.Config) -> dict[str, Any]:
     """`FederatedData.details` as the loaders set them, from the config alone."""
-    from fedarena.data import _partition_details
+    from fedarena.data.spec import partition_details, synthetic_details
 
-    name, partition = config.data.name, cfg.resolved_partition(config)
+    name = config.data.name
     if name.startswith("npz-dir:"):
         return {"path": str(Path(name.removeprefix("npz-dir:")).expanduser())}
-    if name == "synthetic":
-        s = config.synthetic
-        return {"alpha": s.alpha, "beta": s.beta, "iid": s.iid, "num_features": s.num_features,
-                "samples_per_client": s.samples_per_client, "test_fraction": config.data.test_fraction}
-    return {**_partition_details(config, partition), "test_fraction": config.data.test_fraction}
-
-
-def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, Any]:
-    """Every federating algorithm of `config`, for each seed, on the connected SuperNodes; writes the
-    run directory `settings.out_dir` and returns the summary."""
-    from fedarena.compare import Trained, _write_run_dir, auto_target, build_summary
-
-    if config.data.new_clients > 0:
-        raise FedarenaError("data.new_clients > 0 (onboarding) is not supported on deploy yet")
-    names = []
-    for name in config.run.algorithms:
-        if common.federates(cfg.hyperparameters(config, name)):
-            names.append(name)
-        else:
-            log.warning("%s is skipped on deploy: it does not federate (nothing crosses the network)", name)
-    if not names:
-        raise FedarenaError(f"none of {list(config.run.algorithms)} federates; nothing to deploy")
-    trained, deployment, storage = [], {}, {}
-    for name in names:  # refuse impossible privacy settings before any training
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
-    secure = dataclasses.replace(config.privacy, secure_noise=True)  # a deployment's noise comes from the OS
-    for i in range(config.run.seeds):
-        seed = config.run.seed + i
-        link = Link(grid, settings, seed)
-        link.start(settings.expect_nodes)
-        clients = [link.clients[k] for k in sorted(link.clients)]
-        data = stand_in(config, clients, dataset_details(config))
-        task = common.make_config_task(config, clients[0].input_shape, data.num_classes)
-        t = config.train
-        if t.clients_per_round > data.num_clients:
-            raise FedarenaError(f"train.clients_per_round ({t.clients_per_round}) exceeds the {data.num_clients} SuperNodes")
-        runs = {}
-        for name in names:
-            algo = cfg.hyperparameters(config, name)
-            made: list[FlowerClients] = []
-
-            def runtime(algo, task, training, full, seed, ledger, made=made):
-                made.append(FlowerClients(link, algo, task, training, full, seed, ledger, data.num_classes))
-                return made[0]
-
-            log.info("deploying %s (seed %d) on %d SuperNodes", name, seed, data.num_clients)
-            privacy = private_round.Privacy.build(secure, algo, data.num_clients, t.clients_per_round, seed,
-                                                  max(d.num_train for d in clients),
-                                                  private_round.shared_numel(task.module, algo))
-            runs[name] = algo, run_algorithm(algo, task, data, rounds=t.rounds, clients_per_round=t.clients_per_round,
-                                             eval_every=t.eval_every, seed=seed, engine="reference", runtime=runtime,
-                                             privacy=privacy, dpsgd=SampleLevel.build(secure))
-            deployment[f"{name}/seed-{seed}"] = {**runs[name][1].engine, "train_seconds": list(runs[name][1].train_seconds)}
-        trained.append(Trained(seed, data, runs))
-    deployed = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))
-    target = config.run.target if config.run.target is not None else auto_target(trained)
-    summary = build_summary(deployed, trained, target)
-    summary["engine"] = settings.engine
-    summary["deployment"] = {"skipped": [n for n in config.run.algorithms if n not in names],
-                             "num_supernodes": settings.expect_nodes}
-    for run in summary["runs"]:  # the nodes keep the state; they report its size
-        run["storage_bytes_per_client"] = deployment[f"{run['algorithm']}/seed-{run['seed']}"]["storage_bytes_per_client"]
-    out = Path(settings.out_dir)
-    _write_run_dir(out, deployed, trained, summary)
-    (out / "deployment.json").write_text(json.dumps(deployment, indent=2) + "\n")
-    return summary
-
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    root = logging.getLogger("fedarena")
-    if not root.handlers:  # this is the ServerApp process's entry point: its log goes to the SuperLink's
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-    settings = Settings.from_run_config(context.run_config)
-    config = common.config_from_text(settings.config)
-    try:
-        deploy_run(grid, config, settings)
-    except FedarenaError as exc:
-        log.error("fedarena deploy failed: %s", exc)
-        (Path(settings.out_dir).parent / f".{Path(settings.out_dir).name}.error").write_text(str(exc) + "\n")
-        raise
+    details = synthetic_details(config.synthetic) if name == "synthetic" else partition_details(config.data)
+    return {**details, "test_fraction": config.data.test_fraction}

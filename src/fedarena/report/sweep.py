@@ -1,5 +1,6 @@
-"""`fedarena sweep`: the same comparison over a grid of heterogeneity levels, to find where
-personalization stops paying off (the "ideal data similarity" row, measured).
+"""`fedarena sweep`'s reading: the same comparison over a grid of heterogeneity levels, to find where
+personalization stops paying off (the "ideal data similarity" row, measured). The cells are run by
+:mod:`fedarena.experiments.sweep`; this module reads their summaries.
 
 Each grid cell is one ordinary multi-seed comparison (`run_compare` with `run.seeds`), written as a
 run directory `OUT/cells/<cell>/`. A cell whose directory already holds a `summary.json` written
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
 from fedarena.report.claims import Verdict, choose_sides
@@ -64,47 +64,6 @@ SIMILARITY_RULE = (
     "partly when the gain is larger at the most heterogeneous end but one end contradicts the claim; does not hold "
     "when the gain is not larger at the most heterogeneous end; within noise when every cell's gain is within noise"
 )
-DEFAULT_CELLS = ("dirichlet-0.05", "dirichlet-0.1", "dirichlet-0.3", "dirichlet-1", "dirichlet-10", "iid",
-                 "shards-2", "shards-5")
-QUICK_CELLS = ("dirichlet-0.1", "iid", "shards-2")
-DEFAULT_SEEDS = 3
-QUICK_SEEDS = 2
-DEFAULT_ALGORITHMS = ("fedavg", "fedprox", "local", "fedavg-ft", "fedper", "ditto")
-
-
-def default_algorithms() -> tuple[str, ...]:
-    from fedarena.algorithms import REGISTRY
-
-    return tuple(a for a in DEFAULT_ALGORITHMS if a in REGISTRY)
-
-
-def cell_config(base: cfg.Config, cell: Cell) -> cfg.Config:
-    data = dataclasses.replace(
-        base.data, partition=cell.partition,
-        alpha=cell.alpha if cell.alpha is not None else base.data.alpha,
-        shards_per_client=cell.shards_per_client if cell.shards_per_client is not None else base.data.shards_per_client,
-    )
-    return cfg.validate(dataclasses.replace(base, data=data))
-
-
-def _comparable(tree: dict[str, Any]) -> str:
-    return json.dumps(tree, sort_keys=True)
-
-
-def _run_cell(config: cfg.Config, cell_dir: Path, on_round: Callable[[str, int], None] | None) -> tuple[dict, bool]:
-    """(summary, reused): the cell's summary, from disk when a finished run of this config is there."""
-    from fedarena.compare import run_compare
-
-    done = cell_dir / "summary.json"
-    if done.is_file():
-        summary = json.loads(done.read_text())
-        if _comparable(summary["config"]) != _comparable(cfg.to_tree(config)):
-            raise FedarenaError(f"{cell_dir} holds a run with a different config; sweep into a new --out")
-        log.info("reusing %s", cell_dir)
-        return summary, True
-    return run_compare(config, cell_dir, on_round), False
-
-
 def cell_result(cell: Cell, summary: dict[str, Any], run_dir: str, reused: bool) -> dict[str, Any]:
     groups = m.by_algorithm(summary)
     sides = choose_sides(groups)
@@ -164,36 +123,3 @@ def similarity_verdict(cells: list[dict[str, Any]]) -> Verdict:
         return Verdict.FAILS
     pfl_ahead = [g.mean > 0 and not g.within_noise for g in (least, most)]
     return Verdict.HOLDS if pfl_ahead == [False, True] else Verdict.PARTLY
-
-
-def run_sweep(base: cfg.Config, cells: list[Cell], out: Path,
-              on_cell: Callable[[int, str, bool], None] | None = None,
-              on_round: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Run (or reuse) every cell into `out/cells/<cell>/`, then write `out/sweep.json`; return the sweep
-    result (render.write_sweep_report draws it). `on_cell(index, name, reused)` reports each cell."""
-    if base.data.name != "digits":
-        raise FedarenaError("fedarena sweep partitions embedded data: use --data digits")
-    if len({c.name for c in cells}) != len(cells):
-        raise FedarenaError("a sweep cell is listed twice")
-    base = cfg.with_clients_per_round(base, base.data.num_clients)  # digits: its clients are data.num_clients
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, cell in enumerate(cells):
-        config = cell_config(base, cell)
-        summary, reused = _run_cell(config, out / "cells" / cell.name, on_round)
-        results.append(cell_result(cell, summary, f"cells/{cell.name}", reused))
-        if on_cell:
-            on_cell(i, cell.name, reused)
-    verdict = similarity_verdict(results)
-    result = {
-        "algorithms": list(base.run.algorithms),
-        "seeds": [base.run.seed + i for i in range(base.run.seeds)],
-        "cells": results,
-        "crossover": crossover(results),
-        "data_similarity_verdict": verdict.value,
-        "rule": SIMILARITY_RULE,
-    }
-    tmp = out / f".sweep.json.partial-{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    tmp.replace(out / "sweep.json")
-    return result

@@ -28,11 +28,10 @@ import time
 
 import torch
 
-from fedarena.core.codec import Ledger
 from fedarena.core.types import SGD, FedarenaError, ServerState
-from fedarena.forget.source import Outcome, Source
+from fedarena.experiments.forget.source import Outcome, Source
 from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.engine import EXECUTORS, LocalClients
+from fedarena.sim.local import local_runtime
 
 INTERVAL = 2  # Delta_t
 RATIO = 0.5  # r = E_cali / E
@@ -66,10 +65,9 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     norms = stored.norms()
     sgd = src.task.sgd
     task = dataclasses.replace(src.task, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
-    ledger = Ledger()
-    execute = EXECUTORS[src.engine](task, algo.name)
-    clients = LocalClients(algo, task, src.data, src.remaining, src.initial, src.seed, execute, ledger,
-                           SampleLevel.build(src.config.privacy))  # calibration trains as the run trained
+    clients = local_runtime(src.engine)(algo, task, src.data, src.remaining, src.initial, src.seed,
+                                        SampleLevel.build(src.config.privacy))  # calibration trains as the run trained
+    ledger = clients.ledger
     calibrated_rounds = 0
     try:
         for rnd in range(first, t.rounds + 1, interval):

@@ -10,31 +10,32 @@ snapshots) it retrains from round 0, which gives the same bits at a higher cost.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
-from fedarena.compare import privacy_for
-from fedarena.forget.source import Outcome, Source
-from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.engine import Checkpoint, run_algorithm
+from fedarena.experiments.compare import train_algorithm
+from fedarena.experiments.forget.source import Outcome, Source
+from fedarena.forget.store import Recorder
+from fedarena.sim.engine import Checkpoint
 
 
-def retrain(src: Source, name: str, record: Any = None) -> Outcome:
-    algo, t = src.algo(name), src.config.train
+def retrain(src: Source, name: str, record: Recorder | None = None) -> Outcome:
+    """Retrain `name` without the forgotten clients, on the in-process engine `src.engine` (forget.json names it)."""
+    t = src.config.train
     first = src.first_round(name)
     if first is None:  # never took part: nothing to undo
         return src.original(name)
     if (unchanged := src.nothing_shared(name)) is not None:
         return unchanged
     start = src.resume_round(name, first - 1)
-    resume = None if start == 0 else Checkpoint(start, src.stored(name).server(start), src.states_at(name, start))
-    run = run_algorithm(
-        algo, src.task, src.data, rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.rounds,
-        seed=src.seed, engine=src.engine, exclude=[*src.forgotten, *src.held_out], resume=resume,
-        record=record, on_start=getattr(record, "start", None), privacy=privacy_for(src.config, algo, src.prepared),
-        dpsgd=SampleLevel.build(src.config.privacy),  # retrained as trained: DP-SGD where the run used it
-    )
+    checkpoint = None if start == 0 else Checkpoint(start, src.stored(name).server(start), src.states_at(name, start))
+    # one evaluation (the last round's): retraining is measured by its models, not by its learning curve
+    config = dataclasses.replace(src.config, train=dataclasses.replace(t, eval_every=t.rounds))
+    # retrained as trained (DP, DP-SGD where the run used them), through the comparison's own training step
+    _, run = train_algorithm(config, src.prepared, name, checkpoint=checkpoint, exclude=tuple(src.forgotten),
+                             record=record)
     return Outcome(
         server=run.server, states=run.states, rounds=t.rounds - start,
         bytes=sum(run.ledger.up.values()) + sum(run.ledger.down.values()), seconds=run.wall_seconds,
-        note=f"retrained rounds {start + 1}..{t.rounds} without the client(s) from the round-{start} checkpoint",
+        note=f"retrained rounds {start + 1}..{t.rounds} on the {src.engine} engine without the client(s) from the "
+             f"round-{start} checkpoint",
     )

@@ -20,12 +20,13 @@ from typing import Any, Callable
 import torch
 
 from fedarena.core.types import FedarenaError
+from fedarena.experiments.forget.federaser import federaser
+from fedarena.experiments.forget.retrain import retrain
+from fedarena.experiments.forget.source import Outcome, Source
+from fedarena.experiments.rundir import atomic_dir, check_out_dir, read_json, save_models
 from fedarena.forget import probe
-from fedarena.forget.federaser import federaser
-from fedarena.forget.retrain import retrain
-from fedarena.forget.source import Outcome, Source
 from fedarena.forget.store import Recorder
-from fedarena.sim.engine import evaluate_client, personal_model
+from fedarena.sim.runtime import evaluate_client, personal_model
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,13 @@ def forget_algorithm(src: Source, name: str, methods: list[str], verify: bool,
 def forget(run_dir: Path, clients: list[str], methods: list[str], out: Path, algorithms: list[str] | None = None,
            verify: bool = True) -> dict[str, Any]:
     """Write `out` (absent or empty): per algorithm, the first method's models without `clients`."""
-    from fedarena.compare import check_out_dir, save_models
-
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise FedarenaError(f"unknown forget method(s) {', '.join(bad) or '(none)'}; valid: {', '.join(METHODS)}")
     check_out_dir(out)
     src = Source.load(run_dir, clients)
     names = algorithms or list(src.config.run.algorithms)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         rows, audit_models = [], {}
         for name in names:
             src.algo(name)
@@ -136,16 +132,12 @@ def forget(run_dir: Path, clients: list[str], methods: list[str], out: Path, alg
                 str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted((tmp / "models" / name).glob("*.safetensors"))}}
         ids = [src.data.client_ids[c] for c in src.forgotten]
-        result = {"source": str(run_dir), "forgotten": ids, "methods": methods, "runs": rows}
+        result = {"source": str(run_dir), "forgotten": ids, "methods": methods,
+                  "trained_on": read_json(run_dir / "summary.json").get("engine"), "recomputed_on": src.engine,
+                  "runs": rows}
         (tmp / "forget.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
         (tmp / "audit.json").write_text(json.dumps(_audit(src, ids, audit_models), indent=2) + "\n")
         shutil.copy(run_dir / "config.toml", tmp / "config.toml")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

@@ -9,14 +9,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fedarena import config as cfg
-from fedarena.core.rng import torch_rng
 import torch
 
+from fedarena import config as cfg
 from fedarena.core.types import EVERYTHING, ClientState, FedarenaError, Params, ServerState
+from fedarena.experiments.compare import Prepared, prepare, privacy_for
+from fedarena.experiments.rundir import recompute_engine
 from fedarena.forget.probe import planted_rows
 from fedarena.forget.store import Stored, decode_state
 from fedarena.sim.engine import sample_clients
+from fedarena.sim.runtime import initial_model
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,13 @@ class Outcome:
 class Source:
     dir: Path
     config: cfg.Config
-    prepared: Any  # compare.Prepared
+    prepared: Prepared  # the run's clients in this process, on `engine`
+    engine: str  # the in-process engine that recomputes this run (the reference engine for a flower-sim run)
     forgotten: list[int]
     _stored: dict[str, Stored] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, run_dir: Path, clients: list[str]) -> "Source":
-        from fedarena.compare import prepare
-
         run_dir = Path(run_dir)
         if (run_dir / "audit.json").is_file():
             raise FedarenaError(
@@ -58,10 +59,8 @@ class Source:
             raise FedarenaError(
                 f"{run_dir} kept nothing for deletion (forget.keep=none): rerun with forget.keep=server or all"
             )
-        if config.run.engine not in ("reference", "vectorized"):
-            raise FedarenaError(f"{run_dir} ran on {config.run.engine}, which keeps no forget material yet; "
-                                "forget works on simulator runs (--engine reference or vectorized)")
-        prepared = prepare(config)
+        engine = recompute_engine(run_dir, "forget")
+        prepared = prepare(config, engine)
         ids = prepared.data.client_ids
         unknown = [c for c in clients if c not in ids]
         if unknown:
@@ -71,7 +70,7 @@ class Source:
         new = [c for c in clients if ids.index(c) in prepared.new_clients]
         if new:
             raise FedarenaError(f"client(s) {', '.join(new)} never trained (held out as new clients): nothing to forget")
-        return cls(run_dir, config, prepared, sorted(ids.index(c) for c in clients))
+        return cls(run_dir, config, prepared, engine, sorted(ids.index(c) for c in clients))
 
     # ------------------------------------------------------------ the run
     @property
@@ -85,13 +84,6 @@ class Source:
     @property
     def seed(self) -> int:
         return self.config.run.seed
-
-    @property
-    def engine(self) -> str:
-        """The in-process engine that recomputes this run (a flower-sim run equals the reference engine's)."""
-        from fedarena.sim.engine import EXECUTORS
-
-        return self.config.run.engine if self.config.run.engine in EXECUTORS else "reference"
 
     @property
     def keep(self) -> str:
@@ -115,7 +107,7 @@ class Source:
 
     @cached_property
     def initial(self) -> Params:
-        return self.task.init_params(torch_rng(self.seed, "init"))
+        return initial_model(self.task, self.seed)
 
     def algo(self, name: str) -> Any:
         if name not in self.config.run.algorithms:
@@ -133,8 +125,7 @@ class Source:
         algo = self.algo(name)
         if not algo.federated:
             return 1
-        from fedarena.compare import privacy_for  # DP runs sample clients their own way (Poisson)
-
+        # DP runs sample clients their own way (Poisson)
         privacy, t = privacy_for(self.config, algo, self.prepared), self.config.train
         for rnd in range(1, t.rounds + 1):
             chosen = sample_clients(self.seed, rnd, self.training, t.clients_per_round)

@@ -22,9 +22,8 @@ import torch
 
 from fedarena.core.codec import decode, encode
 from fedarena.core.types import Broadcast, FedarenaError, KeyFilter, Params, Upload
+from fedarena.flower.messages import PAYLOAD, RECORD, payload_entry
 
-RECORD = "fedarena"  # the ConfigRecord every fedarena message holds
-PAYLOAD = "payload"  # its safetensors bytes (absent: no tensor, 0 bytes, as in the simulator)
 Scalar = int | float | str | bool | bytes
 
 
@@ -35,7 +34,7 @@ def content(fields: Mapping[str, Scalar], payload: bytes = b"", **payloads: byte
     record: dict[str, Scalar] = dict(fields)
     if payload:
         record[PAYLOAD] = payload
-    record.update({f"{PAYLOAD}-{k}": v for k, v in payloads.items() if v})
+    record.update({payload_entry(k): v for k, v in payloads.items() if v})
     return RecordDict({RECORD: ConfigRecord(record)})
 
 
@@ -51,9 +50,9 @@ def fields(message) -> dict[str, Scalar]:  # message: flwr.app.Message
 
 def payload(record: Mapping[str, Scalar], name: str = "") -> bytes:
     """The named payload bytes of a record (b'' when absent)."""
-    value = record.get(f"{PAYLOAD}-{name}" if name else PAYLOAD, b"")
+    value = record.get(payload_entry(name), b"")
     if not isinstance(value, bytes):
-        raise FedarenaError(f"record entry {PAYLOAD}{'-' + name if name else ''} must be bytes, got {type(value).__name__}")
+        raise FedarenaError(f"record entry {payload_entry(name)} must be bytes, got {type(value).__name__}")
     return value
 
 

@@ -96,7 +96,8 @@ class ClientSecrets:
                 raise _refuse("received ciphertexts have the wrong size or are fewer than the threshold")
 
     def to_bytes(self) -> bytes:
-        """Explicit layout (magic, fields, SHA-256 of all that); secrets held by stage only."""
+        """Explicit layout (magic, fields, SHA-256 of all that); secrets held by stage only. Validated first."""
+        self.validate()
         c = self.config
         body = SECRETS_MAGIC + struct.pack(_SECRETS_META, self.client, c.round_id, c.threshold, c.bits,
                                            c.neighbours or 0, self.stage) + self.c_sk + self.s_sk

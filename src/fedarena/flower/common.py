@@ -18,6 +18,7 @@ from safetensors.torch import save as save_bytes
 
 from fedarena import config as cfg
 from fedarena.core.types import ClientState, FedarenaError
+from fedarena.flower import messages as m
 
 def config_text(config: cfg.Config) -> str:
     return tomli_w.dumps(cfg.to_tree(config))
@@ -82,5 +83,5 @@ def node_clients(config: cfg.Config) -> list[dict[str, str | int]]:
         stems = sorted(p.stem for p in (root / "train").glob("*.npz"))
         if not stems:
             raise FedarenaError(f"npz-dir {root}: 'train/' contains no .npz files")
-        return [{"npz-dir": str(root), "client": s} for s in stems]
-    return [{"partition-id": i} for i in range(config.data.num_clients)]
+        return [{m.NPZ_DIR: str(root), m.NODE_CLIENT: s} for s in stems]
+    return [{m.PARTITION_ID: i} for i in range(config.data.num_clients)]

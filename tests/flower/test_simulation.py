@@ -17,7 +17,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedarena import config as cfg
 from fedarena.experiments.compare import run_compare
 from fedarena.core.types import ClientState, FedarenaError
-from fedarena.flower import client_app, common, records, simulation
+from fedarena.experiments import flower_sim as simulation
+from fedarena.flower import client_app, common, records
 from fedarena.flower.processes import kill_marked, marked_pids
 from fedarena.experiments.flower_sim import Resources, federation_config, simulate
 

@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from fedarena.core.types import KeyFilter, Params
+from fedarena.core.types import KeyFilter, Params, Upload
 
 
 def split(params: Params, personal: KeyFilter) -> tuple[Params, Params]:
@@ -60,3 +60,9 @@ def sq_distance(a: Params, b: Params, keys: Iterable[str]) -> torch.Tensor:
 
 def nbytes(params: Params) -> int:
     return sum(v.numel() * v.element_size() for v in params.values())
+
+
+def in_client_order(uploads: dict[int, Upload]) -> dict[int, Upload]:
+    """Uploads sorted by client, whatever order they arrived in (a Flower runtime receives them by completion):
+    the aggregate's float sums must not depend on arrival order."""
+    return dict(sorted(uploads.items()))

@@ -6,7 +6,7 @@ Timings are training time per round (broadcast, local work, upload, aggregation;
 once, after the last round, and is not timed). GFLOP/s counts the model's forward+backward
 multiply-adds (3 x 2 x MACs per sample, MACs from the layer shapes) over the samples trained.
 
-`flower-sim` runs the workload through `fedarena.flower.simulation.simulate` (a `--simulation`
+`flower-sim` runs the workload through `fedarena.experiments.flower_sim.simulate` (a `--simulation`
 SuperLink, `flwr run`, Ray actors; Ray gets `threads` CPUs, one per virtual client, so `threads`
 clients train at once with one torch thread each). Its per-round times are the ServerApp's own
 training seconds per round (the same clock as the in-process engines; Ray start-up and the
@@ -153,7 +153,7 @@ def _flower_sim(conf, threads: int, data, task) -> dict[str, Any]:
 
     import pyarrow.parquet as pq
 
-    from fedarena.flower.simulation import Resources, simulate
+    from fedarena.experiments.flower_sim import Resources, simulate
 
     memory = TreeMemory()
     start = time.perf_counter()
@@ -265,7 +265,7 @@ def flower_sim_status() -> str | None:
 
     if importlib.util.find_spec("flwr") is None:
         return "Flower is not installed (pip install 'flwr[simulation]==1.42.0')"
-    from fedarena.flower.simulation import ray_missing
+    from fedarena.experiments.flower_sim import ray_missing
 
     return ray_missing()
 

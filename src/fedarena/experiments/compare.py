@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.data import load_federated
+from fedarena.experiments.checks import check_privacy
 from fedarena.experiments.rundir import check_out_dir, write_run_dir
 from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget import probe
@@ -113,12 +114,6 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
                                        config.run.seed, max_weight, private_round.shared_numel(p.task.module, algo))
 
 
-def check_privacy(config: cfg.Config, names: list[str] | None = None) -> None:
-    """Refuse impossible privacy settings before any training."""
-    for name in names if names is not None else config.run.algorithms:
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
-
-
 def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None = None,
                     *, resume: Any = None, checkpoint: Checkpoint | None = None, exclude: tuple[int, ...] = (),
                     record: Recorder | None = None) -> tuple[Any, AlgorithmRun]:
@@ -186,7 +181,7 @@ def run_compare(config: cfg.Config, out: Path, on_round: Callable[[str, int], No
     :func:`run_experiment` on the virtual SuperNodes and writes `out`."""
     check_out_dir(out)
     if config.run.engine == "flower-sim":
-        from fedarena.flower.simulation import simulate
+        from fedarena.experiments.flower_sim import simulate
 
         return simulate(config, out)
     return run_experiment(config, InProcess(config.run.engine), out, on_round)

@@ -19,7 +19,6 @@ says where it was continued from (``continued_from``).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +29,8 @@ import pyarrow.parquet as pq
 from fedarena import config as cfg
 from fedarena.core.codec import Ledger
 from fedarena.core.types import ClientState, FedarenaError, FederatedData
-from fedarena.experiments.compare import Trained, check_privacy, prepare, train_algorithm
+from fedarena.experiments.checks import check_privacy
+from fedarena.experiments.compare import Trained, prepare, train_algorithm
 from fedarena.experiments.rundir import RUN_STATE, check_out_dir, read_json, recompute_engine, write_run_dir
 from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget.store import Stored, decode_state

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
-from fedarena.experiments.compare import check_privacy as check_algorithms_privacy
+from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.rundir import check_out_dir
 from fedarena.flower import common
 from fedarena.flower.common import node_clients
@@ -51,19 +51,6 @@ def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
     """An upper bound for `flwr run`: every round of every algorithm and seed timing out, plus start-up."""
     per_round = timeouts.round * (4 if config.privacy.secagg else 1) + timeouts.evaluate  # SecAgg: 4 exchanges
     return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * len(config.run.algorithms) * config.run.seeds
-
-
-def check_before_start(config: cfg.Config) -> None:
-    """Refuse, before any process starts, what the ServerApp would refuse: privacy settings that cannot hold
-    together (as `compare` does) for the algorithms that run on Flower (those that federate), and per-round
-    client-state snapshots (`forget.keep = all`), which would have to leave the nodes."""
-    if config.forget.keep == "all":
-        raise FedarenaError(NO_SNAPSHOTS)
-    check_algorithms_privacy(config, [n for n in config.run.algorithms if common.federates(cfg.hyperparameters(config, n))])
-
-
-NO_SNAPSHOTS = ("forget.keep=all keeps every client's state after every round; on Flower those states stay on the "
-                "nodes: use forget.keep=server (the server's checkpoints, kept where the ServerApp runs)")
 
 
 def _result(out: Path, log_path: Path) -> dict[str, Any]:

@@ -24,8 +24,6 @@ and the ledger counts the masked vector as the upload.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedarena import config as cfg

@@ -20,6 +20,7 @@ import torch
 
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import FedarenaError, FederatedData, Params
+from fedarena.privacy.leakage import auc, mia_auc, sample_losses  # noqa: F401  (re-exported: the forget probes use them)
 from fedarena.tasks import Task
 
 TRIGGER_FEATURES = 4
@@ -55,26 +56,6 @@ def planted_rows(data: FederatedData, client: int, fraction: float, seed: int) -
     a, b = data.train_offsets[client], data.train_offsets[client + 1]
     n = max(1, round(fraction * (b - a)))
     return a + torch.randperm(b - a, generator=torch_rng(seed, "forget-probe", client))[:n]
-
-
-@torch.no_grad()
-def sample_losses(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = task.forward(params, x)
-    return torch.nn.functional.cross_entropy(logits, y, reduction="none").double()
-
-
-def auc(members: torch.Tensor, nonmembers: torch.Tensor) -> float:
-    """P(score(member) > score(non-member)) + 0.5 P(tie): the Mann-Whitney form of the ROC AUC."""
-    if members.numel() == 0 or nonmembers.numel() == 0:
-        raise FedarenaError("membership inference needs at least one member and one non-member sample")
-    diff = members.reshape(-1, 1) - nonmembers.reshape(1, -1)
-    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
-
-
-def mia_auc(task: Task, params: Params, x_member: torch.Tensor, y_member: torch.Tensor,
-            x_out: torch.Tensor, y_out: torch.Tensor) -> float:
-    """Loss-threshold attack AUC: members have lower loss, so the score is -loss."""
-    return auc(-sample_losses(task, params, x_member, y_member), -sample_losses(task, params, x_out, y_out))
 
 
 @torch.no_grad()

@@ -19,8 +19,9 @@ from __future__ import annotations
 import statistics
 from typing import Any, Sequence
 
-from fedarena.core.types import ClientData, Params
-from fedarena.forget.probe import mia_auc
+import torch
+
+from fedarena.core.types import ClientData, FedarenaError, Params
 from fedarena.tasks import Task
 
 ATTACK = "loss-threshold membership inference (Yeom et al., CSF 2018): AUC of -loss, train vs test samples"
@@ -48,3 +49,23 @@ def summarize(personal: Sequence[float | None], shared: Sequence[float | None]) 
         "global_auc_mean": statistics.fmean(glob) if glob else None,
         "global_auc_max": max(glob) if glob else None,
     }
+
+
+@torch.no_grad()
+def sample_losses(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = task.forward(params, x)
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none").double()
+
+
+def auc(members: torch.Tensor, nonmembers: torch.Tensor) -> float:
+    """P(score(member) > score(non-member)) + 0.5 P(tie): the Mann-Whitney form of the ROC AUC."""
+    if members.numel() == 0 or nonmembers.numel() == 0:
+        raise FedarenaError("membership inference needs at least one member and one non-member sample")
+    diff = members.reshape(-1, 1) - nonmembers.reshape(1, -1)
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def mia_auc(task: Task, params: Params, x_member: torch.Tensor, y_member: torch.Tensor,
+            x_out: torch.Tensor, y_out: torch.Tensor) -> float:
+    """Loss-threshold attack AUC: members have lower loss, so the score is -loss."""
+    return auc(-sample_losses(task, params, x_member, y_member), -sample_losses(task, params, x_out, y_out))

@@ -55,12 +55,12 @@ import numpy as np
 import torch
 
 from fedarena.core.algorithm import MEAN_STEPS
+from fedarena.core.params import in_client_order
 from fedarena.core.rng import numpy_rng, torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Params, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
 from fedarena.privacy.dpsgd import check_dpsgd
-from fedarena.sim.engine import in_client_order
 from fedarena.privacy.fixedpoint import FixedPoint, centered_lift, wrap
 from fedarena.privacy.secagg import SecAggAbort, SecAggConfig, SecAggResult, run_secagg
 
@@ -281,7 +281,7 @@ class Privacy:
             return {}, self.aggregate(algo, server, {}, rnd)
         if s.secagg and len(broadcasts) < MIN_SECAGG_CLIENTS:
             return {}, self._abort(server, rnd, f"only {len(broadcasts)} clients sampled")
-        if not getattr(clients, "protects_updates", False) or not (s.secagg or local_dp):
+        if not clients.protects_updates or not (s.secagg or local_dp):
             uploads = in_client_order(clients.train(rnd, broadcasts))
             return uploads, self.aggregate(algo, server, uploads, rnd)
         cp = self.client_privacy(rnd, len(broadcasts))
@@ -289,7 +289,7 @@ class Privacy:
             uploads = in_client_order(clients.train(rnd, broadcasts, protect=cp))
             return uploads, self.aggregate(algo, server, uploads, rnd, noised_by_clients=True)
         ref = _reference(algo, server, broadcasts)
-        self.transport = getattr(clients, "transport", self.transport)
+        self.transport = clients.transport
         try:
             result = clients.train_secure(rnd, broadcasts, cp)
             # the protocol's wall time: its stages after the training reply that carried the public keys

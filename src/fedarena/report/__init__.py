@@ -8,5 +8,5 @@
 - ``render``: report.html (self-contained) and report.md, sweep.html and sweep.md;
 - ``sweep``: `fedarena sweep`, the heterogeneity grid and its crossover.
 
-Nothing is imported here, so that `fedarena.compare` can use ``measures`` without loading plotly.
+Nothing is imported here, so that `fedarena.experiments` can use ``measures`` without loading plotly.
 """

@@ -13,12 +13,8 @@ PRIVACY_RULE turns the measured losses into a verdict.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m

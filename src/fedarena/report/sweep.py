@@ -18,13 +18,9 @@ The "ideal data similarity" verdict follows SIMILARITY_RULE.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m

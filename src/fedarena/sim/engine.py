@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from fedarena.core.codec import Ledger
-from fedarena.core.params import nbytes, split
+from fedarena.core.params import in_client_order, nbytes, split
 from fedarena.core.rng import derive_seed, numpy_rng
 from fedarena.core.types import ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
 from fedarena.privacy import leakage
@@ -216,12 +215,6 @@ def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, run
     out.engine = clients.summary()
     out.wall_seconds = time.perf_counter() - start
     return out
-
-
-def in_client_order(uploads: dict[int, Upload]) -> dict[int, Upload]:
-    """Uploads sorted by client, whatever order they arrived in (a Flower runtime receives them by completion):
-    the aggregate's float sums must not depend on arrival order."""
-    return dict(sorted(uploads.items()))
 
 
 def _evaluation(rnd: int, clients: list[int], results: dict[int, ClientEval], has_global: bool) -> Evaluation:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from typing_extensions import dataclass_transform
 
 import torch
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from fedarena.tasks import Task
 
 FAMILIES = ("global", "personalized", "baseline")
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y) of one minibatch
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- capabilities
 # What an algorithm can do is declared by the algorithm (class variables set by `@algorithm`), read by the
@@ -92,30 +97,38 @@ class Algorithm(Protocol):
     ) -> Onboarding: ...
 
 
+class SGDAlgorithm(Algorithm, Protocol):
+    """An algorithm whose client work is SGD on a per-batch objective (what `sgd_client_update` needs)."""
+
+    def local_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                        batch: Batch) -> torch.Tensor: ...
+
+
 # ---------------------------------------------------------------- building blocks
 
 
-def init_server(self, shared_params: Params) -> ServerState:
+def init_server(self: Algorithm, shared_params: Params) -> ServerState:
     return ServerState(params=dict(shared_params))
 
 
-def broadcast_params(self, server: ServerState, client_id: int) -> Broadcast:
+def broadcast_params(self: Algorithm, server: ServerState, client_id: int) -> Broadcast:
     return Broadcast(params=server.params)
 
 
-def init_client_personal(self, params: Params) -> ClientState:
+def init_client_personal(self: Algorithm, params: Params) -> ClientState:
     """The client keeps the personal keys of the initial model (nothing for global algorithms)."""
     return ClientState(params=split(params, self.personal)[1])
 
 
-def task_loss(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState, batch) -> torch.Tensor:
+def task_loss(self: Algorithm, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+              batch: Batch) -> torch.Tensor:
     """The plain empirical risk F_k(w) on one batch (FedAvg's local objective)."""
     x, y = batch
     return task.loss(params, x, y)
 
 
 def sgd_client_update(
-    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: SGDAlgorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> tuple[Upload, ClientState]:
     """Local SGD on ``self.local_objective`` from the broadcast model merged with the personal state;
     upload the shared keys (weighted by the train size), keep the personal keys."""
@@ -127,7 +140,7 @@ def sgd_client_update(
     return upload, ClientState(params=mine, extra=state.extra)
 
 
-def fedavg_aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
+def fedavg_aggregate(self: Algorithm, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
     """w <- sum_k n_k w_k / sum_k n_k over the round's uploads (McMahan et al. 2017, Alg. 1)."""
     ups = [u for u in uploads.values() if u.params]
     if not ups:
@@ -137,18 +150,18 @@ def fedavg_aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -
 
 
 def merged_personalize(
-    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Params:
     """The personal model is the broadcast model with the client's personal keys on top."""
     return merge(broadcast.params, state.params)
 
 
-def server_params(self, server: ServerState) -> Params | None:
+def server_params(self: Algorithm, server: ServerState) -> Params | None:
     return server.params
 
 
 def onboard_without_training(
-    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Onboarding:
     """A new client uses the downloaded model as it is (global algorithms: the global model)."""
     model = self.personalize(task, broadcast, state, data, rng)
@@ -156,7 +169,7 @@ def onboard_without_training(
 
 
 def onboard_by_local_training(
-    self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Onboarding:
     """A new client does one round's local work (`client_update`, its upload discarded: no
     re-federation), then personalizes. `before` is the downloaded shared model completed by the
@@ -169,7 +182,7 @@ def onboard_by_local_training(
 
 # ---------------------------------------------------------------- declaring an algorithm
 
-FEDAVG_STEPS = {
+FEDAVG_STEPS: dict[str, Callable[..., Any]] = {
     "init_server": init_server,
     "broadcast": broadcast_params,
     "init_client": init_client_personal,
@@ -182,6 +195,7 @@ FEDAVG_STEPS = {
 }
 
 
+@dataclass_transform(frozen_default=True)
 def algorithm(
     name: str,
     family: str,
@@ -194,7 +208,7 @@ def algorithm(
     personal: KeyFilter = NOTHING,
     federated: bool = True,
     uploads_personal: bool = False,
-):
+) -> Callable[[type[T]], type[T]]:
     """Declare an algorithm: a frozen dataclass of hyperparameters whose contract functions are the
     ones the class defines, and FedAvg's building blocks (``FEDAVG_STEPS``) for every one it does
     not. Reading an algorithm file therefore shows exactly where it departs from FedAvg.
@@ -213,16 +227,17 @@ def algorithm(
     if communicates and not federated:
         raise ValueError(f"{name}: an algorithm that pools the data (federated=False) sends nothing (communicates=False)")
 
-    def wrap(cls):
+    def wrap(cls: type[T]) -> type[T]:
         for step, fn in FEDAVG_STEPS.items():
             if step not in cls.__dict__:
                 setattr(cls, step, fn)
-        cls.name, cls.family, cls.paper = name, family, paper
-        cls.federated, cls.uploads_personal = federated, uploads_personal
-        cls.server_step, cls.per_sample_risk, cls.communicates = server_step, per_sample_risk, communicates
-        cls.not_per_sample = not_per_sample
+        declared = {"name": name, "family": family, "paper": paper, "federated": federated,
+                    "uploads_personal": uploads_personal, "server_step": server_step,
+                    "per_sample_risk": per_sample_risk, "not_per_sample": not_per_sample, "communicates": communicates}
+        for attr, value in declared.items():
+            setattr(cls, attr, value)
         if "personal" not in cls.__dict__:  # a class may derive it from a hyperparameter (a property)
-            cls.personal = personal
+            setattr(cls, "personal", personal)
         return dataclass(frozen=True)(cls)
 
     return wrap

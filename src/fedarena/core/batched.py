@@ -31,7 +31,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch.func import vmap
@@ -168,24 +168,27 @@ def _dense(t: torch.Tensor) -> bool:
 def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]:
     """Run compatible requests (same :func:`group_key`) together; results in request order."""
     first = reqs[0]
-    obj = first.objective
+    objectives = [cast("partial[torch.Tensor]", r.objective) for r in reqs]  # `group_key` batches partials only
+    obj = objectives[0]
     keys = list(first.params)
     trainable = [k for k in keys if k in first.trainable]
     frozen = [k for k in keys if k not in first.trainable]
     stacked = {k: torch.stack([r.params[k].detach() for r in reqs]) for k in keys}
-    templates = dict(first.objective.keywords)
+    templates = dict(obj.keywords)
     shared: set[int] = set()
-    bound = {name: _stack([r.objective.keywords[name] for r in reqs], shared) for name in templates}
+    bound = {name: _stack([o.keywords[name] for o in objectives], shared) for name in templates}
     flat_bound = {name: _flatten_dc(v) for name, v in bound.items()}
     bound_dims = {name: _in_dims(v, shared) for name, v in flat_bound.items()}
 
-    def loss(train_p, frozen_p, flat_kw, x, y):
+    def loss(train_p: Params, frozen_p: Params, flat_kw: dict[str, Any], x: torch.Tensor,
+             y: torch.Tensor) -> torch.Tensor:
         kw = {name: _rebuild_dc(templates[name], flat_kw[name]) for name in flat_kw}
         return obj.func(*obj.args, {**frozen_p, **train_p}, batch=(x, y), **kw)
 
     losses_of = vmap(loss, in_dims=(0, 0, bound_dims, 0, 0))
 
-    def step(train_p, frozen_p, kw, x, y):
+    def step(train_p: Params, frozen_p: Params, kw: dict[str, Any], x: torch.Tensor,
+             y: torch.Tensor) -> tuple[Params, torch.Tensor]:
         leaves = {k: v.detach().requires_grad_(True) for k, v in train_p.items()}
         value = losses_of(leaves, frozen_p, kw, x, y)
         grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
@@ -202,10 +205,10 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
         ys = _padded([r.y[p] for r, p in zip(reqs, perms)], longest)
         for s in range(math.ceil(longest / size)):
             groups: dict[int, list[int]] = defaultdict(list)
-            for k, n_k in enumerate(n):
+            for client, n_k in enumerate(n):
                 b = min(size, n_k - s * size)
                 if b > 0:
-                    groups[b].append(k)
+                    groups[b].append(client)
             for b, members in sorted(groups.items()):
                 everyone = len(members) == len(reqs)
                 index = torch.tensor(members)
@@ -224,8 +227,8 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
                             stacked[k].add_(grads[k], alpha=-lr)
                         else:
                             stacked[k] = stacked[k].index_copy(0, index, sub[k].add(grads[k], alpha=-lr))
-                for k, v in zip(members, value.tolist()):
-                    losses[k].append(v)
+                for client, v in zip(members, value.tolist()):
+                    losses[client].append(v)
     return [
         ({k: stacked[k][i].clone(memory_format=torch.contiguous_format) for k in keys},
          sum(l) / len(l) if l else float("nan"), len(l))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import overload
 
 import torch
 from safetensors import SafetensorError
@@ -44,7 +45,7 @@ def encode(message: Broadcast | Upload) -> bytes:
     return st_save(tensors, metadata=_meta(message))
 
 
-def _size_key(message: Broadcast | Upload) -> tuple:
+def _size_key(message: Broadcast | Upload) -> tuple[object, ...]:
     """Everything the encoded size depends on: each tensor's name, dtype and shape, and the length of
     each metadata string as it is written into the JSON header (the header's offsets follow from the
     shapes). Two messages with equal keys encode to the same number of bytes (tested)."""
@@ -68,6 +69,12 @@ def _metadata(payload: bytes) -> dict[str, str]:
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FedarenaError("payload metadata must map strings to strings")
     return meta
+
+
+@overload
+def decode(payload: bytes, kind: type[Broadcast]) -> Broadcast: ...
+@overload
+def decode(payload: bytes, kind: type[Upload]) -> Upload: ...
 
 
 def decode(payload: bytes, kind: type[Broadcast] | type[Upload]) -> Broadcast | Upload:
@@ -121,7 +128,7 @@ class Ledger:
     down: dict[tuple[int, int], int] = field(default_factory=dict)
     verify: bool = True
     _last: tuple[int, Broadcast | None, int] = (0, None, 0)  # (round, message, size)
-    _sizes: dict[tuple, int] = field(default_factory=dict)  # encoded size per _size_key (verify off)
+    _sizes: dict[tuple[object, ...], int] = field(default_factory=dict)  # encoded size per _size_key (verify off)
 
     def send_down(self, rnd: int, client: int, message: Broadcast) -> Broadcast:
         last_round, last_message, last_size = self._last

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 import torch
 
@@ -55,7 +55,7 @@ def weighted_mean(params_list: Sequence[Params], weights: Sequence[float]) -> Pa
 
 def sq_distance(a: Params, b: Params, keys: Iterable[str]) -> torch.Tensor:
     """||a - b||^2 summed over `keys` (differentiable in `a`)."""
-    return sum(((a[k] - b[k]) ** 2).sum() for k in keys)
+    return cast(torch.Tensor, sum(((a[k] - b[k]) ** 2).sum() for k in keys))  # sum's int start: 0 + tensor
 
 
 def nbytes(params: Params) -> int:

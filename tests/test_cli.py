@@ -112,7 +112,12 @@ BAD = [
     (["--set", "trainlr"], "--set expects SECTION.KEY=VALUE"),
     (["--alpha", "0"], "data.alpha"),
     (["--alpha", "-1"], "data.alpha"),
-    (["--clients", "5", "--clients-per-round", "6"], "clients_per_round (6) must be <= data.num_clients (5)"),
+    (["--clients", "5", "--clients-per-round", "6"], "train.clients_per_round (6) exceeds the 5 clients that train"),
+    (["--clients", "6", "--new-clients", "0.34", "--clients-per-round", "5"],
+     "train.clients_per_round (5) exceeds the 4 clients that train (2 of data.num_clients 6 held out"),
+    (["--set", "train.clients_per_round=0"], "train.clients_per_round must be >= 1"),
+    (["--clients", "2", "--secagg"], "privacy.secagg needs train.clients_per_round >= 3"),
+    (["--clients", "4", "--secagg", "--secagg-threshold", "5"], "privacy.secagg_threshold (5) exceeds train.clients_per_round (4)"),
     (["--rounds", "0"], "train.rounds must be >= 1"),
     (["--clients", "2000", "--clients-per-round", "10"], "2000"),
     (["--data", "npz-dir:/nonexistent", "--partition", "iid"], "cannot be used with npz-dir"),
@@ -189,3 +194,52 @@ def test_new_clients_are_held_out_and_onboarded(tmp_path):
     assert by["fedavg-ft"]["new_clients"]["adaptation_steps"] > 0
     table = pq.read_table(out / "metrics.parquet").to_pydict()
     assert not set(new) & set(table["client"])
+
+
+def test_shortest_compare_runs_and_records_the_resolved_clients_per_round(tmp_path):
+    """`fedarena compare --clients 3 --rounds 2`: clients_per_round unset resolves to min(10, 3 training
+    clients); config.toml and summary.json record 3, so a rerun from config.toml is identical."""
+    out = tmp_path / "short"
+    result = invoke("compare", "--clients", "3", "--rounds", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["train"]["clients_per_round"] == 3
+    assert "clients_per_round = 3" in (out / "config.toml").read_text()
+    rerun = invoke("compare", "--config", out / "config.toml", "--out", tmp_path / "rerun")
+    assert rerun.exit_code == 0, rerun.output
+    assert strip_timings(json.loads((tmp_path / "rerun" / "summary.json").read_text())) == strip_timings(summary)
+
+
+@pytest.mark.parametrize(("flags", "num_clients", "expected"), [
+    ({}, 20, 10), ({"data": {"num_clients": 3}}, 3, 3), ({"data": {"num_clients": 12, "new_clients": 0.5}}, 12, 6),
+    ({"data": {"num_clients": 30, "new_clients": 0.1}}, 30, 10), ({"train": {"clients_per_round": 7}}, 20, 7),
+])
+def test_clients_per_round_unset_resolves_to_min_10_training_clients(flags, num_clients, expected):
+    from fedarena import config as cfg
+
+    conf = cfg.build(None, flags, [])
+    given = flags.get("train", {}).get("clients_per_round")
+    assert conf.train.clients_per_round == given  # None: not set, and not written until resolved
+    assert cfg.to_tree(conf)["train"].get("clients_per_round") == given
+    assert cfg.with_clients_per_round(conf, num_clients).train.clients_per_round == expected
+    assert cfg.build(None, flags, ["train.clients_per_round=auto"]).train.clients_per_round is None
+
+
+SHARED = ["--config", "--data", "--partition", "--alpha", "--shards-per-client", "--new-clients", "--clients-per-round",
+          "--rounds", "--local-epochs", "--batch-size", "--lr", "--model", "--algorithms", "--seed", "--seeds",
+          "--target", "--out", "--set", "--dp-clip", "--dp-noise", "--secagg"]
+
+
+def test_options_shared_by_commands_are_declared_once():
+    """compare and deploy take the same experiment flags, declared once (same help, type and default);
+    sweep reuses the ones it takes."""
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    options = {name: {o: p for p in commands[name].params for o in p.opts} for name in ("compare", "deploy", "sweep")}
+    for flag in SHARED:
+        a, b = options["compare"][flag], options["deploy"][flag]
+        assert (a.help, a.type.name, a.default, a.multiple) == (b.help, b.type.name, b.default, b.multiple), flag
+    for flag in set(options["sweep"]) & set(SHARED) - {"--out"}:  # sweep's --out names a sweep directory
+        a, b = options["compare"][flag], options["sweep"][flag]
+        assert (a.help, a.type.name, a.default) == (b.help, b.type.name, b.default), flag

@@ -20,6 +20,7 @@ from fedarena import config as cfg
 from fedarena.core.types import ClientState, FedarenaError
 from fedarena.flower import messages as m
 
+
 def config_text(config: cfg.Config) -> str:
     return tomli_w.dumps(cfg.to_tree(config))
 

@@ -73,15 +73,16 @@ def privacy_from_fields(record: Mapping[str, Any]) -> ClientPrivacy:
     """The inverse of `privacy_fields`, type-checked; FedarenaError names the first bad entry."""
     from fedarena.privacy.round import ClientPrivacy
 
-    values = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(ClientPrivacy):
-        name, kind = f.name, getattr(f.type, "__name__", f.type)  # annotations are strings under `from __future__ import annotations`
+        # annotations are strings under `from __future__ import annotations`
+        name, kind = f.name, str(getattr(f.type, "__name__", f.type))
         value = record.get(m.PRIVACY_PREFIX + name)
         ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
               "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
         if not ok:
             raise FedarenaError(f"record entry {m.PRIVACY_PREFIX + name!r} must be a {kind}, got {value!r}")
-        values[name] = float(value) if kind == "float" else value
+        values[name] = float(value) if kind == "float" else value  # type: ignore[arg-type]  # checked: a number
     cp = ClientPrivacy(**values)
     if cp.dp_clip < 0 or cp.dp_noise < 0 or cp.clients < 1 or cp.max_weight < 1:
         raise FedarenaError(f"inconsistent client privacy settings: {cp}")

@@ -28,12 +28,30 @@ switches to a deterministic stream for tests only (results carry ``seeded=True``
 
 from fedarena.privacy.secagg.client import Client, ClientSecrets, check_input
 from fedarena.privacy.secagg.config import (
-    CIPHERTEXT_BYTES, KEY_BYTES, MAX_ID, SHARE_BYTES, STAGES, VERSION, SecAggAbort, SecAggConfig, UnmaskRefused)
+    CIPHERTEXT_BYTES,
+    KEY_BYTES,
+    MAX_ID,
+    SHARE_BYTES,
+    STAGES,
+    VERSION,
+    SecAggAbort,
+    SecAggConfig,
+    UnmaskRefused,
+)
 from fedarena.privacy.secagg.crypto import Randomness, expand_mask
 from fedarena.privacy.secagg.driver import Exchange, SecAggResult, run_secagg, run_stages
 from fedarena.privacy.secagg.messages import (
-    AdvertiseKeys, EncryptedShares, KeyList, MaskedInput, StageBytes, UnmaskRequest, UnmaskShares, message_bytes,
-    sender_matches, sender_of)
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyList,
+    MaskedInput,
+    StageBytes,
+    UnmaskRequest,
+    UnmaskShares,
+    message_bytes,
+    sender_matches,
+    sender_of,
+)
 from fedarena.privacy.secagg.server import Server, harary_graph
 
 __all__ = [

@@ -34,10 +34,27 @@ from fedarena.core.types import FedarenaError
 from fedarena.privacy import shamir
 from fedarena.privacy.fixedpoint import storage_dtype
 from fedarena.privacy.secagg.config import (
-    CIPHERTEXT_BYTES, KEY_BYTES, MAX_ID, SHARE_BYTES, STAGES, VERSION, SecAggConfig, UnmaskRefused, abort)
+    CIPHERTEXT_BYTES,
+    KEY_BYTES,
+    MAX_ID,
+    SHARE_BYTES,
+    STAGES,
+    VERSION,
+    SecAggConfig,
+    UnmaskRefused,
+    abort,
+)
 from fedarena.privacy.secagg.crypto import Randomness, aad, agree, derive, expand_mask, nonce, public
 from fedarena.privacy.secagg.messages import (
-    AdvertiseKeys, EncryptedShares, KeyList, MaskedInput, Reader, UnmaskRequest, UnmaskShares, pack_items)
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyList,
+    MaskedInput,
+    Reader,
+    UnmaskRequest,
+    UnmaskShares,
+    pack_items,
+)
 
 SECRETS_MAGIC = VERSION + b"/client-secrets"
 _SECRETS_META = ">IIIBIB"  # client, round id, threshold, bits, neighbours (0: complete graph), stage
@@ -118,7 +135,9 @@ class ClientSecrets:
         r = Reader(body[len(SECRETS_MAGIC):], "client secrets", lambda text: FedarenaError(f"unreadable secagg {text}"))
         client, round_id, t, bits, k, stage = struct.unpack(_SECRETS_META, r.take(struct.calcsize(_SECRETS_META)))
         c_sk, s_sk = r.take(KEY_BYTES), r.take(KEY_BYTES)
-        b, own, peers, received = b"", (b"", b""), (), ()
+        b, own = b"", (b"", b"")
+        peers: tuple[tuple[int, bytes], ...] = ()
+        received: tuple[tuple[int, bytes], ...] = ()
         if stage >= 2:
             b, own = r.take(KEY_BYTES), (r.take(SHARE_BYTES), r.take(SHARE_BYTES))
             peers = r.items(2 * KEY_BYTES)

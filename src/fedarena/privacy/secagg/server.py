@@ -31,8 +31,7 @@ from fedarena.privacy import shamir
 from fedarena.privacy.fixedpoint import storage_dtype
 from fedarena.privacy.secagg.config import KEY_BYTES, MAX_ID, SecAggConfig, abort
 from fedarena.privacy.secagg.crypto import Randomness, agree, derive, expand_mask, public
-from fedarena.privacy.secagg.messages import (
-    AdvertiseKeys, EncryptedShares, KeyList, MaskedInput, UnmaskRequest, UnmaskShares)
+from fedarena.privacy.secagg.messages import AdvertiseKeys, EncryptedShares, KeyList, MaskedInput, UnmaskRequest, UnmaskShares
 
 
 def harary_graph(ids: Iterable[int], k: int | None, randomness: Randomness) -> dict[int, frozenset[int]]:

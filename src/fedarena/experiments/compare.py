@@ -95,7 +95,6 @@ class InProcess:
 def prepare(config: cfg.Config, engine: str = "reference") -> Prepared:
     """A seed's clients in this process; `fedarena forget` and `continue` rebuild a run's clients with it."""
     data = load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic)
-    config = cfg.with_clients_per_round(config, data.num_clients)  # refuses more than the training clients
     f = config.forget
     if f.probe:
         if f.probe not in data.client_ids:
@@ -123,6 +122,7 @@ def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callab
     material; the returned run covers the new rounds only. `checkpoint` restarts from a checkpoint with a fresh
     privacy state and `exclude`d clients taking no part (`fedarena forget`'s retrain); `record` replaces the
     recorder of the run's forget material."""
+    config = cfg.with_clients_per_round(config, p.data.num_clients)  # a no-op where run_experiment resolved it
     algo = cfg.hyperparameters(config, name)
     t = config.train
     log.info("training %s", name)

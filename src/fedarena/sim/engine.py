@@ -21,6 +21,7 @@ from fedarena.core.codec import Ledger
 from fedarena.core.params import in_client_order, nbytes, split
 from fedarena.core.rng import derive_seed, numpy_rng
 from fedarena.core.types import ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
+from fedarena.data.spec import new_client_count
 from fedarena.privacy import leakage
 from fedarena.sim.runtime import ClientEval, OnboardEval, Runtime, RuntimeFactory, initial_model
 from fedarena.tasks import Task
@@ -47,12 +48,11 @@ def sample_clients(
 
 
 def select_new_clients(seed: int, num_clients: int, fraction: float) -> list[int]:
-    """max(1, round(fraction * N)) clients held out of training (none when fraction is 0)."""
-    if fraction <= 0:
+    """The clients held out of training: how many is the data spec's rule (`new_client_count`), which ones
+    is drawn from the seed."""
+    k = new_client_count(num_clients, fraction)
+    if k == 0:
         return []
-    k = max(1, round(fraction * num_clients))
-    if k >= num_clients:
-        raise FedarenaError(f"data.new_clients={fraction} would hold out all {num_clients} clients")
     return sorted(int(c) for c in numpy_rng(seed, "new-clients").permutation(num_clients)[:k])
 
 

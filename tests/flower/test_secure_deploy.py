@@ -32,8 +32,9 @@ from fedarena.flower import messages
 from fedarena.flower import secagg_stages as st
 from fedarena.experiments.deploy import Timeouts
 from fedarena.privacy import secagg
+from fedarena.privacy.encoding import ClientPrivacy, encode_update, mean_from_sum
 from fedarena.privacy.fixedpoint import wrap
-from fedarena.privacy.round import ClientPrivacy, Privacy, encode_update, mean_from_sum
+from fedarena.privacy.round import Privacy
 from fedarena.sim.local import LocalClients
 from fedarena.sim.local import ReferenceExecutor
 from running import run_loop

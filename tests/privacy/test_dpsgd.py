@@ -17,8 +17,8 @@ from fedarena import config as cfg
 from fedarena.algorithms import REGISTRY
 from fedarena.cli import app
 from fedarena.core.types import SGD, FedarenaError
+from fedarena.privacy.checks import check
 from fedarena.privacy.dpsgd import DPSGD, SampleLevel, check_dpsgd, dp_sgd, poisson_lots, steps_per_epoch
-from fedarena.privacy.round import check
 from running import run_loop
 from fedarena.tasks import make_task
 from toy import classification_task, federation

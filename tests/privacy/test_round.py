@@ -14,7 +14,8 @@ from fedarena.experiments.compare import prepare, run_compare
 from fedarena.core.types import FedarenaError, ServerState, Upload
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
-from fedarena.privacy.round import Privacy, check
+from fedarena.privacy.checks import check
+from fedarena.privacy.round import Privacy
 from running import run_loop
 
 N, PER_ROUND, ROUNDS = 12, 4, 3
@@ -95,7 +96,7 @@ def test_central_dp_under_secagg_is_the_clipped_mean_plus_client_side_skellam_no
 def test_skellam_noise_of_the_secure_sum_has_the_calibrated_variance():
     """Many clients' encodings summed: the noise has std z L2 sqrt(n / (t - 1)) per coordinate (each share is
     Sk(0, mu / (t - 1)), so any t - 1 of them carry the accounted mu)."""
-    from fedarena.privacy.round import ClientPrivacy, encode_update
+    from fedarena.privacy.encoding import ClientPrivacy, encode_update
     from fedarena.privacy.fixedpoint import centered_lift
 
     scale, n, t, z = 1000.0, 4, 3, 0.5

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
 from fedarena.flower import common
-from fedarena.privacy import round as private_round
+from fedarena.privacy import checks as privacy_checks
 
 
 def check_privacy(config: cfg.Config, names: list[str] | None = None) -> None:
     """Refuse impossible privacy settings before any training."""
     for name in names if names is not None else config.run.algorithms:
-        private_round.check(config.privacy, cfg.hyperparameters(config, name), config.model)
+        privacy_checks.check(config.privacy, cfg.hyperparameters(config, name), config.model)
 
 
 def check_before_start(config: cfg.Config) -> None:

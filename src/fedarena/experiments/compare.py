@@ -23,6 +23,7 @@ from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget import probe
 from fedarena.forget.store import Recorder
 from fedarena.privacy import round as private_round
+from fedarena.privacy.checks import shared_numel
 from fedarena.privacy.dpsgd import SampleLevel
 from fedarena.sim.engine import AlgorithmRun, Checkpoint, Hooks, RunSpec, run_algorithm, select_new_clients
 from fedarena.sim.local import local_runtime
@@ -110,7 +111,7 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
     training = p.data.num_clients - len(p.new_clients)
     max_weight = max(p.data.train_offsets[i + 1] - p.data.train_offsets[i] for i in range(p.data.num_clients))
     return private_round.Privacy.build(config.privacy, algo, training, config.train.clients_per_round,
-                                       config.run.seed, max_weight, private_round.shared_numel(p.task.module, algo))
+                                       config.run.seed, max_weight, shared_numel(p.task.module, algo))
 
 
 def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None = None,

@@ -55,8 +55,8 @@ from fedarena.core.types import Broadcast, FedarenaError, Upload
 from fedarena.flower import messages as m
 from fedarena.privacy import secagg
 
-if TYPE_CHECKING:  # privacy.round (scipy, dp-accounting) is imported only by the messages that need it: a
-    from fedarena.privacy.round import ClientPrivacy  # ClientApp process starts per message
+if TYPE_CHECKING:  # privacy.encoding (scipy) is imported only by the messages that need it: a
+    from fedarena.privacy.encoding import ClientPrivacy  # ClientApp process starts per message
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def privacy_fields(cp: ClientPrivacy) -> dict[str, int | float | bool]:
 
 def privacy_from_fields(record: Mapping[str, Any]) -> ClientPrivacy:
     """The inverse of `privacy_fields`, type-checked; FedarenaError names the first bad entry."""
-    from fedarena.privacy.round import ClientPrivacy
+    from fedarena.privacy.encoding import ClientPrivacy
 
     values: dict[str, Any] = {}
     for f in dataclasses.fields(ClientPrivacy):
@@ -105,7 +105,7 @@ def protect(cp: ClientPrivacy, broadcast: Broadcast, upload: Upload, client: int
     the update is encoded, stage 0 runs and only AdvertiseKeys leaves (the payload is empty)."""
     from fedarena.core.codec import encode
     from fedarena.privacy import dp
-    from fedarena.privacy.round import client_delta, encode_update
+    from fedarena.privacy.encoding import client_delta, encode_update
 
     missing = sorted(set(upload.params) - set(broadcast.params))
     if missing:

@@ -61,23 +61,23 @@ def wire_mod(msg: Message, context: Context, call_next: Any) -> Message:
     if target:
         capture = context.node_config.get(m.WIRE_CAPTURE)
         algorithm = str(records.fields(msg).get(m.ALGORITHM, "")) if msg.has_content() else ""
-        lines = [_measure(m, direction, msg.metadata.message_type, algorithm, capture)
-                 for m, direction in ((msg, "down"), (reply, "up"))]
+        lines = [_measure(message, direction, msg.metadata.message_type, algorithm, capture)
+                 for message, direction in ((msg, "down"), (reply, "up"))]
         with open(str(target), "a") as fh:
             fh.writelines(json.dumps(line) + "\n" for line in lines)
     return reply
 
 
-def _measure(m: Message, direction: str, message_type: str, algorithm: str, capture: Any) -> dict[str, Any]:
+def _measure(message: Message, direction: str, message_type: str, algorithm: str, capture: Any) -> dict[str, Any]:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-    objects = get_all_nested_objects(m)
+    objects = get_all_nested_objects(message)
     blobs = {oid: obj.deflate() for oid, obj in objects.items()}
-    record = records.fields(m) if m.has_content() else {}
+    record = records.fields(message) if message.has_content() else {}
     payload = sum(len(v) for k, v in record.items() if k.startswith(records.PAYLOAD) and isinstance(v, bytes))
     line = {"type": message_type, "direction": direction, "algorithm": algorithm, "round": record.get(m.ROUND),
             "client": record.get(m.CLIENT), "payload_bytes": payload,
-            "record_bytes": sum(r.count_bytes() for r in m.content.values()) if m.has_content() else 0,
+            "record_bytes": sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0,
             "object_bytes": sum(len(b) for b in blobs.values())}
     if capture:
         folder = Path(str(capture))

@@ -1,5 +1,7 @@
 """The algorithm registry: name -> algorithm dataclass. Explicit, no import-time discovery."""
 
+from typing import Any
+
 from fedarena.algorithms.apfl import APFL
 from fedarena.algorithms.centralized import Centralized
 from fedarena.algorithms.ditto import Ditto
@@ -21,10 +23,10 @@ from fedarena.algorithms.per_fedavg import PerFedAvg
 from fedarena.algorithms.pfedme import PFedMe
 from fedarena.algorithms.scaffold import Scaffold
 
-REGISTRY = {
-    cls.name: cls
-    for cls in (FedAvg, FedProx, Local, FedAvgFT, Centralized, FedPer, FedRep, LGFedAvg, FedBN, Scaffold, FedAvgM, FedAdam,
-                FedYogi, FedAdagrad, IFCA, Mocha, Ditto, APFL, PerFedAvg, PFedMe)
-}
+_CLASSES: tuple[type[Any], ...] = (
+    FedAvg, FedProx, Local, FedAvgFT, Centralized, FedPer, FedRep, LGFedAvg, FedBN, Scaffold, FedAvgM, FedAdam,
+    FedYogi, FedAdagrad, IFCA, Mocha, Ditto, APFL, PerFedAvg, PFedMe)
+# type[Any]: `@algorithm` adds the contract's steps and declarations at run time (core/algorithm.py)
+REGISTRY: dict[str, type[Any]] = {cls.name: cls for cls in _CLASSES}
 
 __all__ = ["REGISTRY"]

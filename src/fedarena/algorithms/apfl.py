@@ -32,19 +32,25 @@ all three updates is the comparison's local learning rate (the paper and its cod
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
 from functools import partial
 
 import torch
 
-from fedarena.core.algorithm import algorithm, onboard_by_local_training
+from fedarena.core.algorithm import Batch, algorithm, onboard_by_local_training
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import ClientState, FedarenaError, Upload
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 V = "v:"  # prefix of the local model's keys inside the joint parameters
 ALPHA = ":alpha"
 
 
-def mix(alpha, v, w, trainable):
+def mix(alpha: torch.Tensor, v: Params, w: Params, trainable: Collection[str]) -> Params:
     """alpha v + (1 - alpha) w on the trainable keys; v's own buffers (BatchNorm statistics)."""
     return {k: alpha * v[k] + (1 - alpha) * w[k] if k in trainable else v[k] for k in v}
 
@@ -57,16 +63,17 @@ class APFL:
     alpha: float = 0.5
     adaptive: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise FedarenaError(f"apfl.alpha must be in [0, 1], got {self.alpha}")
 
     onboard = onboard_by_local_training
 
-    def init_client(self, params):
+    def init_client(self, params: Params) -> ClientState:
         return ClientState(params=dict(params), extra={"alpha": torch.tensor(float(self.alpha))})
 
-    def joint_objective(self, task, params, *, broadcast, state, batch):
+    def joint_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                        batch: Batch) -> torch.Tensor:
         """f_i(w; xi) + f_i(alpha v + (1 - alpha) sg(w); xi): its gradient is Algorithm 1's three steps."""
         x, y = batch
         w = {k: params[k] for k in broadcast.params}
@@ -75,7 +82,8 @@ class APFL:
         fixed_w = {k: t.detach() for k, t in w.items()}
         return task.loss(w, x, y) + task.loss(mix(alpha, v, fixed_w, task.parameter_names), x, y)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         joint = {**broadcast.params, **{V + k: t for k, t in state.params.items()}, ALPHA: state.extra["alpha"]}
         trainable = {*task.parameter_names, *(V + k for k in task.parameter_names), *([ALPHA] if self.adaptive else [])}
         objective = partial(self.joint_objective, task, broadcast=broadcast, state=state)
@@ -85,6 +93,7 @@ class APFL:
         upload = Upload(params={k: out[k] for k in broadcast.params}, num_samples=data.num_train, metrics=metrics)
         return upload, ClientState(params={k: out[V + k] for k in state.params}, extra={"alpha": alpha})
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                    rng: torch.Generator) -> Params:
         """v_bar_i = alpha_i v_i + (1 - alpha_i) w with the downloaded global model w."""
         return mix(state.extra["alpha"], state.params, broadcast.params, task.parameter_names)

@@ -26,17 +26,22 @@ rate and one number of local iterations for both updates.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from functools import partial
 
 import torch
 
-from fedarena.core.algorithm import algorithm, onboard_by_local_training, sgd_client_update, task_loss
+from fedarena.core.algorithm import Batch, algorithm, onboard_by_local_training, sgd_client_update, task_loss
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import sq_distance
-from fedarena.core.types import ClientState, FedarenaError
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 
-def keep_full_model(self, params):
+def keep_full_model(self: Any, params: Params) -> ClientState:
     """The client's own full model starts as the initial model (a new client: the downloaded one)."""
     return ClientState(params=dict(params))
 
@@ -55,14 +60,15 @@ def same_stream(rng: torch.Generator) -> torch.Generator:
 class Ditto:
     lam: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.lam >= 0:
             raise FedarenaError(f"ditto.lam must be >= 0, got {self.lam}")
 
     init_client = keep_full_model
     onboard = onboard_by_local_training
 
-    def personal_objective(self, task, params, *, broadcast, state, batch):
+    def personal_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                           batch: Batch) -> torch.Tensor:
         """h_k(v; w^t) = F_k(v) + lam/2 ||v - w^t||^2 over the trainable keys (eq. 2)."""
         loss = task_loss(self, task, params, broadcast=broadcast, state=state, batch=batch)
         if self.lam == 0:
@@ -70,7 +76,8 @@ class Ditto:
         keys = [k for k in broadcast.params if k in task.parameter_names]
         return loss + 0.5 * self.lam * sq_distance(params, broadcast.params, keys)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         """Algorithm 1 for one client: personal update of v_k (kept), global update of w^t (uploaded)."""
         global_batches = same_stream(rng)
         personal = partial(self.personal_objective, task, broadcast=broadcast, state=state)

@@ -37,7 +37,7 @@ class FedAdagrad:
     tau: float = 1e-3
 
     def __post_init__(self) -> None:
-        check_hyperparameters(self.name, eta=self.eta, beta1=self.beta1, tau=self.tau)
+        check_hyperparameters("fedadagrad", eta=self.eta, beta1=self.beta1, tau=self.tau)
 
     def init_server(self, shared_params: Params) -> ServerState:
         """x_0 = the shared initial model, m_{-1} = 0, v_{-1} = tau^2."""

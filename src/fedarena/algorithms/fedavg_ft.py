@@ -12,11 +12,18 @@ Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from functools import partial
 
-from fedarena.core.algorithm import algorithm, merged_personalize
+import torch
+
+from fedarena.core.algorithm import algorithm, merged_personalize, task_loss
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import FedarenaError, Onboarding
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 
 @algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)",
@@ -24,11 +31,14 @@ from fedarena.core.types import FedarenaError, Onboarding
 class FedAvgFT:
     epochs: int = 1
 
-    def __post_init__(self):
+    local_objective = task_loss  # FedAvg's (named here: `onboard` calls it)
+
+    def __post_init__(self) -> None:
         if self.epochs < 0:
             raise FedarenaError(f"fedavg-ft.epochs must be >= 0, got {self.epochs}")
 
-    def onboard(self, task, broadcast, state, data, rng):
+    def onboard(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                rng: torch.Generator) -> Onboarding:
         """Fine-tune the global model on the client's train split (`epochs` epochs of local SGD)."""
         start = merged_personalize(self, task, broadcast, state, data, rng)
         if self.epochs == 0:
@@ -37,5 +47,6 @@ class FedAvgFT:
         tuned, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng, self.epochs)
         return Onboarding(before=start, after=tuned, steps=steps)
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                    rng: torch.Generator) -> Params:
         return self.onboard(task, broadcast, state, data, rng).after

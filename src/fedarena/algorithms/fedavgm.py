@@ -37,7 +37,7 @@ class FedAvgM:
     beta: float = 0.9
 
     def __post_init__(self) -> None:
-        check_hyperparameters(self.name, eta=self.eta, beta=self.beta)
+        check_hyperparameters("fedavgm", eta=self.eta, beta=self.beta)
 
     def init_server(self, shared_params: Params) -> ServerState:
         """x_0 = the shared initial model, m_{-1} = 0."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from fedarena.algorithms.fedper import init_client_checked, setup_layers
 from fedarena.core.algorithm import algorithm, onboard_by_local_training
-from fedarena.core.types import KeyFilter
+from fedarena.core.types import ClientState, KeyFilter, Params, ServerState
 
 BN_KEYS = KeyFilter(("body.norm*",))
 
@@ -37,13 +37,13 @@ BN_KEYS = KeyFilter(("body.norm*",))
 class FedBN:
     """FedAvg's steps with the BatchNorm keys personal."""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         setup_layers(self)
 
-    def init_client(self, params):
+    def init_client(self, params: Params) -> ClientState:
         return init_client_checked(self, params, "; use --set model.norm=bn for a model with BatchNorm layers")
 
     onboard = onboard_by_local_training
 
-    def global_model(self, server):
+    def global_model(self, server: ServerState) -> Params | None:
         return None

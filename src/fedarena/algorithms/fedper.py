@@ -28,6 +28,7 @@ the personal patterns match no key of the model (then the algorithm silently is 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fedarena.core.algorithm import algorithm, init_client_personal, onboard_by_local_training
 from fedarena.core.types import ClientState, FedarenaError, KeyFilter, Params, ServerState
@@ -35,7 +36,7 @@ from fedarena.core.types import ClientState, FedarenaError, KeyFilter, Params, S
 log = logging.getLogger(__name__)
 
 
-def setup_layers(self) -> None:
+def setup_layers(self: Any) -> None:
     """Validate `personal_layers` (when the algorithm has it) and start the once-per-run warning memo
     (an algorithm object is made per run; the memo is not a hyperparameter)."""
     layers = getattr(self, "personal_layers", ())
@@ -44,12 +45,12 @@ def setup_layers(self) -> None:
     object.__setattr__(self, "_warned", [])
 
 
-def layer_filter(self) -> KeyFilter:
+def layer_filter(self: Any) -> KeyFilter:
     """The personal keys: the `personal_layers` hyperparameter as a key filter."""
     return KeyFilter(self.personal_layers)
 
 
-def init_client_checked(self, params: Params, hint: str = "") -> ClientState:
+def init_client_checked(self: Any, params: Params, hint: str = "") -> ClientState:
     """FedAvg's `init_client_personal` (the client keeps the initial model's personal keys), logging a
     warning once per run when personal patterns are given but match no key of the model."""
     patterns = self.personal.patterns
@@ -60,7 +61,7 @@ def init_client_checked(self, params: Params, hint: str = "") -> ClientState:
     return init_client_personal(self, params)
 
 
-def global_if_nothing_personal(self, server: ServerState) -> Params | None:
+def global_if_nothing_personal(self: Any, server: ServerState) -> Params | None:
     """No full global model while some keys are personal; with none, the server's model is FedAvg's."""
     return None if self.personal.patterns else server.params
 
@@ -70,7 +71,7 @@ def global_if_nothing_personal(self, server: ServerState) -> Params | None:
 class FedPer:
     personal_layers: tuple[str, ...] = ("head.*",)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         setup_layers(self)
 
     personal = property(layer_filter)

@@ -13,9 +13,16 @@ elsewhere. mu = 0 is FedAvg exactly (tested bit for bit).
 
 from __future__ import annotations
 
-from fedarena.core.algorithm import algorithm, task_loss
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedarena.core.algorithm import Batch, algorithm, task_loss
 from fedarena.core.params import sq_distance
-from fedarena.core.types import FedarenaError
+from fedarena.core.types import Broadcast, ClientState, FedarenaError, Params
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 
 @algorithm("fedprox", "global", "Li et al., MLSys 2020, arXiv 1812.06127",
@@ -25,11 +32,12 @@ from fedarena.core.types import FedarenaError
 class FedProx:
     mu: float = 0.01
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mu < 0:
             raise FedarenaError(f"fedprox.mu must be >= 0, got {self.mu}")
 
-    def local_objective(self, task, params, *, broadcast, state, batch):
+    def local_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                        batch: Batch) -> torch.Tensor:
         """h_k(w; w^t) = F_k(w) + mu/2 ||w - w^t||^2  (eq. 2)."""
         loss = task_loss(self, task, params, broadcast=broadcast, state=state, batch=batch)
         if self.mu == 0:

@@ -29,13 +29,20 @@ Hyperparameters:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from functools import partial
 
+import torch
+
 from fedarena.algorithms.fedper import global_if_nothing_personal, init_client_checked, layer_filter, setup_layers
-from fedarena.core.algorithm import algorithm, merged_personalize
+from fedarena.core.algorithm import algorithm, merged_personalize, task_loss
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import merge, split
-from fedarena.core.types import ClientState, FedarenaError, Onboarding, Upload
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 
 def _mean_loss(*phases: tuple[float, int]) -> float:
@@ -52,16 +59,18 @@ class FedRep:
     tau_h: int = 10
     personal_layers: tuple[str, ...] = ("head.*",)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         setup_layers(self)
         if self.tau_h < 0:
             raise FedarenaError(f"fedrep.tau_h must be >= 0, got {self.tau_h}")
 
     personal = property(layer_filter)
     init_client = init_client_checked
+    local_objective = task_loss  # FedAvg's (named here: `_phase` calls it)
     global_model = global_if_nothing_personal
 
-    def _phase(self, task, broadcast, state, data, rng, params, head: bool, epochs: int):
+    def _phase(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator,
+               params: Params, head: bool, epochs: int) -> tuple[Params, float, int]:
         """`epochs` epochs of local SGD on the head keys (head=True) or the representation keys only;
         skipped (no step, no random draw) when there is nothing to train."""
         keys = [k for k in task.parameter_names if self.personal(k) == head]
@@ -70,7 +79,8 @@ class FedRep:
         objective = partial(self.local_objective, task, broadcast=broadcast, state=state)
         return local_sgd(objective, params, keys, data.x_train, data.y_train, task.sgd, rng, epochs)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         """Algorithm 1, one round: head with phi frozen, then phi with the head frozen; upload phi."""
         start = merge(broadcast.params, state.params)
         fitted, head_loss, head_steps = self._phase(task, broadcast, state, data, rng, start, True, self.tau_h)
@@ -81,7 +91,8 @@ class FedRep:
         upload = Upload(params=shared, num_samples=data.num_train, metrics=metrics)
         return upload, ClientState(params=mine, extra=state.extra)
 
-    def onboard(self, task, broadcast, state, data, rng):
+    def onboard(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                rng: torch.Generator) -> Onboarding:
         """A new client fits its head (tau_h epochs) for the downloaded representation, kept frozen."""
         before = merged_personalize(self, task, broadcast, state, data, rng)
         fitted, _, steps = self._phase(task, broadcast, state, data, rng, before, True, self.tau_h)

@@ -37,7 +37,7 @@ from fedarena.core.algorithm import algorithm, onboard_by_local_training
 class LGFedAvg:
     personal_layers: tuple[str, ...] = ("body.*",)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         setup_layers(self)
 
     personal = property(layer_filter)

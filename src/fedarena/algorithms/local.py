@@ -10,7 +10,7 @@ its amount of local work matches the federated algorithms'.
 from __future__ import annotations
 
 from fedarena.core.algorithm import algorithm, onboard_by_local_training
-from fedarena.core.types import EVERYTHING
+from fedarena.core.types import EVERYTHING, Params, ServerState
 
 
 @algorithm("local", "baseline", "local-only baseline (e.g. Li et al., ICML 2021, arXiv 2012.04221, Sec. 5)",
@@ -21,5 +21,5 @@ class Local:
 
     onboard = onboard_by_local_training  # a new client trains its own model from scratch
 
-    def global_model(self, server):
+    def global_model(self, server: ServerState) -> Params | None:
         return None

@@ -28,15 +28,21 @@ gives every algorithm of its comparison the same eta (0.005 for pFedMe, FedAvg a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from functools import partial
 
 import torch
 
 from fedarena.algorithms.ditto import keep_full_model
-from fedarena.core.algorithm import algorithm, fedavg_aggregate, onboard_by_local_training
+from fedarena.core.algorithm import Batch, algorithm, fedavg_aggregate, onboard_by_local_training
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import sq_distance
-from fedarena.core.types import SGD, ClientState, FedarenaError, ServerState, Upload
+from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Params, ServerState, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 
 @algorithm("pfedme", "personalized", "T. Dinh et al., NeurIPS 2020, arXiv 2006.08848",
@@ -49,7 +55,7 @@ class PFedMe:
     personal_lr: float = 0.09
     beta: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("lam", "personal_lr", "beta"):
             if not getattr(self, name) > 0:
                 raise FedarenaError(f"pfedme.{name} must be > 0, got {getattr(self, name)}")
@@ -59,17 +65,19 @@ class PFedMe:
     init_client = keep_full_model  # theta_i: the client's personal model
     onboard = onboard_by_local_training
 
-    def inner_objective(self, task, params, *, broadcast, state, batch, anchor):
+    def inner_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState, batch: Batch,
+                        anchor: Params) -> torch.Tensor:
         """f_i(theta; D) + lam/2 ||theta - w_i||^2 over the trainable keys (the personalized problem)."""
         x, y = batch
         keys = [k for k in anchor if k in task.parameter_names]
         return task.loss(params, x, y) + 0.5 * self.lam * sq_distance(params, anchor, keys)
 
-    def moreau_step(self, task, w, theta, eta):
+    def moreau_step(self, task: Task, w: Params, theta: Params, eta: float) -> Params:
         """w_i <- w_i - eta lam (w_i - theta) on the trainable keys; buffers are theta's."""
         return {k: w[k] - eta * self.lam * (w[k] - theta[k]) if k in task.parameter_names else theta[k] for k in w}
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         w = theta = broadcast.params
         size, losses, steps = task.sgd.batch_size, [], 0
         for _ in range(task.sgd.epochs):
@@ -86,7 +94,7 @@ class PFedMe:
         metrics = {"train_loss": sum(losses) / len(losses) if losses else float("nan"), "steps": steps}
         return Upload(params=w, num_samples=data.num_train, metrics=metrics), ClientState(params=theta)
 
-    def aggregate(self, server, uploads):
+    def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
         """w <- (1 - beta) w + beta * (FedAvg's mean of the uploads)."""
         mean = fedavg_aggregate(self, server, uploads)
         if mean.params is server.params:  # nothing uploaded

@@ -29,13 +29,19 @@ eta_g = 1; tested), the ablation the paper compares against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from functools import partial
 
 import torch
 
-from fedarena.core.algorithm import algorithm, fedavg_aggregate, task_loss
+from fedarena.core.algorithm import Batch, algorithm, fedavg_aggregate, task_loss
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import Broadcast, ClientState, FedarenaError, ServerState, Upload
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, ServerState, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 C = "c/"  # c (broadcast), c_i (client state), Delta c_i (upload), per trainable key
 SUM, SEEN, WEIGHT = "c_sum/", "seen", "seen_weight"  # server: sum_i n_i c_i, ids heard from, sum_i n_i
@@ -49,11 +55,11 @@ class Scaffold:
     eta_g: float = 1.0
     control_variates: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.eta_g > 0:
             raise FedarenaError(f"scaffold.eta_g must be > 0, got {self.eta_g}")
 
-    def broadcast(self, server, client_id):
+    def broadcast(self, server: ServerState, client_id: int) -> Broadcast:
         """(x, c), c = sum_i n_i c_i / sum_i n_i over the clients heard from (none yet: c = 0, not sent)."""
         if WEIGHT not in server.extra:
             return Broadcast(params=server.params)
@@ -61,7 +67,8 @@ class Scaffold:
         c = {k[len(SUM):]: v / w for k, v in server.extra.items() if k.startswith(SUM)}
         return Broadcast(params=server.params, extra={C + k: v.to(server.params[k].dtype) for k, v in c.items()})
 
-    def local_objective(self, task, params, *, broadcast, state, batch):
+    def local_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                        batch: Batch) -> torch.Tensor:
         """F_i(y) + <c - c_i, y> (c from the broadcast, c_i from the state): SGD on it is line 10's step."""
         loss = task_loss(self, task, params, broadcast=broadcast, state=state, batch=batch)
         c = {k[len(C):]: v for k, v in broadcast.extra.items() if k.startswith(C)}
@@ -69,7 +76,8 @@ class Scaffold:
             return loss
         return loss + sum(((c[k] - state.extra[C + k]) * params[k]).sum() for k in c)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         x = broadcast.params
         keys = [k for k in x if k in task.parameter_names] if self.control_variates else []
         c = {k: broadcast.extra.get(C + k, torch.zeros_like(x[k])) for k in keys}
@@ -83,7 +91,7 @@ class Scaffold:
                         metrics={"train_loss": loss, "steps": steps})
         return upload, ClientState(params=state.params, extra={C + k: v for k, v in c_new.items()})
 
-    def aggregate(self, server, uploads):
+    def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
         """x <- x + eta_g (mean y - x); sum_i n_i c_i += sum_S n_i Delta c_i (lines 16-17)."""
         mean = fedavg_aggregate(self, server, uploads).params
         params = {k: torch.lerp(x, mean[k], self.eta_g) if x.is_floating_point() else mean[k]

@@ -105,22 +105,24 @@ class SGDAlgorithm(Algorithm, Protocol):
 
 
 # ---------------------------------------------------------------- building blocks
+# `self` is the algorithm object (typed Any: an algorithm class gets the contract's steps from `@algorithm` at
+# run time, so no class satisfies `Algorithm` statically; `SGDAlgorithm` documents what `sgd_client_update` reads).
 
 
-def init_server(self: Algorithm, shared_params: Params) -> ServerState:
+def init_server(self: Any, shared_params: Params) -> ServerState:
     return ServerState(params=dict(shared_params))
 
 
-def broadcast_params(self: Algorithm, server: ServerState, client_id: int) -> Broadcast:
+def broadcast_params(self: Any, server: ServerState, client_id: int) -> Broadcast:
     return Broadcast(params=server.params)
 
 
-def init_client_personal(self: Algorithm, params: Params) -> ClientState:
+def init_client_personal(self: Any, params: Params) -> ClientState:
     """The client keeps the personal keys of the initial model (nothing for global algorithms)."""
     return ClientState(params=split(params, self.personal)[1])
 
 
-def task_loss(self: Algorithm, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+def task_loss(self: Any, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
               batch: Batch) -> torch.Tensor:
     """The plain empirical risk F_k(w) on one batch (FedAvg's local objective)."""
     x, y = batch
@@ -128,7 +130,7 @@ def task_loss(self: Algorithm, task: Task, params: Params, *, broadcast: Broadca
 
 
 def sgd_client_update(
-    self: SGDAlgorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Any, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> tuple[Upload, ClientState]:
     """Local SGD on ``self.local_objective`` from the broadcast model merged with the personal state;
     upload the shared keys (weighted by the train size), keep the personal keys."""
@@ -140,7 +142,7 @@ def sgd_client_update(
     return upload, ClientState(params=mine, extra=state.extra)
 
 
-def fedavg_aggregate(self: Algorithm, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
+def fedavg_aggregate(self: Any, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
     """w <- sum_k n_k w_k / sum_k n_k over the round's uploads (McMahan et al. 2017, Alg. 1)."""
     ups = [u for u in uploads.values() if u.params]
     if not ups:
@@ -150,18 +152,18 @@ def fedavg_aggregate(self: Algorithm, server: ServerState, uploads: Mapping[int,
 
 
 def merged_personalize(
-    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Any, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Params:
     """The personal model is the broadcast model with the client's personal keys on top."""
     return merge(broadcast.params, state.params)
 
 
-def server_params(self: Algorithm, server: ServerState) -> Params | None:
+def server_params(self: Any, server: ServerState) -> Params | None:
     return server.params
 
 
 def onboard_without_training(
-    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Any, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Onboarding:
     """A new client uses the downloaded model as it is (global algorithms: the global model)."""
     model = self.personalize(task, broadcast, state, data, rng)
@@ -169,7 +171,7 @@ def onboard_without_training(
 
 
 def onboard_by_local_training(
-    self: Algorithm, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
+    self: Any, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData, rng: torch.Generator
 ) -> Onboarding:
     """A new client does one round's local work (`client_update`, its upload discarded: no
     re-federation), then personalizes. `before` is the downloaded shared model completed by the

@@ -35,7 +35,7 @@ def test_tls_server_cert_is_signed_by_ca_for_loopback(tmp_path):
 def test_app_dir_and_flwr_home(tmp_path):
     app = write_app_dir(tmp_path / "app", {"config": 'a = "x"\nb = 1', "round-timeout": 30.0})
     tree = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert tree["components"] == {"serverapp": "fedarena.flower.server_app:app",
+    assert tree["components"] == {"serverapp": "fedarena.experiments.flower_server:app",
                                   "clientapp": "fedarena.flower.client_app:app"}
     assert tree["config"]["config"] == 'a = "x"\nb = 1'
     home = tomllib.loads((write_flwr_home(tmp_path / "h", "127.0.0.1:9", tmp_path / "ca.pem") / "config.toml").read_text())

@@ -109,7 +109,7 @@ def test_real_node_without_state_dir_is_refused(task_identity):
 def conf_client_ids(conf: cfg.Config) -> tuple[str, ...]:
     from fedarena.data import load_federated
 
-    return load_federated(conf).client_ids
+    return load_federated(conf.data, seed=conf.run.seed, synthetic=conf.synthetic).client_ids
 
 
 @pytest.mark.slow
@@ -137,6 +137,67 @@ def test_flower_sim_summary_equals_reference(tmp_path):
         assert (tmp_path / "sim" / name).exists(), name
     deployment = json.loads((tmp_path / "sim" / "deployment.json").read_text())
     assert len(deployment["fedavg/seed-1"]["train_seconds"]) == 3
+
+
+@pytest.mark.slow
+def test_flower_sim_onboards_new_clients_and_its_run_continues_and_forgets(tmp_path):
+    """What a comparison does works on flower-sim: held-out clients are onboarded on their virtual nodes, the run
+    keeps the server's checkpoints and fetches its clients' final states, so `continue` and `forget --method
+    retrain` take the run (recomputed on the reference engine, which computes the simulator's numbers)."""
+    from fedarena.experiments.continuation import continue_run
+    from fedarena.experiments.forget.run import forget
+
+    tokens: list[str] = []
+    conf = cfg.apply(_config("flower-sim", ["fedavg", "fedper"], clients=6, rounds=2),
+                     {"data": {"new_clients": 0.34}})  # 2 of 6 clients held out
+    try:
+        sim = simulate(conf, tmp_path / "sim", resources=Resources(num_cpus=2), workdir=tmp_path / "work",
+                       on_started=lambda fed: tokens.append(fed.token))
+    finally:
+        for token in tokens:
+            kill_marked(token)
+    reference = cfg.apply(conf, {"run": {"engine": "reference"}})
+    ref = run_compare(reference, tmp_path / "ref")
+    for s, r in zip(sim["runs"], ref["runs"]):
+        assert s["new_clients"]["clients"] == r["new_clients"]["clients"] and len(s["new_clients"]["clients"]) == 2
+        assert s["new_clients"]["after"]["mean"] == pytest.approx(r["new_clients"]["after"]["mean"], abs=1e-6)
+        assert s["new_clients"]["bytes_down"] == r["new_clients"]["bytes_down"] > 0
+        assert s["final"]["personal_acc_mean"] == pytest.approx(r["final"]["personal_acc_mean"], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "sim" / "models" / "fedper").glob("client-*")) == sorted(
+        p.name for p in (tmp_path / "ref" / "models" / "fedper").glob("client-*"))  # fetched from the virtual nodes
+    assert (tmp_path / "sim" / "forget" / "fedavg" / "server-r0002.safetensors").is_file()
+
+    longer = continue_run(tmp_path / "sim", 3, tmp_path / "sim-3")
+    fresh = run_compare(cfg.apply(reference, {"train": {"rounds": 3}}), tmp_path / "ref-3")
+    assert longer["continued_from"] == {"run": str(tmp_path / "sim"), "rounds": 2, "engine": "flower-sim"}
+    assert longer["engine"] == "reference"
+    for c, f in zip(longer["runs"], fresh["runs"]):
+        assert c["final"]["personal_acc_mean"] == pytest.approx(f["final"]["personal_acc_mean"], abs=1e-6)
+        assert c["bytes"] == f["bytes"]
+
+    forgotten = sim["dataset"]["client_ids"][0] if sim["dataset"]["client_ids"][0] not in sim["runs"][0][
+        "new_clients"]["clients"] else sim["dataset"]["client_ids"][1]
+    result = forget(tmp_path / "sim", [forgotten], ["retrain"], tmp_path / "forgot")
+    assert result["trained_on"] == "flower-sim" and result["recomputed_on"] == "reference"
+    assert {r["algorithm"] for r in result["runs"] if r["refused"] is None} == {"fedavg", "fedper"}
+    assert not (tmp_path / "forgot" / "models" / "fedper" / f"client-{forgotten}.safetensors").exists()
+
+
+def test_flower_runs_refuse_per_round_client_snapshots_before_starting_anything(tmp_path):
+    conf = cfg.apply(_config("flower-sim", ["fedavg"]), {"forget": {"keep": "all"}})
+    with pytest.raises(FedarenaError, match="forget.keep=all"):
+        simulate(conf, tmp_path / "run", workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_continue_and_forget_refuse_a_deployment_run(tmp_path):
+    from fedarena.experiments.rundir import recompute_engine
+
+    (tmp_path / "summary.json").write_text(json.dumps({"engine": "flower"}))
+    with pytest.raises(FedarenaError, match="stay on the deployment's SuperNodes"):
+        recompute_engine(tmp_path, "continue")
+    (tmp_path / "summary.json").write_text(json.dumps({"engine": "flower-sim"}))
+    assert recompute_engine(tmp_path, "forget") == "reference"
 
 
 def test_secagg_is_refused_on_flower_sim(tmp_path):

@@ -26,7 +26,7 @@ from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.rundir import check_out_dir
-from fedarena.flower import common
+from fedarena.flower import common, messages
 from fedarena.flower.common import node_clients
 from fedarena.flower.processes import LocalFederation, RunConfigValue, write_app_dir
 from fedarena.flower.tls import make_local_tls
@@ -42,9 +42,9 @@ class Timeouts:
 
 
 def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeouts) -> dict[str, RunConfigValue]:
-    return {"config": common.config_text(config), "out-dir": str(out.resolve()), "expect-nodes": expect_nodes,
-            "round-timeout": float(timeouts.round), "eval-timeout": float(timeouts.evaluate),
-            "start-timeout": float(timeouts.start)}
+    return {messages.CONFIG: common.config_text(config), messages.OUT_DIR: str(out.resolve()),
+            messages.EXPECT_NODES: expect_nodes, messages.ROUND_TIMEOUT: float(timeouts.round),
+            messages.EVAL_TIMEOUT: float(timeouts.evaluate), messages.START_TIMEOUT: float(timeouts.start)}
 
 
 def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
@@ -84,7 +84,7 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     for i, nc in enumerate(nodes):
         node_dir = root / "nodes" / str(i)
         node_dir.mkdir(parents=True, exist_ok=True)
-        node_configs.append({**nc, "state-dir": str(node_dir / "state"), **(node_extra(i, node_dir) if node_extra else {})})
+        node_configs.append({**nc, messages.STATE_DIR: str(node_dir / "state"), **(node_extra(i, node_dir) if node_extra else {})})
     files = make_local_tls(root / "tls") if tls else None
     app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts))
     return run_local(LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start), app_dir, config,

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
-from fedarena.flower import common
+from fedarena.flower import common, messages
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.deploy import Timeouts, run_config, run_local
 from fedarena.experiments.rundir import check_out_dir
@@ -90,7 +90,7 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
         if not common.federates(cfg.hyperparameters(config, name)):
             log.warning("%s is skipped on %s: it does not federate (nothing crosses the network)", name, ENGINE)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-flower-sim-"))
-    app_dir = write_app_dir(root / "app", {**run_config(config, out, len(nodes), timeouts), "engine": ENGINE})
+    app_dir = write_app_dir(root / "app", {**run_config(config, out, len(nodes), timeouts), messages.ENGINE: ENGINE})
     log.info("%s: %d virtual SuperNodes (%s)", ENGINE, len(nodes), federation_config(len(nodes), resources))
     return run_local(LocalFederation(root, [], simulation=True, start_timeout=timeouts.start), app_dir, config, out,
                      timeouts, keep=workdir is not None, on_started=on_started,

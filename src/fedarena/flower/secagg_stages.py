@@ -14,7 +14,7 @@ around them (message types and record keys from :mod:`fedarena.flower.messages`)
 
 The first message trains: the node computes its update against the broadcast (upload params minus the
 broadcast's shared params), clips and noises it for local DP (noise from the OS), and under SecAgg encodes
-(n_k/W * update, n_k/W) with the fixed point of the round (`privacy.round.encode_update`, the simulator's own
+(n_k/W * update, n_k/W) with the fixed point of the round (`privacy.encoding.encode_update`, the simulator's own
 function). Only the masked vector and the protocol's keys and shares ever reach the server; personal keys are
 never part of an upload, so they are neither masked nor sent.
 

@@ -38,7 +38,7 @@ from fedarena import config as cfg
 from fedarena.core.codec import Ledger, encode
 from fedarena.core.types import Broadcast, ClientState, FedarenaError, FederatedData, Params, Upload
 from fedarena.flower import common, messages, records, secagg_stages
-from fedarena.privacy import round as private_round
+from fedarena.privacy.encoding import ClientPrivacy
 from fedarena.sim.runtime import ClientEval, OnboardEval
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ class Settings:
                 return default
             return kind(rc[key])
 
-        return cls(config=get("config", str), out_dir=get("out-dir", str), expect_nodes=get("expect-nodes", int),
-                   round_timeout=get("round-timeout", float, 60.0), eval_timeout=get("eval-timeout", float, 120.0),
-                   start_timeout=get("start-timeout", float, 120.0), engine=get("engine", str, "flower"))
+        return cls(config=get(messages.CONFIG, str), out_dir=get(messages.OUT_DIR, str),
+                   expect_nodes=get(messages.EXPECT_NODES, int), round_timeout=get(messages.ROUND_TIMEOUT, float, 60.0),
+                   eval_timeout=get(messages.EVAL_TIMEOUT, float, 120.0),
+                   start_timeout=get(messages.START_TIMEOUT, float, 120.0), engine=get(messages.ENGINE, str, "flower"))
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class FlowerClients:
                 messages.NUM_CLASSES: self.num_classes}
 
     def _send_train(self, rnd: int, broadcasts: dict[int, Broadcast],
-                    protect: private_round.ClientPrivacy | None) -> tuple[dict[int, Message], float]:
+                    protect: ClientPrivacy | None) -> tuple[dict[int, Message], float]:
         """Broadcasts out (`train`, or `train.private` with the round's ClientPrivacy), replies in."""
         self.link.refresh()
         extra = secagg_stages.privacy_fields(protect) if protect else {}
@@ -249,7 +250,7 @@ class FlowerClients:
         return self.link.exchange(msgs, self.link.settings.round_timeout)
 
     def train_secure(self, rnd: int, broadcasts: dict[int, Broadcast],
-                     cp: private_round.ClientPrivacy) -> Any:  # -> secagg.SecAggResult
+                     cp: ClientPrivacy) -> Any:  # -> secagg.SecAggResult
         """A SecAgg round: train + AdvertiseKeys, then the protocol's stages; only its sum comes back."""
         replies, wall = self._send_train(rnd, broadcasts, cp)
         advertised, compute = {}, []
@@ -293,7 +294,7 @@ class FlowerClients:
         return out
 
     def train(self, rnd: int, broadcasts: dict[int, Broadcast],
-              protect: private_round.ClientPrivacy | None = None) -> dict[int, Upload]:
+              protect: ClientPrivacy | None = None) -> dict[int, Upload]:
         replies, wall = self._send_train(rnd, broadcasts, protect)
         uploads, compute = {}, []
         for c in sorted(replies):

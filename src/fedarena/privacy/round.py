@@ -136,7 +136,7 @@ class Privacy:
         try:
             result = clients.train_secure(rnd, broadcasts, cp)
             # the protocol's wall time: its stages after the training reply that carried the public keys
-            mean = self._secure_result(ref, result, cp, sum(result.server_seconds.values()))
+            mean = self._secure_result(ref, result, cp, result.seconds)
         except SecAggAbort as exc:
             return {}, self._abort(server, rnd, str(exc))
         self.budget.count(rnd, {c: None for c in result.survivors})

@@ -46,7 +46,7 @@ class Runtime(Protocol):
 
     Every message it carries crosses `ledger`. `states` holds the clients' states where the runtime can
     see them (empty where they live on the clients' own machines). A runtime with `protects_updates`
-    trains with the round's `privacy.round.ClientPrivacy` on the clients (local DP, SecAgg's client stages:
+    trains with the round's `privacy.encoding.ClientPrivacy` on the clients (local DP, SecAgg's client stages:
     `train(..., protect=)` and `train_secure`); otherwise the private round protects its uploads itself."""
 
     ids: list[int]  # the clients that train (one pseudo-client 0 when `pooled`)

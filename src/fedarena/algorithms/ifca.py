@@ -28,24 +28,29 @@ init_seed = 0 (any fixed value: it only picks the shuffles).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedarena.core.algorithm import algorithm, fedavg_aggregate, onboard_without_training
+from fedarena.core.algorithm import algorithm, fedavg_aggregate, onboard_without_training, task_loss
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import ClientState, FedarenaError, ServerState, Upload
+from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, ServerState, Upload
 from fedarena.tasks import evaluate
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 CLUSTER = "cluster"
 
 
-def pack(models):
+def pack(models: Sequence[Params]) -> Params:
     """k models -> one Params with keys `cluster<j>/<key>`."""
     return {f"{CLUSTER}{j}/{k}": v for j, model in enumerate(models) for k, v in model.items()}
 
 
-def shuffled(tensor, generator):
+def shuffled(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The tensor's entries in a random order (same shape, dtype and multiset of values)."""
     order = torch.randperm(tensor.numel(), generator=generator)
     return tensor.reshape(-1)[order].reshape(tensor.shape)
@@ -59,29 +64,32 @@ class IFCA:
     k: int = 3
     init_seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.k < 1:
             raise FedarenaError(f"ifca.k must be >= 1, got {self.k}")
 
-    def init_server(self, shared_params):
+    def init_server(self, shared_params: Params) -> ServerState:
         g = torch.Generator().manual_seed(self.init_seed)
         others = [{key: shuffled(v, g) for key, v in shared_params.items()} for _ in range(self.k - 1)]
         return ServerState(params=pack([dict(shared_params), *others]))
 
-    def models(self, params):
+    def models(self, params: Params) -> list[Params]:
         """`cluster<j>/<key>` Params -> [theta_1, ..., theta_k]."""
-        out = [{} for _ in range(self.k)]
+        out: list[Params] = [{} for _ in range(self.k)]
         for name, v in params.items():
             j, _, key = name.removeprefix(CLUSTER).partition("/")
             out[int(j)][key] = v
         return out
 
-    def estimate(self, task, models, data):
+    def estimate(self, task: Task, models: Sequence[Params], data: ClientData) -> int:
         """j = argmin_j F_i(theta_j) on the client's train split (Alg. 1, cluster identity estimate)."""
         losses = [evaluate(task, theta, data.x_train, data.y_train)[1] for theta in models]
         return min(range(len(models)), key=losses.__getitem__)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    local_objective = task_loss  # FedAvg's (named here: `client_update` calls it)
+
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         models = self.models(broadcast.params)
         j = self.estimate(task, models, data)
         mine = ClientState(params=state.params, extra={CLUSTER: torch.tensor(j, dtype=torch.int64)})
@@ -92,10 +100,10 @@ class IFCA:
                         metrics={"train_loss": loss, "steps": steps})
         return upload, mine
 
-    def aggregate(self, server, uploads):
+    def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
         """theta_j <- the train-size-weighted mean of the models uploaded for cluster j (model averaging)."""
         models = self.models(server.params)
-        groups = [{} for _ in range(self.k)]
+        groups: list[dict[int, Upload]] = [{} for _ in range(self.k)]
         for cid, u in uploads.items():
             j = int(u.extra[CLUSTER]) if CLUSTER in u.extra else -1
             if not 0 <= j < self.k:
@@ -106,12 +114,13 @@ class IFCA:
                 models[j] = fedavg_aggregate(self, ServerState(params=models[j]), group).params
         return ServerState(params=pack(models), round=server.round + 1, extra=server.extra)
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                    rng: torch.Generator) -> Params:
         models = self.models(broadcast.params)
         j = int(state.extra[CLUSTER]) if CLUSTER in state.extra else self.estimate(task, models, data)
         return models[j]
 
     onboard = onboard_without_training  # a new client estimates its cluster and uses that model
 
-    def global_model(self, server):
+    def global_model(self, server: ServerState) -> Params | None:
         return None

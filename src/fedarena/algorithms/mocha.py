@@ -47,20 +47,40 @@ cross-entropy is 1-smooth in the logits (use 0.5 for the squared loss (z - y)^2)
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from fedarena.core.algorithm import algorithm
-from fedarena.core.types import Broadcast, ClientState, FedarenaError, KeyFilter, Onboarding, ServerState, Upload
+from fedarena.core.types import (
+    Broadcast,
+    ClientData,
+    ClientState,
+    FedarenaError,
+    KeyFilter,
+    Onboarding,
+    Params,
+    ServerState,
+    Upload,
+)
 from fedarena.tasks import cross_entropy
 
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
+
 HEAD = ("head.weight", "head.bias")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-batch loss of (logits, labels), `Task.loss_fn`
+Array = npt.NDArray[np.float64]
 
 
 def _kernel(sigma: torch.Tensor, lam1: float, lam2: float) -> torch.Tensor:
     """K = (2 (lam1 Sigma^-1 + lam2 I))^-1 = U diag(s / (2 (lam1 + lam2 s))) U^T, no inverse needed."""
+    s: torch.Tensor
+    u: torch.Tensor  # declared: torch.linalg.eigh's result unpacks as Any
     if lam1 == 0:  # exactly diagonal: no coupling at all
         return torch.eye(sigma.shape[0], dtype=torch.float64) / (2 * lam2)
     if not (sigma - torch.diag(sigma.diagonal())).any():  # diagonal Sigma: exactly diagonal K, no eigh round-off
@@ -73,6 +93,8 @@ def _kernel(sigma: torch.Tensor, lam1: float, lam2: float) -> torch.Tensor:
 
 def _omega_step(w: torch.Tensor) -> torch.Tensor:
     """Sigma = m (W^T W)^(1/2) / tr((W^T W)^(1/2)) for W's m rows (tasks); eigenvalues floored at 1e-7."""
+    e: torch.Tensor
+    u: torch.Tensor  # declared: torch.linalg.eigh's result unpacks as Any
     e, u = torch.linalg.eigh(w @ w.T)
     root = (u * e.clamp(min=1e-7).sqrt()) @ u.T
     return w.shape[0] * root / torch.trace(root)
@@ -84,7 +106,8 @@ def relationships(server: ServerState) -> tuple[list[int], torch.Tensor]:
     return tasks, server.extra["sigma"] / max(len(tasks), 1)
 
 
-def _sdca(loss_fn, feats, y, alpha, w, k_row, gamma, order):
+def _sdca(loss_fn: LossFn, feats: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, k_row: float,
+          gamma: float, order: list[int]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """SDCA passes over `order` on the local subproblem; returns (alpha, dv, mean loss, steps).
     numpy float64 inside: the loop is sequential, one sample at a time, where torch's per-op overhead
     dominates."""
@@ -103,7 +126,7 @@ def _sdca(loss_fn, feats, y, alpha, w, k_row, gamma, order):
     return torch.from_numpy(a), torch.from_numpy(dv), float(np.mean(losses)) if losses else float("nan"), len(losses)
 
 
-def _ce_grad(z, label):
+def _ce_grad(z: Array, label: int) -> tuple[Array, float]:
     """d/dz of softmax cross-entropy, in closed form (the `mlr` loss)."""
     top = z.max()
     p = np.exp(z - top)
@@ -114,7 +137,7 @@ def _ce_grad(z, label):
     return p, loss
 
 
-def _autograd_grad(loss_fn, z, label):
+def _autograd_grad(loss_fn: LossFn, z: Array, label: int) -> tuple[Array, float]:
     """d/dz of any other per-sample loss, by autograd."""
     zt = torch.from_numpy(z).requires_grad_(True)
     loss = loss_fn(zt[None], torch.as_tensor(label)[None])
@@ -133,7 +156,9 @@ class Mocha:
     epochs: int | None = None
     gamma: float = 1.0
 
-    def __post_init__(self):
+    personal: ClassVar[KeyFilter]  # set by `@algorithm` (head.*); read by `init_client`
+
+    def __post_init__(self) -> None:
         for f in ("lam1", "lam2"):
             if getattr(self, f) < 0:
                 raise FedarenaError(f"mocha.{f} must be >= 0, got {getattr(self, f)}")
@@ -147,15 +172,15 @@ class Mocha:
         if self.gamma <= 0:
             raise FedarenaError(f"mocha.gamma must be > 0, got {self.gamma}")
 
-    def init_server(self, shared_params):
+    def init_server(self, shared_params: Params) -> ServerState:
         empty = torch.zeros(0, dtype=torch.float64)
         return ServerState(params={}, extra={"tasks": torch.zeros(0, dtype=torch.int64), "sigma": empty.reshape(0, 0)})
 
-    def init_client(self, params):
+    def init_client(self, params: Params) -> ClientState:
         """The client keeps the (frozen) body; w_t starts at 0 (alpha = 0), as in the paper's code."""
         return ClientState(params={k: v for k, v in params.items() if not self.personal(k)})
 
-    def broadcast(self, server, client_id):
+    def broadcast(self, server: ServerState, client_id: int) -> Broadcast:
         """K_tt, sum_s |K_ts| and the others' part sum_{s!=t} K_ts v_s of w_t (never w_t itself);
         a client not yet a task gets the fresh-task values and the mean of W (for onboarding)."""
         tasks, v = server.extra["tasks"].tolist(), {k[2:]: x for k, x in server.extra.items() if k.startswith("v/")}
@@ -173,7 +198,8 @@ class Mocha:
             coupling = {f"coupling/{k}": torch.einsum("s,s...->...", others, x).float() for k, x in v.items()}
         return Broadcast(extra={"k_tt": row[t].clone(), "k_row": row.abs().sum(), **coupling})
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         feats, keys, alpha, w = _local_model(task, broadcast, state, data)
         epochs = task.sgd.epochs if self.epochs is None else self.epochs
         order = [i for _ in range(epochs) for i in torch.randperm(feats.shape[0], generator=rng).tolist()]
@@ -183,7 +209,7 @@ class Mocha:
         upload = Upload(params=_unflatten(dv, keys), num_samples=data.num_train, metrics=metrics)
         return upload, ClientState(params=state.params, extra={"alpha": alpha})
 
-    def aggregate(self, server, uploads):
+    def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
         """v <- v + sum_t dv_t (new clients join as uncorrelated tasks, Sigma_tt = 1); every
         `inner_iters` rounds, Sigma from W = V K in closed form."""
         tasks, sigma = server.extra["tasks"].tolist(), server.extra["sigma"]
@@ -194,7 +220,8 @@ class Mocha:
                 continue
             if c not in tasks:
                 tasks.append(c)
-                sigma = torch.block_diag(sigma, torch.ones(1, 1, dtype=torch.float64))
+                # torch.block_diag (torch/functional.py) is an unannotated `def block_diag(*tensors)`
+                sigma = torch.block_diag(sigma, torch.ones(1, 1, dtype=torch.float64))  # type: ignore[no-untyped-call]
                 for k, x in up.items():
                     old = v.get(k, torch.zeros((0, *x.shape), dtype=torch.float64))
                     v[k] = torch.cat([old, torch.zeros((1, *x.shape), dtype=torch.float64)])
@@ -208,12 +235,14 @@ class Mocha:
         extra = {"tasks": torch.tensor(tasks, dtype=torch.int64), "sigma": sigma, **{f"v/{k}": x for k, x in v.items()}}
         return ServerState(params=server.params, round=rnd, extra=extra)
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                    rng: torch.Generator) -> Params:
         """w_t(alpha) = K_tt v_t + sum_{s!=t} K_ts v_s with the body the client keeps."""
         _, keys, _, w = _local_model(task, broadcast, state, data)
         return {**state.params, **_unflatten(w, keys)}
 
-    def onboard(self, task, broadcast, state, data, rng):
+    def onboard(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                rng: torch.Generator) -> Onboarding:
         """Start from the mean task model; SDCA on l_t(w) + (lam1 + lam2) ||w - mean||^2 (K_tt of a fresh task)."""
         b = Broadcast(extra={**{f"coupling/{k[6:]}": x for k, x in broadcast.extra.items() if k.startswith("prior/")},
                              "k_tt": broadcast.extra["k_tt"], "k_row": broadcast.extra["k_tt"]})
@@ -222,16 +251,16 @@ class Mocha:
         return Onboarding(before=before, after=self.personalize(task, b, new_state, data, rng),
                           steps=int(upload.metrics["steps"]))
 
-    def global_model(self, server):
+    def global_model(self, server: ServerState) -> Params | None:
         return None
 
 
-def _features(task, state, x):
+def _features(task: Task, state: ClientState, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """The frozen body's eval-mode features (a private copy: safe in the vectorized engine's threads),
     with a constant 1 appended when the head has a bias; float64."""
     if not isinstance(task.module.head, torch.nn.Linear):
         raise FedarenaError(f"mocha needs a linear head (model.name=mlr); {task.name}'s is {type(task.module.head)}")
-    body = copy.deepcopy(task.module.body).eval()
+    body = copy.deepcopy(cast(torch.nn.Module, task.module.body)).eval()  # nn.Module attributes type as Tensor | Module
     body.load_state_dict({k[5:]: v for k, v in state.params.items() if k.startswith("body.")}, strict=False)
     with torch.no_grad():
         f = body(x).reshape(x.shape[0], -1).double()
@@ -241,10 +270,12 @@ def _features(task, state, x):
     return f, keys
 
 
-def _local_model(task, broadcast, state, data):
+def _local_model(task: Task, broadcast: Broadcast, state: ClientState,
+                 data: ClientData) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
     """(features, head keys, alpha, w_t = K_tt v_t + coupling as one outputs x features[+1] matrix)."""
     feats, keys = _features(task, state, data.x_train)
-    zeros = torch.zeros(feats.shape[0], task.module.head.out_features, dtype=torch.float64)
+    head = cast(torch.nn.Linear, task.module.head)  # `_features` refused any other head
+    zeros = torch.zeros(feats.shape[0], head.out_features, dtype=torch.float64)
     alpha = state.extra.get("alpha", zeros)
     w = broadcast.extra["k_tt"] * (alpha.T @ feats) / feats.shape[0]
     if "coupling/head.weight" in broadcast.extra:
@@ -253,7 +284,7 @@ def _local_model(task, broadcast, state, data):
     return feats, keys, alpha, w
 
 
-def _unflatten(w, keys):
+def _unflatten(w: torch.Tensor, keys: list[str]) -> Params:
     out = {"head.weight": w[:, : w.shape[1] - ("head.bias" in keys)].float().contiguous()}
     if "head.bias" in keys:
         out["head.bias"] = w[:, -1].float().contiguous()

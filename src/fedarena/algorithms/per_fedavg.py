@@ -40,29 +40,34 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import TYPE_CHECKING, cast
 
 import torch
 
-from fedarena.core.algorithm import algorithm
+from fedarena.core.algorithm import Batch, algorithm, task_loss
 from fedarena.core.local_train import local_sgd
-from fedarena.core.types import SGD, FedarenaError, Onboarding, Upload
+from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params, Upload
+
+if TYPE_CHECKING:
+    from fedarena.tasks import Task
 
 VARIANTS = ("fo", "hf")
 
 
-def loss_grad(task, params, x, y, keys):
+def loss_grad(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor, keys: list[str]) -> Params:
     """grad f(params; (x, y)) over `keys` as plain tensors (no graph, BatchNorm statistics untouched)."""
     point = {k: v.detach() for k, v in params.items()}
     frozen = {k: v.clone() for k, v in point.items() if k not in keys}
     if not frozen:
-        return torch.func.grad(lambda p: task.loss(p, x, y))({k: point[k] for k in keys})
+        # torch.func.grad returns Any; the gradient of a function of a Params dict is a Params dict
+        return cast(Params, torch.func.grad(lambda p: task.loss(p, x, y))({k: point[k] for k in keys}))
     leaves = {k: point[k].requires_grad_(True) for k in keys}  # BatchNorm: torch.func cannot update buffers
     with torch.enable_grad():
         grads = torch.autograd.grad(task.loss({**frozen, **leaves}, x, y), [leaves[k] for k in keys])
     return dict(zip(keys, grads))
 
 
-def parts(x, y, n):
+def parts(x: torch.Tensor, y: torch.Tensor, n: int) -> list[Batch]:
     """The batch as n consecutive parts of (almost) equal size; an empty part reuses the first."""
     size = -(-int(y.shape[0]) // n)
     out = [(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(n)]
@@ -78,7 +83,7 @@ class PerFedAvg:
     delta: float = 0.001
     adapt_steps: int = 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise FedarenaError(f"per-fedavg.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         for name in ("beta", "delta"):
@@ -87,7 +92,8 @@ class PerFedAvg:
         if self.adapt_steps < 0:
             raise FedarenaError(f"per-fedavg.adapt_steps must be >= 0, got {self.adapt_steps}")
 
-    def meta_objective(self, task, params, *, broadcast, state, batch):
+    def meta_objective(self, task: Task, params: Params, *, broadcast: Broadcast, state: ClientState,
+                       batch: Batch) -> torch.Tensor:
         """Value f_i(w_tilde; D'); gradient in w: grad f_i(w_tilde; D') [- alpha H_i(w; D'') g for HF]."""
         (xa, ya), (xb, yb), *hessian = parts(*batch, 3 if self.variant == "hf" else 2)
         keys = [k for k in params if k in task.parameter_names]
@@ -104,7 +110,8 @@ class PerFedAvg:
         hvp = {k: (plus[k] - minus[k]) / (2 * self.delta) for k in keys}
         return value - alpha * sum((hvp[k] * (params[k] - params[k].detach())).sum() for k in keys)
 
-    def client_update(self, task, broadcast, state, data, rng):
+    def client_update(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                      rng: torch.Generator) -> tuple[Upload, ClientState]:
         """Algorithm 1's local steps (learning rate beta, batches of 2B or 3B); upload the meta-model."""
         batch = (3 if self.variant == "hf" else 2) * task.sgd.batch_size
         sgd = dataclasses.replace(task.sgd, lr=self.beta, batch_size=batch)
@@ -114,7 +121,10 @@ class PerFedAvg:
         upload = Upload(params=w, num_samples=data.num_train, metrics={"train_loss": loss, "steps": steps})
         return upload, state
 
-    def onboard(self, task, broadcast, state, data, rng):
+    local_objective = task_loss  # FedAvg's (named here: `onboard` calls it)
+
+    def onboard(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                rng: torch.Generator) -> Onboarding:
         """`adapt_steps` full-batch gradient steps with step alpha from the meta-model."""
         start = broadcast.params
         if self.adapt_steps == 0:
@@ -124,5 +134,6 @@ class PerFedAvg:
         adapted, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, sgd, rng)
         return Onboarding(before=start, after=adapted, steps=steps)
 
-    def personalize(self, task, broadcast, state, data, rng):
+    def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,
+                    rng: torch.Generator) -> Params:
         return self.onboard(task, broadcast, state, data, rng).after

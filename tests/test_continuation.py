@@ -75,7 +75,7 @@ def test_continued_run_equals_a_run_of_that_length(tmp_path, engine):
     assert_same_run(tmp_path / "r4-to-8", tmp_path / "r8")
     assert digest(tmp_path / "r4") == before  # the original run is never modified
     summary = json.loads((tmp_path / "r4-to-8" / "summary.json").read_text())
-    assert summary["continued_from"] == {"run": str(tmp_path / "r4"), "rounds": 4}
+    assert summary["continued_from"] == {"run": str(tmp_path / "r4"), "rounds": 4, "engine": engine}
     jsonschema.validate(summary, json.loads(resources.files("fedarena").joinpath("schemas/summary.schema.json").read_text()))
     clock = [h["train_seconds"] for h in summary["runs"][0]["history"]]
     assert clock == sorted(clock) and len(clock) == 4  # rounds 2, 4, 6, 8 on one clock

@@ -10,6 +10,7 @@ from fedarena import config as cfg
 from fedarena.cli import app
 from fedarena.core.types import FedarenaError
 from fedarena.privacy import accountant as acc
+from fedarena.experiments import privacy_sweep as runs
 from fedarena.report import privacy_sweep as ps
 from fedarena.report.render import load_summary
 from fedarena.report.claims import claim_table
@@ -18,7 +19,7 @@ from fedarena.report.claims import claim_table
 def test_noise_for_reaches_the_budget_from_below():
     privacy = cfg.PrivacyConfig()
     for target in (1.0, 3.0, 8.0):
-        z = ps.noise_for(target, 1000, 100, 30, privacy)
+        z = runs.noise_for(target, 1000, 100, 30, privacy)
         assert acc.epsilon(z, population=1000, per_round=100, rounds=30, delta=1e-5) <= target
         assert acc.epsilon(z * 0.99, population=1000, per_round=100, rounds=30, delta=1e-5) > target
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app
+from fedarena.experiments import sweep as sweeps
 from fedarena.report import claims, sweep
 from fedarena.report.claims import Verdict, claim_table
 from fedarena.report.measures import Stat, stat
@@ -336,18 +337,16 @@ def test_cell_names_parse():
 
 
 def test_sweep_resume_does_not_redo_finished_cells(tmp_path, monkeypatch):
-    import fedarena.experiments.compare as compare
-
     calls: list[Path] = []
-    real = compare.run_compare
+    real = sweeps.run_compare
 
     def counting(config, out, on_round=None):
         calls.append(out)
         return real(config, out, on_round)
 
-    monkeypatch.setattr(compare, "run_compare", counting)
+    monkeypatch.setattr(sweeps, "run_compare", counting)
     cells = [sweep.Cell.parse(c) for c in ("iid", "shards-2")]
-    first = sweep.run_sweep(tiny_sweep_config(), cells, tmp_path)
+    first = sweeps.run_sweep(tiny_sweep_config(), cells, tmp_path)
     assert [p.name for p in calls] == ["iid", "shards-2"]
     assert [c["reused"] for c in first["cells"]] == [False, False]
     assert first["cells"][0]["gain"]["n"] == 2
@@ -356,20 +355,20 @@ def test_sweep_resume_does_not_redo_finished_cells(tmp_path, monkeypatch):
     assert "shards-2" in paths.markdown.read_text() and paths.html.stat().st_size > 1_000_000
 
     calls.clear()
-    again = sweep.run_sweep(tiny_sweep_config(), cells, tmp_path)
+    again = sweeps.run_sweep(tiny_sweep_config(), cells, tmp_path)
     assert calls == [] and [c["reused"] for c in again["cells"]] == [True, True]
     assert [c["gain"] for c in again["cells"]] == [c["gain"] for c in first["cells"]]
 
     import shutil
     shutil.rmtree(tmp_path / "cells" / "shards-2")  # as if interrupted before this cell finished
     calls.clear()
-    third = sweep.run_sweep(tiny_sweep_config(), cells, tmp_path)
+    third = sweeps.run_sweep(tiny_sweep_config(), cells, tmp_path)
     assert [p.name for p in calls] == ["shards-2"] and [c["reused"] for c in third["cells"]] == [True, False]
 
     other = cfg.build(None, {"data": {"num_clients": 6}, "train": {"rounds": 3, "clients_per_round": 3},
                              "model": {"name": "mlr"}, "run": {"algorithms": "fedavg,fedavg-ft", "seeds": 2}}, [])
     with pytest.raises(Exception, match="different config"):
-        sweep.run_sweep(other, cells, tmp_path)
+        sweeps.run_sweep(other, cells, tmp_path)
 
 
 def _cell(name: str, js: float, gains: list[float]) -> dict[str, Any]:

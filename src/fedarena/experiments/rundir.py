@@ -154,7 +154,10 @@ def recompute_engine(run_dir: Path, command: str) -> str:
     engine, or the reference engine for a flower-sim run (whose ServerApp kept the server checkpoints and
     fetched its virtual nodes' final states into the run directory). A deployment's client states and data
     stay on its SuperNodes: refused."""
-    engine = read_json(run_dir / "summary.json").get("engine")
+    summary = read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict):
+        raise FedarenaError(f"{run_dir / 'summary.json'} is malformed: a JSON object is expected")
+    engine = summary.get("engine")
     if engine in IN_PROCESS:
         return str(engine)
     if engine == "flower-sim":

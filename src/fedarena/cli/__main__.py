@@ -1,0 +1,3 @@
+from fedarena.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""Options several commands share, declared once (config sections [data], [train], [model], [run], [privacy])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML config (e.g. a run's config.toml).")]
+Data = Annotated[Optional[str], typer.Option("--data", help="digits | synthetic | npz-dir:PATH")]
+Partition = Annotated[Optional[str], typer.Option(
+    "--partition", help="iid | dirichlet | shards | quantity | feature (default: dirichlet for digits)")]
+Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Dirichlet concentration (dirichlet, quantity).")]
+ShardsPerClient = Annotated[Optional[int], typer.Option("--shards-per-client", help="Classes per client (shards).")]
+Clients = Annotated[Optional[int], typer.Option("--clients", help="Number of clients (embedded data).")]
+NewClients = Annotated[Optional[float], typer.Option(
+    "--new-clients", help="Fraction of clients held out of training and onboarded at the end.")]
+ClientsPerRound = Annotated[Optional[int], typer.Option(
+    "--clients-per-round", help="Clients sampled per round (default: min(10, training clients)).")]
+Rounds = Annotated[Optional[int], typer.Option("--rounds", help="Training rounds.")]
+LocalEpochs = Annotated[Optional[int], typer.Option("--local-epochs", help="Local epochs per round.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Local mini-batch size.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Local learning rate.")]
+Model = Annotated[Optional[str], typer.Option("--model", help="mlr | mlp | cnn")]
+Algorithms = Annotated[Optional[str], typer.Option(
+    "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local (`fedarena list` names them all).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (the first one, with --seeds).")]
+Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Run for K seeds (seed, seed+1, ...).")]
+Target = Annotated[Optional[float], typer.Option("--target", help="Target personal accuracy (fraction).")]
+RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run directory (must be absent or empty).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE override, repeatable.")]
+
+# The privacy flags `compare` and `deploy` share (config section [privacy]).
+DpClip = Annotated[Optional[float], typer.Option("--dp-clip", help="DP: clip each client update to L2 norm C.")]
+DpNoise = Annotated[Optional[float], typer.Option("--dp-noise", help="DP: noise multiplier z (std z*C).")]
+DpDelta = Annotated[Optional[float], typer.Option("--dp-delta", help="DP: delta (default 1e-5).")]
+DpMode = Annotated[Optional[str], typer.Option(
+    "--dp-mode", help="central (default: the server adds noise; the clients, under --secagg) | local (each client)")]
+DpSgdNoise = Annotated[Optional[float], typer.Option(
+    "--dp-sgd-noise", help="DP-SGD (sample-level DP of local training): noise multiplier sigma.")]
+DpSgdClip = Annotated[Optional[float], typer.Option("--dp-sgd-clip", help="DP-SGD: clip each per-sample gradient to C.")]
+TargetEpsilon = Annotated[Optional[float], typer.Option(
+    "--target-epsilon", help="DP: stop before the round that would exceed it.")]
+SecAgg = Annotated[bool, typer.Option(
+    "--secagg", help="Secure aggregation between the clients and the server (SecAgg; SecAgg+ with --secagg-neighbours).")]
+SecAggThreshold = Annotated[Optional[int], typer.Option("--secagg-threshold", help="Survivors needed (t of n).")]
+SecAggNeighbours = Annotated[Optional[int], typer.Option("--secagg-neighbours", help="SecAgg+ graph degree k.")]
+
+
+def _privacy_flags(dp_clip: float | None, dp_noise: float | None, dp_delta: float | None, dp_mode: str | None,
+                   sgd_noise: float | None, sgd_clip: float | None, target_epsilon: float | None, secagg: bool,
+                   secagg_threshold: int | None, secagg_neighbours: int | None) -> dict[str, Any]:
+    """The [privacy] keys the flags set (the ones given)."""
+    return _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode, target_epsilon=target_epsilon,
+                  secagg=secagg or None, secagg_threshold=secagg_threshold, secagg_neighbours=secagg_neighbours,
+                  sgd_noise=sgd_noise, sgd_clip=sgd_clip)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

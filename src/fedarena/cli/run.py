@@ -1,0 +1,257 @@
+"""Commands on one run: compare (and its report), continue, forget, report, recommend, list, bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedarena import config as cfg
+from fedarena.cli.app import _fail, _guard, app, err, out
+from fedarena.cli.options import (
+    Algorithms,
+    Alpha,
+    BatchSize,
+    Clients,
+    ClientsPerRound,
+    ConfigFile,
+    Data,
+    DpClip,
+    DpDelta,
+    DpMode,
+    DpNoise,
+    DpSgdClip,
+    DpSgdNoise,
+    LocalEpochs,
+    Lr,
+    Model,
+    NewClients,
+    Partition,
+    Rounds,
+    RunOut,
+    SecAgg,
+    SecAggNeighbours,
+    SecAggThreshold,
+    Seed,
+    Seeds,
+    Sets,
+    ShardsPerClient,
+    Target,
+    TargetEpsilon,
+    _given,
+    _privacy_flags,
+)
+from fedarena.cli.tables import _bench_table, _forget_table, _table
+
+
+@app.command()
+def compare(
+    config: ConfigFile = None,
+    data: Data = None,
+    partition: Partition = None,
+    alpha: Alpha = None,
+    shards_per_client: ShardsPerClient = None,
+    clients: Clients = None,
+    new_clients: NewClients = None,
+    clients_per_round: ClientsPerRound = None,
+    rounds: Rounds = None,
+    local_epochs: LocalEpochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    model: Model = None,
+    algorithms: Algorithms = None,
+    seed: Seed = None,
+    engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference | flower-sim (Flower + Ray)"),
+    seeds: Seeds = None,
+    target: Target = None,
+    out_dir: RunOut = None,
+    set_: Sets = None,
+    report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
+    dp_clip: DpClip = None,
+    dp_noise: DpNoise = None,
+    dp_delta: DpDelta = None,
+    dp_mode: DpMode = None,
+    dp_sgd_noise: DpSgdNoise = None,
+    dp_sgd_clip: DpSgdClip = None,
+    target_epsilon: TargetEpsilon = None,
+    secagg: SecAgg = False,
+    secagg_threshold: SecAggThreshold = None,
+    secagg_neighbours: SecAggNeighbours = None,
+    forget_probe: Optional[str] = typer.Option(
+        None, "--forget-probe",
+        help="Client ID: plant a backdoor in its data, then forget it (retrain, federaser) into RUN/forget-ID/."),
+) -> None:
+    """Run global FL, personalized FL and baselines on identical seeded clients."""
+    flags: dict[str, dict[str, Any]] = {
+        "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
+                       num_clients=clients, new_clients=new_clients),
+        "train": _given(clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
+                        batch_size=batch_size, lr=lr),
+        "model": _given(name=model),
+        "run": _given(algorithms=algorithms, seed=seed, engine=engine, target=target, seeds=seeds),
+        "forget": _given(probe=forget_probe),
+        "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
+                                  secagg, secagg_threshold, secagg_neighbours),
+    }
+    conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
+    from fedarena.experiments.compare import run_compare
+    from fedarena.experiments.rundir import check_out_dir, default_out_dir
+
+    target_dir = out_dir or default_out_dir(conf)
+    _guard(check_out_dir, target_dir)
+    rounds_total = conf.train.rounds * conf.run.seeds
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bars = {name: progress.add_task(name, total=rounds_total) for name in conf.run.algorithms}
+        summary = _guard(run_compare, conf, target_dir, lambda name, r: progress.update(bars[name], completed=r))
+    out.print(_table(summary))
+    out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+    if forget_probe:
+        from fedarena.experiments.forget.run import forget as forget_clients
+
+        result = _guard(forget_clients, target_dir, [forget_probe], ["retrain", "federaser"],
+                        target_dir / f"forget-{forget_probe}")
+        out.print(_forget_table(result))
+    if report:
+        from fedarena.report.render import write_report
+
+        paths = _guard(write_report, target_dir)
+        out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def forget(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    client: list[str] = typer.Option(..., "--client", help="Client ID as named in summary.json; repeatable."),
+    method: str = typer.Option("retrain", "--method", help="Comma-separated: retrain (exact) | federaser."),
+    algorithms: Optional[str] = typer.Option(None, "--algorithms", help="Only these algorithms of the run."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="New directory (default RUN_DIR-forget-ID)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Also retrain exactly, to measure the method against (costs a retrain)."),
+) -> None:
+    """Remove clients from every algorithm of a run; write the models without them, audit.json and forget.json."""
+    from fedarena.experiments.forget.run import forget as forget_clients
+
+    target = out_dir or run_dir.parent / f"{run_dir.name}-forget-{'-'.join(client)}"
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    names = [a.strip() for a in algorithms.split(",")] if algorithms else None
+    result = _guard(forget_clients, run_dir, client, methods, target, names, verify)
+    out.print(_forget_table(result))
+    out.print(f"forget directory: {target}", highlight=False, soft_wrap=True)
+
+
+@app.command("continue")
+def continue_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare (reference, vectorized or flower-sim engine)."),
+    rounds: int = typer.Option(..., "--rounds", help="Train on to this many rounds in total (more than the run's)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="New directory (default RUN_DIR-to-N)."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html and report.md there."),
+) -> None:
+    """Continue a finished run to more rounds from its checkpoints (same numbers as a run of that length; the
+    privacy budget continues); writes a new run directory."""
+    from fedarena.experiments.continuation import continue_run
+
+    target = out_dir or run_dir.parent / f"{run_dir.name}-to-{rounds}"
+    summary = _guard(continue_run, run_dir, rounds, target)
+    out.print(_table(summary))
+    out.print(f"run directory: {target}", highlight=False, soft_wrap=True)
+    if report:
+        from fedarena.report.render import write_report
+
+        paths = _guard(write_report, target)
+        out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+def report_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write the report here instead of RUN_DIR."),
+    persona: str = typer.Option("architect", "--persona", help="cto | architect | ml-engineer"),
+    priority: str = typer.Option("accuracy", "--priority",
+                                 help="accuracy | worst-client | communication | simplicity | privacy"),
+) -> None:
+    """Write report.html (self-contained) and report.md: the claims table measured, plots, recommendation."""
+    from fedarena.report.render import write_report
+
+    paths = _guard(write_report, run_dir, out_dir, persona, priority)
+    out.print(f"report: {paths.html}\nmarkdown: {paths.markdown}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare."),
+    persona: str = typer.Option("architect", "--persona", help="cto | architect | ml-engineer"),
+    priority: str = typer.Option("accuracy", "--priority",
+                                 help="accuracy | worst-client | communication | simplicity | privacy"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Which family and algorithm to deploy, from the run's measured numbers (rules stated)."""
+    from fedarena.report.recommend import as_text
+    from fedarena.report.recommend import recommend as recommend_
+    from fedarena.report.render import load_summary
+
+    rec = _guard(recommend_, _guard(load_summary, run_dir), persona, priority)
+    if as_json:
+        sys.stdout.write(json.dumps(rec.to_json(), indent=2) + "\n")
+        return
+    out.print(as_text(rec), highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Algorithms (with family and paper), datasets, partitioners and models."""
+    from fedarena.algorithms import REGISTRY
+
+    info = {
+        "algorithms": [{"name": n, "family": a.family, "paper": a.paper, "federated": a.federated,
+                        "personal_keys": list(a.personal.patterns)} for n, a in ((n, c()) for n, c in REGISTRY.items())],
+        "datasets": list(cfg.DATASETS),
+        "partitions": list(cfg.PARTITIONS),
+        "models": list(cfg.MODELS),
+        "engines": list(cfg.ENGINES),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    table = Table(title="algorithms")
+    for col in ("name", "family", "personal keys", "paper"):
+        table.add_column(col)
+    for a in info["algorithms"]:
+        table.add_row(a["name"], a["family"], ", ".join(a["personal_keys"]) or "-", a["paper"])
+    out.print(table)
+    for key in ("datasets", "partitions", "models", "engines"):
+        out.print(f"{key}: {', '.join(info[key])}", highlight=False)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="About a minute: 3 rounds of the 100-client workloads."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds per engine and workload (default 20)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for bench.json (absent or empty)."),
+) -> None:
+    """Time the engines side by side on the same workloads; writes bench.json."""
+    import datetime as dt
+    import os
+
+    from fedarena.experiments.bench import run_bench, write
+    from fedarena.experiments.rundir import check_out_dir
+
+    target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-bench"
+    _guard(check_out_dir, target)
+    if rounds is not None and rounds < 2:
+        _fail(2, "--rounds must be >= 2 (the first round is timed apart)")
+    with err.status("benchmarking (each engine in its own process)..."):
+        result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1)
+    path = write(result, target)
+    out.print(_bench_table(result))
+    mem = result.get("memory")
+    if mem:
+        out.print(f"memory: {mem['workload']} peak RSS {mem['peak_rss_mb']:.0f} MB "
+                  f"(python+torch baseline {mem['baseline_rss_mb']:.0f} MB, target {mem['target_mb']} MB)")
+    out.print(f"bench: {path}", highlight=False, soft_wrap=True)

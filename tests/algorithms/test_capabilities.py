@@ -13,7 +13,7 @@ Parametrized over REGISTRY, filtered by what each algorithm declares, never by n
   `check_dpsgd` with the reason they declare.
 - communicates: among algorithms that train on the clients' own data (`federated`), False ones broadcast and
   upload no tensor and True ones send something (the pooled `centralized` runs no client protocol: its 0 bytes
-  are checked end to end in tests/test_cli.py).
+  are checked end to end in tests/cli/test_cli.py).
 The uploads come from a real round after a first one, so server optimizers have non-zero moments.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy import classification_task, federation
 
 from fedarena import config as cfg
 from fedarena.algorithms import REGISTRY
@@ -29,7 +30,6 @@ from fedarena.core.params import clone, weighted_mean
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import FedarenaError, ServerState, Upload
 from fedarena.privacy.dpsgd import DPSGD, SampleLevel, check_dpsgd
-from toy import classification_task, federation
 
 CLIENTS = (0, 1, 2)
 
@@ -139,7 +139,7 @@ def test_other_algorithms_are_refused_by_dp_sgd_with_their_reason(name):
     assert algo.not_per_sample in str(refused.value)
 
 
-@pytest.mark.parametrize("name", names(lambda cls: cls.federated))  # pooled (centralized): tests/test_cli.py, 0 bytes
+@pytest.mark.parametrize("name", names(lambda cls: cls.federated))  # pooled (centralized): tests/cli/test_cli.py, 0 bytes
 def test_communicates_is_whether_anything_crosses_the_network(name, toy):
     data, task = toy
     algo = REGISTRY[name]()

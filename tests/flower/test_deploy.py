@@ -15,19 +15,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from running import run_loop
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app as cli_app
-from fedarena.experiments.compare import run_compare
 from fedarena.data import load_federated
-from fedarena.flower import common
+from fedarena.experiments.compare import run_compare
 from fedarena.experiments.deploy import Timeouts
-from fedarena.sim.local import LocalClients
-from fedarena.sim.local import ReferenceExecutor
-from running import run_loop
-
+from fedarena.sim.local import LocalClients, ReferenceExecutor
 from flower.deploying import deploy_and_reap
 
 

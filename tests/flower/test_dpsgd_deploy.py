@@ -9,7 +9,6 @@ import pytest
 from fedarena import config as cfg
 from fedarena.experiments.compare import run_compare
 from fedarena.experiments.deploy import Timeouts
-
 from flower.deploying import deploy_and_reap
 
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 import tomllib
-from pathlib import Path
 
 import pytest
 from cryptography import x509

@@ -21,25 +21,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from running import run_loop
 from safetensors.torch import load_file
 
 from fedarena import config as cfg
-from fedarena.experiments.compare import prepare, run_compare
 from fedarena.core.codec import decode
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, FedarenaError, Upload
+from fedarena.experiments.compare import prepare, run_compare
+from fedarena.experiments.deploy import Timeouts
 from fedarena.flower import messages
 from fedarena.flower import secagg_stages as st
-from fedarena.experiments.deploy import Timeouts
 from fedarena.privacy import secagg
 from fedarena.privacy.encoding import ClientPrivacy, encode_update, mean_from_sum
 from fedarena.privacy.fixedpoint import wrap
 from fedarena.privacy.round import Privacy
-from fedarena.sim.local import LocalClients
-from fedarena.sim.local import ReferenceExecutor
-from running import run_loop
+from fedarena.sim.local import LocalClients, ReferenceExecutor
 from fedarena.sim.runtime import train_client
-
 from flower.deploying import deploy_and_reap
 
 

@@ -8,19 +8,18 @@ and compares summary.json with the reference engine's for the same seed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedarena import config as cfg
-from fedarena.experiments.compare import run_compare
 from fedarena.core.types import ClientState, FedarenaError
 from fedarena.experiments import flower_sim as simulation
+from fedarena.experiments.compare import run_compare
+from fedarena.experiments.flower_sim import Resources, federation_config, simulate
 from fedarena.flower import client_app, common, records
 from fedarena.flower.processes import kill_marked, marked_pids
-from fedarena.experiments.flower_sim import Resources, federation_config, simulate
 
 
 def _config(engine: str, algorithms: list[str], clients: int = 4, rounds: int = 3) -> cfg.Config:

@@ -10,7 +10,9 @@ import dp_accounting
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
+from running import run_loop
 from torch.func import functional_call, grad, vmap
+from toy import classification_task, federation
 from typer.testing import CliRunner
 
 from fedarena import config as cfg
@@ -19,9 +21,7 @@ from fedarena.cli import app
 from fedarena.core.types import SGD, FedarenaError
 from fedarena.privacy.checks import check
 from fedarena.privacy.dpsgd import DPSGD, SampleLevel, check_dpsgd, dp_sgd, poisson_lots, steps_per_epoch
-from running import run_loop
 from fedarena.tasks import make_task
-from toy import classification_task, federation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

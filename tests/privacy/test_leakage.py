@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 import torch
+from running import run_loop
+from toy import classification_task, federation
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.local_train import local_sgd
 from fedarena.core.types import SGD
 from fedarena.privacy import leakage
-from running import run_loop
-from toy import classification_task, federation
 
 
 def test_a_model_that_memorized_its_client_is_detected_and_an_untrained_one_is_not():

@@ -7,16 +7,16 @@ import math
 import pyarrow.parquet as pq
 import pytest
 import torch
+from running import run_loop
 
 from fedarena import config as cfg
 from fedarena.algorithms import REGISTRY
-from fedarena.experiments.compare import prepare, run_compare
 from fedarena.core.types import FedarenaError, ServerState, Upload
+from fedarena.experiments.compare import prepare, run_compare
 from fedarena.privacy import accountant as acc
 from fedarena.privacy import dp
 from fedarena.privacy.checks import check
 from fedarena.privacy.round import Privacy
-from running import run_loop
 
 N, PER_ROUND, ROUNDS = 12, 4, 3
 

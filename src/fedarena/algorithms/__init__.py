@@ -8,8 +8,8 @@ from fedarena.algorithms.ditto import Ditto
 from fedarena.algorithms.fedadagrad import FedAdagrad
 from fedarena.algorithms.fedadam import FedAdam
 from fedarena.algorithms.fedavg import FedAvg
-from fedarena.algorithms.fedavgm import FedAvgM
 from fedarena.algorithms.fedavg_ft import FedAvgFT
+from fedarena.algorithms.fedavgm import FedAvgM
 from fedarena.algorithms.fedbn import FedBN
 from fedarena.algorithms.fedper import FedPer
 from fedarena.algorithms.fedprox import FedProx

@@ -33,9 +33,8 @@ all three updates is the comparison's local learning rate (the paper and its cod
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
-
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 

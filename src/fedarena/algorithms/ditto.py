@@ -26,9 +26,8 @@ rate and one number of local iterations for both updates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 

@@ -12,9 +12,8 @@ Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -44,7 +43,8 @@ class FedAvgFT:
         if self.epochs == 0:
             return Onboarding(before=start, after=start, steps=0)
         objective = partial(self.local_objective, task, broadcast=broadcast, state=state)
-        tuned, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng, self.epochs)
+        tuned, _, steps = local_sgd(objective, start, task.parameter_names, data.x_train, data.y_train, task.sgd, rng,
+                                    self.epochs)
         return Onboarding(before=start, after=tuned, steps=steps)
 
     def personalize(self, task: Task, broadcast: Broadcast, state: ClientState, data: ClientData,

@@ -29,9 +29,8 @@ Hyperparameters:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 

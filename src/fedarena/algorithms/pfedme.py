@@ -29,9 +29,8 @@ gives every algorithm of its comparison the same eta (0.005 for pFedMe, FedAvg a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -30,9 +30,8 @@ eta_g = 1; tested), the ablation the paper compares against.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -147,7 +147,8 @@ def forget(
 
 @app.command("continue")
 def continue_(
-    run_dir: Path = typer.Argument(..., help="A run directory written by fedarena compare (reference, vectorized or flower-sim engine)."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory written by fedarena compare (reference, vectorized or flower-sim engine)."),
     rounds: int = typer.Option(..., "--rounds", help="Train on to this many rounds in total (more than the run's)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="New directory (default RUN_DIR-to-N)."),
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md there."),

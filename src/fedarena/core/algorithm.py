@@ -7,14 +7,13 @@ class. Algorithms whose client work is SGD on a per-batch objective define
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from typing_extensions import dataclass_transform
-
 import torch
+from typing_extensions import dataclass_transform
 
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import merge, split, weighted_mean

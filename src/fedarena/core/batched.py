@@ -12,8 +12,8 @@ Parity with the reference loop, client by client:
 - clients whose data sizes differ have different numbers of steps and a different last batch size:
   at each step the clients are grouped by their batch size (most steps: one group of all clients),
   so every client's batch mean is over exactly its own samples, never over padding;
-- the update is ``w <- w + (-lr) * grad`` per client (``add`` with ``alpha``, as the reference). Batched matmuls may sum in another order than
-  the reference, so results agree to float32 rounding, not bit for bit.
+- the update is ``w <- w + (-lr) * grad`` per client (``add`` with ``alpha``, as the reference). Batched matmuls
+  may sum in another order than the reference, so results agree to float32 rounding, not bit for bit.
 
 Gradients: the objective is vmapped forward only (one loss per client) and ordinary autograd
 differentiates the sum of the clients' losses. Client k's parameters enter only client k's loss, so
@@ -231,6 +231,6 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
                     losses[client].append(v)
     return [
         ({k: stacked[k][i].clone(memory_format=torch.contiguous_format) for k in keys},
-         sum(l) / len(l) if l else float("nan"), len(l))
-        for i, l in enumerate(losses)
+         sum(client) / len(client) if client else float("nan"), len(client))
+        for i, client in enumerate(losses)
     ]

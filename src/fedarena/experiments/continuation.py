@@ -36,7 +36,6 @@ from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget.store import Stored, decode_state
 from fedarena.sim.engine import AlgorithmRun, Checkpoint, Evaluation
 
-
 METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
                   "bytes_down")
 

@@ -50,7 +50,8 @@ def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeo
 def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
     """An upper bound for `flwr run`: every round of every algorithm and seed timing out, plus start-up."""
     per_round = timeouts.round * (4 if config.privacy.secagg else 1) + timeouts.evaluate  # SecAgg: 4 exchanges
-    return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * len(config.run.algorithms) * config.run.seeds
+    runs = len(config.run.algorithms) * config.run.seeds
+    return timeouts.start * (1 + config.run.seeds) + 60 + per_round * config.train.rounds * runs
 
 
 def _result(out: Path, log_path: Path) -> dict[str, Any]:
@@ -84,7 +85,8 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     for i, nc in enumerate(nodes):
         node_dir = root / "nodes" / str(i)
         node_dir.mkdir(parents=True, exist_ok=True)
-        node_configs.append({**nc, messages.STATE_DIR: str(node_dir / "state"), **(node_extra(i, node_dir) if node_extra else {})})
+        extra = node_extra(i, node_dir) if node_extra else {}
+        node_configs.append({**nc, messages.STATE_DIR: str(node_dir / "state"), **extra})
     files = make_local_tls(root / "tls") if tls else None
     app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts))
     return run_local(LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start), app_dir, config,

@@ -24,8 +24,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError, FederatedData, Params
-from fedarena.experiments.compare import Prepared, Trained, run_experiment
 from fedarena.experiments.checks import NO_SNAPSHOTS
+from fedarena.experiments.compare import Prepared, Trained, run_experiment
 from fedarena.flower import common
 from fedarena.flower.server_app import FlowerClients, Link, Settings, dataset_details, stand_in
 from fedarena.sim.engine import select_new_clients

@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
-from fedarena.flower import common, messages
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.deploy import Timeouts, run_config, run_local
 from fedarena.experiments.rundir import check_out_dir
+from fedarena.flower import common, messages
 from fedarena.flower.common import node_clients
 from fedarena.flower.processes import LocalFederation, write_app_dir
 

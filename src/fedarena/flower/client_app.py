@@ -17,11 +17,14 @@ A node loads only its own client's data, named by its node config (``flower-supe
   bytes, Flower's record bytes and the bytes of Flower's serialized message objects;
   ``wire-capture="DIR"`` (optional) also stores those serialized objects for inspection.
 
-Messages: ``query.describe`` (client id, split sizes, label counts, input shape), ``train`` (a
-Broadcast in, an Upload out), ``train.private`` and the ``query.secagg_*`` stages (the update protected on
-the node: local DP noise, or secure aggregation; see `fedarena.flower.secagg_stages`) and ``evaluate`` (the personal model's and the global model's accuracy
-on the client's own test split). The node computes with the same functions as the in-process
-runtime (`train_client`, `personal_model`, `evaluate_client` of `fedarena.sim.engine`), whose random
+Messages (every type and key in `fedarena.flower.messages`): ``query.describe`` (client id, split sizes, label
+counts, input shape), ``train`` (a Broadcast in, an Upload out), ``train.private`` and the ``query.secagg_*``
+stages (the update protected on the node: local DP noise, or secure aggregation; see
+`fedarena.flower.secagg_stages`), ``evaluate`` (the personal model's and the global model's accuracy on the
+client's own test split), ``query.onboard`` (a new client adapts to the shared state and reports its accuracy
+before and after) and, on flower-sim's virtual nodes only, ``query.state`` (the client's final state). The node
+computes with the same functions as the in-process runtime (`train_client`, `personal_model`,
+`evaluate_client`, `onboard_client` of `fedarena.sim.runtime`), whose random
 streams derive from (seed, round, client), so a deployment computes the simulator's numbers.
 """
 

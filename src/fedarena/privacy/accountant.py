@@ -282,7 +282,7 @@ def _subsampled_log_moment(
     eps_at: dict[int, float], base_rdp: Callable[[int], float], q: float, alpha: int, tail_factor: float
 ) -> float:
     ls = np.arange(2, alpha + 1)
-    eps = np.array([eps_at[l] if l in eps_at else base_rdp(int(l)) for l in ls], dtype=np.float64)
+    eps = np.array([eps_at[order] if order in eps_at else base_rdp(int(order)) for order in ls], dtype=np.float64)
     log_binom = gammaln(alpha + 1) - gammaln(ls + 1) - gammaln(alpha - ls + 1)
     terms = log_binom + ls * math.log(q) + (alpha - ls) * math.log1p(-q) + (ls - 1) * eps
     terms[1:] += math.log(tail_factor)  # l >= 3

@@ -7,7 +7,6 @@ With several seeds, curves are the mean over seeds per evaluated round and per-c
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import numpy as np

@@ -10,7 +10,13 @@ from typing import Any, Callable, ClassVar
 from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.types import Broadcast, ClientData, ClientState, FederatedData, Params, Upload
 from fedarena.sim.runtime import (
-    ClientEval, OnboardEval, RuntimeFactory, evaluate_client, onboard_client, personal_model, train_client,
+    ClientEval,
+    OnboardEval,
+    RuntimeFactory,
+    evaluate_client,
+    onboard_client,
+    personal_model,
+    train_client,
 )
 from fedarena.sim.vectorized import VectorizedExecutor
 from fedarena.tasks import Task

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-
 from fedarena.core.codec import Ledger
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, ClientData, ClientState, FederatedData, Params, Upload

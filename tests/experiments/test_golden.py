@@ -2,7 +2,7 @@
 summaries bit for bit, timings aside.
 
 A change that alters these numbers on purpose regenerates the saved summaries in its own commit and says
-why: ``python tests/test_golden.py`` (torch on one thread, as the test runs).
+why: ``python tests/experiments/test_golden.py`` (torch on one thread, as the test runs).
 """
 
 import json

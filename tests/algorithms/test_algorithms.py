@@ -6,10 +6,10 @@ The gradient of (w x - y)^2 is 2 x (w x - y).
 
 import pytest
 import torch
+from toy import linear_regression_task
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.types import ClientData, Upload
-from toy import linear_regression_task
 
 W0 = 0.5
 

@@ -5,16 +5,16 @@ import json
 
 import pytest
 import torch
+from running import run_loop
+from toy import classification_task, federation
 
 from fedarena.algorithms import REGISTRY
-from fedarena.core.algorithm import FAMILIES
 from fedarena.core import codec
+from fedarena.core.algorithm import FAMILIES
 from fedarena.core.codec import decode, encode
 from fedarena.core.params import clone
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, ClientState, Upload
-from running import run_loop
-from toy import classification_task, federation
 
 ALGOS = sorted(REGISTRY)
 

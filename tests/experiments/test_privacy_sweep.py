@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 from fedarena import config as cfg
 from fedarena.cli import app
 from fedarena.core.types import FedarenaError
-from fedarena.privacy import accountant as acc
 from fedarena.experiments import privacy_sweep as runs
+from fedarena.privacy import accountant as acc
 from fedarena.report import privacy_sweep as ps
-from fedarena.report.render import load_summary
 from fedarena.report.claims import claim_table
+from fedarena.report.render import load_summary
 
 
 def test_noise_for_reaches_the_budget_from_below():
@@ -33,8 +33,9 @@ def test_budgets_parse_and_bad_ones_are_refused():
 
 def test_privacy_sweep_end_to_end(tmp_path):
     runner = CliRunner()
-    args = ["sweep", "--epsilons", "2", "--data", "digits", "--algorithms", "fedavg,fedper", "--clients", "8", "--clients-per-round",
-            "4", "--rounds", "2", "--model", "mlp", "--set", "model.hidden=8", "--seeds", "1", "--out", str(tmp_path)]
+    args = ["sweep", "--epsilons", "2", "--data", "digits", "--algorithms", "fedavg,fedper", "--clients", "8",
+            "--clients-per-round", "4", "--rounds", "2", "--model", "mlp", "--set", "model.hidden=8", "--seeds", "1",
+            "--out", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     sweep = json.loads((tmp_path / "privacy_sweep.json").read_text())

@@ -17,16 +17,16 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from running import run_loop
 from torch import nn
+from toy import classification_task, federation
 
 from fedarena import config as cfg
 from fedarena.algorithms import REGISTRY
 from fedarena.core.params import weighted_mean
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import SGD, ClientData, FedarenaError
-from running import run_loop
 from fedarena.tasks import Net, Task
-from toy import classification_task, federation
 
 S, H = "body.norm1.weight", "head.weight"
 CLIENTS = [

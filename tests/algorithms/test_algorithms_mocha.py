@@ -9,11 +9,11 @@ from fractions import Fraction
 
 import pytest
 import torch
+from toy import classification_task, federation, linear_regression_task
 
 from fedarena.algorithms import REGISTRY
 from fedarena.algorithms.mocha import _kernel, relationships
 from fedarena.core.types import ClientData, FedarenaError
-from toy import classification_task, federation, linear_regression_task
 
 
 def data(x, y):

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app
-from fedarena.experiments.compare import run_compare
-from fedarena.experiments.rundir import RUN_STATE
-from fedarena.experiments.continuation import continue_run
 from fedarena.core.types import FedarenaError
+from fedarena.experiments.compare import run_compare
+from fedarena.experiments.continuation import continue_run
+from fedarena.experiments.rundir import RUN_STATE
 
 ALGOS = "fedavg,fedper,ditto,scaffold,local,centralized"
 CLOCK = ("train_seconds", "wall_seconds", "seconds_to_target")  # the only values that may differ: time

@@ -1,8 +1,8 @@
 """Bench pieces that can be checked without timing anything."""
 
+from fedarena.core.types import SGD
 from fedarena.experiments import bench
 from fedarena.experiments.bench import WORKLOADS, _macs_per_sample, _quantile, _speedups, flower_sim_status
-from fedarena.core.types import SGD
 from fedarena.tasks import make_task
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_report import _cell
 from typer.testing import CliRunner
 
 from fedarena.cli import app
 from fedarena.report.claims import CLAIMS
 from fedarena.report.render import write_sweep_report
-from test_report import _cell
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

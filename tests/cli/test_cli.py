@@ -2,7 +2,6 @@
 
 import json
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -53,7 +52,8 @@ def test_compare_writes_a_valid_run_directory(small_run):
     assert by["centralized"]["federated"] is False and by["centralized"]["bytes"]["down_total"] == 0
     assert by["fedavg"]["storage_bytes_per_client"] == 0 and by["local"]["storage_bytes_per_client"] > 0
     # fedavg: 3 rounds x 3 clients x (up + down) of a 64x10+10 float32 model plus headers
-    assert 3 * 3 * 2 * 650 * 4 < by["fedavg"]["bytes"]["up_total"] + by["fedavg"]["bytes"]["down_total"] < 3 * 3 * 2 * (650 * 4 + 400)
+    fedavg_total = by["fedavg"]["bytes"]["up_total"] + by["fedavg"]["bytes"]["down_total"]
+    assert 3 * 3 * 2 * 650 * 4 < fedavg_total < 3 * 3 * 2 * (650 * 4 + 400)
     assert summary["dataset"]["num_clients"] == 6 and summary["dataset"]["partition"] == "dirichlet"
     table = pq.read_table(out / "metrics.parquet").to_pydict()
     assert len(table["algorithm"]) == len(REGISTRY) * 3 * 6
@@ -88,6 +88,7 @@ def test_same_seed_same_numbers_and_config_reproduces(small_run, tmp_path):
     assert strip_timings(json.loads((tmp_path / "again" / "summary.json").read_text())) == first
     assert strip_timings(json.loads((tmp_path / "rerun" / "summary.json").read_text())) == first
     other = invoke("compare", *SMALL, "--seed", "2", "--out", tmp_path / "other")
+    assert other.exit_code == 0, other.output
     assert strip_timings(json.loads((tmp_path / "other" / "summary.json").read_text())) != first
 
 
@@ -117,7 +118,8 @@ BAD = [
      "train.clients_per_round (5) exceeds the 4 clients that train (2 of data.num_clients 6 held out"),
     (["--set", "train.clients_per_round=0"], "train.clients_per_round must be >= 1"),
     (["--clients", "2", "--secagg"], "privacy.secagg needs train.clients_per_round >= 3"),
-    (["--clients", "4", "--secagg", "--secagg-threshold", "5"], "privacy.secagg_threshold (5) exceeds train.clients_per_round (4)"),
+    (["--clients", "4", "--secagg", "--secagg-threshold", "5"],
+     "privacy.secagg_threshold (5) exceeds train.clients_per_round (4)"),
     (["--rounds", "0"], "train.rounds must be >= 1"),
     (["--clients", "2000", "--clients-per-round", "10"], "2000"),
     (["--data", "npz-dir:/nonexistent", "--partition", "iid"], "cannot be used with npz-dir"),

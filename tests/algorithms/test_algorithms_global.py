@@ -1,4 +1,5 @@
-"""SCAFFOLD, the server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad) and IFCA: hand-checked numbers, reductions to FedAvg, and bytes.
+"""SCAFFOLD, the server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad) and IFCA: hand-checked numbers,
+reductions to FedAvg, and bytes.
 
 Hand-checked cases: y = w x, MSE, lr 0.1, batch 1, 1 epoch. Client 0 holds (x=1, y=2); client 1 holds
 three copies of (x=2, y=-1); w0 = 0.5. The gradient of (w x - y)^2 is 2 x (w x - y): client 0's is
@@ -10,14 +11,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from running import run_loop
+from toy import classification_task, federation, linear_regression_task
 
 from fedarena.algorithms import REGISTRY
 from fedarena.algorithms.ifca import pack
-from fedarena.core.types import ClientData, ClientState, FedarenaError, ServerState
 from fedarena.core.rng import torch_rng
+from fedarena.core.types import ClientData, ClientState, FedarenaError, ServerState
 from fedarena.sim.engine import storage_bytes
-from running import run_loop
-from toy import classification_task, federation, linear_regression_task
 
 KEY = "head.weight"
 

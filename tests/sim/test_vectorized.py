@@ -9,10 +9,10 @@ import logging
 
 import pytest
 import torch
-
-from fedarena.algorithms import REGISTRY
 from running import run_loop
 from toy import classification_task, federation
+
+from fedarena.algorithms import REGISTRY
 
 ATOL = 1e-5
 

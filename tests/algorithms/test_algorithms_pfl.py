@@ -3,19 +3,19 @@
 Hand-checked cases: y = w x, MSE, lr 0.1, batch 1, 1 epoch. Client 0 holds (x=1, y=2); client 1 three
 copies of (x=2, y=-1); the global model starts at w0 = 0.5. The gradient of (w x - y)^2 is 2 x (w x - y):
 -3 for client 0 at w = 0.5, and 8 w + 4 for client 1. FedAvg's round gives uploads 0.8 and -0.492 and
-the global model (0.8 + 3 * -0.492) / 4 = -0.169 (tests/test_algorithms.py).
+the global model (0.8 + 3 * -0.492) / 4 = -0.169 (tests/algorithms/test_algorithms.py).
 """
 
 import pytest
 import torch
+from running import run_loop
+from test_algorithms import CLIENTS, W0, data, w
+from toy import classification_task, federation, linear_regression_task
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.algorithm import fedavg_aggregate
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import ClientState, FedarenaError
-from running import run_loop
-from test_algorithms import CLIENTS, W0, data, w
-from toy import classification_task, federation, linear_regression_task
 
 
 def p(value):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from running import run_loop
+from toy import classification_task, federation
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.codec import Ledger, decode, encode
 from fedarena.core.types import Broadcast, FedarenaError, Upload
 from fedarena.sim.engine import Evaluation, sample_clients
-from running import run_loop
-from toy import classification_task, federation
 
 
 def test_sampling_is_seeded_sized_and_sorted():

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import run_loop
 from typer.testing import CliRunner
 
 from fedarena import config as cfg
 from fedarena.cli import app
 from fedarena.experiments.compare import prepare, run_compare
-from fedarena.forget import probe
 from fedarena.experiments.forget.retrain import retrain
 from fedarena.experiments.forget.run import forget
 from fedarena.experiments.forget.source import Source
+from fedarena.forget import probe
 from fedarena.sim.engine import sample_clients
-from running import run_loop
 
 ROUNDS, CLIENTS, PER_ROUND = 4, 8, 3
 ALGOS = "fedavg,fedper,ditto,local,centralized,scaffold"

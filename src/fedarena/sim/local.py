@@ -56,8 +56,9 @@ class LocalClients:
     transport: ClassVar[str] = "in-process (simulated messages)"
 
     def __init__(self, algo: Any, task: Task, data: FederatedData, training: list[int], full: Params, seed: int,
-                 execute: Any, dpsgd: Any = None) -> None:
+                 execute: Any, dpsgd: Any = None, engine: str = "reference") -> None:
         self.algo, self.task, self.data, self.seed, self.execute = algo, task, data, seed, execute
+        self.engine = engine  # the executor's name, for the run's summary
         self.ledger = Ledger(verify=execute.verify_messages)
         self.dpsgd = dpsgd
         self.pooled = not algo.federated
@@ -122,9 +123,7 @@ class LocalClients:
         self.execute.close()
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.execute_name, **self.execute.summary()}
-
-    execute_name = "reference"
+        return {"name": self.engine, **self.execute.summary()}
 
 
 def local_runtime(engine: str) -> RuntimeFactory:
@@ -137,8 +136,6 @@ def local_runtime(engine: str) -> RuntimeFactory:
         if dpsgd is not None and isinstance(execute, VectorizedExecutor):
             execute.fall_back(f"{algo.name}: runs client by client: DP-SGD (Opacus) computes per-sample gradients of "
                               "one client at a time and cannot be batched across clients")
-        clients = LocalClients(algo, task, data, training, full, seed, execute, dpsgd)
-        clients.execute_name = engine
-        return clients
+        return LocalClients(algo, task, data, training, full, seed, execute, dpsgd, engine)
 
     return build

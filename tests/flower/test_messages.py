@@ -56,3 +56,16 @@ def test_the_apps_spell_no_message_key_as_a_bare_string():
         found += [(name, node.lineno, node.value) for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in keys]
     assert not found, found
+
+
+def test_a_supernode_imports_no_orchestration():
+    """A SuperNode's ClientApp builds its client from the data, the tasks and the client functions only: nothing of
+    the experiment layer, the report, or pyarrow (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedarena.flower.client_app; "
+            "print(sorted(m for m in sys.modules if m == 'pyarrow' or m.startswith(('fedarena.experiments', "
+            "'fedarena.report', 'fedarena.cli'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from functools import partial
 
 from fedarena.core.algorithm import algorithm
-from fedarena.core.server_opt import adaptive_step, check_hyperparameters, init_moments, server_opt_step, yogi_v
-from fedarena.core.types import Params, ServerState, Upload
+from fedarena.core.server_opt import adaptive_step, check_hyperparameters, init_adaptive_server, server_opt_step, yogi_v
+from fedarena.core.types import ServerState, Upload
 
 
 @algorithm("fedyogi", "global", "Reddi et al., ICLR 2021, arXiv 2003.00295",
@@ -40,9 +40,7 @@ class FedYogi:
     def __post_init__(self) -> None:
         check_hyperparameters("fedyogi", eta=self.eta, beta1=self.beta1, beta2=self.beta2, tau=self.tau)
 
-    def init_server(self, shared_params: Params) -> ServerState:
-        """x_0 = the shared initial model, m_{-1} = 0, v_{-1} = tau^2."""
-        return ServerState(params=dict(shared_params), extra=init_moments(shared_params, self.tau**2))
+    init_server = init_adaptive_server  # x_0 = the shared initial model, m_{-1} = 0, v_{-1} = tau^2
 
     def aggregate(self, server: ServerState, uploads: Mapping[int, Upload]) -> ServerState:
         """One Yogi step on the pseudo-gradient Delta (Algorithm 2's server update)."""

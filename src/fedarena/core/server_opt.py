@@ -43,6 +43,12 @@ def init_moments(shared_params: Params, v0: float | None = None) -> Params:
     return extra
 
 
+def init_adaptive_server(self: Any, shared_params: Params) -> ServerState:
+    """The adaptive rules' `init_server` (FedAdam, FedYogi, FedAdagrad; Reddi et al., Algorithm 2): x_0 = the shared
+    initial model, m_{-1} = 0, v_{-1} = tau^2."""
+    return ServerState(params=dict(shared_params), extra=init_moments(shared_params, self.tau**2))
+
+
 def server_opt_step(algo: Any, server: ServerState, uploads: Mapping[int, Upload], step: Step) -> ServerState:
     """FedAvg's weighted mean of the uploads, then `step` on each floating-point key (a round without
     uploads leaves the model and the moments as they are)."""

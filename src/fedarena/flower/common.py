@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 from safetensors.torch import load as load_bytes
@@ -34,10 +35,10 @@ def config_from_text(text: str) -> cfg.Config:
     return cfg.apply(cfg.Config(), tree)
 
 
-def federates(algo: object) -> bool:
+def federates(algo: Any) -> bool:
     """False for algorithms with nothing to deploy, those that declare `communicates=False`
     (`centralized`: pooled data; `local`: every key personal, nothing sent)."""
-    return bool(getattr(algo, "communicates"))
+    return bool(algo.communicates)
 
 
 def state_path(state_dir: Path, run_id: int, seed: int, algorithm: str, client_id: str) -> Path:

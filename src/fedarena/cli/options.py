@@ -7,6 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+PresetName = Annotated[Optional[str], typer.Option(
+    "--preset", help="A use case's documented config (fedarena list shows them); flags apply on top.")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML config (e.g. a run's config.toml).")]
 Data = Annotated[Optional[str], typer.Option("--data", help="digits | synthetic | npz-dir:PATH")]
 Partition = Annotated[Optional[str], typer.Option(

@@ -32,6 +32,7 @@ from fedarena.cli.options import (
     Model,
     NewClients,
     Partition,
+    PresetName,
     Rounds,
     RunOut,
     SecAgg,
@@ -52,6 +53,7 @@ from fedarena.cli.tables import _bench_table, _forget_table, _table
 @app.command()
 def compare(
     config: ConfigFile = None,
+    preset: PresetName = None,
     data: Data = None,
     partition: Partition = None,
     alpha: Alpha = None,
@@ -98,6 +100,12 @@ def compare(
         "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
                                   secagg, secagg_threshold, secagg_neighbours),
     }
+    if preset and config:
+        _fail(2, "give --preset or --config, not both (a preset is a config file: copy it to change it)")
+    if preset:
+        from fedarena.experiments.presets import preset_file
+
+        config = _guard(preset_file, preset)
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     from fedarena.experiments.compare import run_compare
     from fedarena.experiments.rundir import check_out_dir, default_out_dir
@@ -207,6 +215,7 @@ def recommend(
 def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Algorithms (with family and paper), datasets, partitioners and models."""
     from fedarena.algorithms import REGISTRY
+    from fedarena.experiments.presets import PRESETS
 
     info = {
         "algorithms": [{"name": n, "family": a.family, "paper": a.paper, "federated": a.federated,
@@ -215,6 +224,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         "partitions": list(cfg.PARTITIONS),
         "models": list(cfg.MODELS),
         "engines": list(cfg.ENGINES),
+        "presets": [{"name": p.name, "use_case": p.use_case, "offline": p.offline} for p in PRESETS.values()],
     }
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
@@ -227,6 +237,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     out.print(table)
     for key in ("datasets", "partitions", "models", "engines"):
         out.print(f"{key}: {', '.join(info[key])}", highlight=False)
+    for p in PRESETS.values():
+        where = "offline" if p.offline else "needs a download"
+        out.print(f"preset {p.name} ({where}): {p.use_case}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -10,6 +10,10 @@ Models are used functionally: one stateless template module per task, parameters
 - ``cnn``: the CNN of McMahan et al. 2017 (AISTATS, arXiv 1602.05629, Sec. 3): two 5x5
   convolutions (32 and 64 channels) each followed by 2x2 max pooling, a 512-unit fully connected
   layer and a softmax head. Convolutions use padding 2 so the network fits small inputs (8x8 digits).
+- ``lstm``: LEAF's Shakespeare model (next character; ``tasks/lstm.py``): an 8-dimensional embedding, two LSTM
+  layers of ``hidden`` units (256 unless ``hidden`` is given: :func:`lstm_width`) and a linear head to the
+  vocabulary (``num_classes``). Inputs are int64 character indices shaped (N, seq_len): ``input_shape`` is
+  ``(seq_len,)`` (:func:`input_dtype`). Keys ``body.embed.weight``, ``body.lstm1.w_ih`` ... ``head.weight``.
 
 ``norm="bn"`` inserts BatchNorm after every hidden linear/conv layer (before the ReLU), named
 ``body.norm<i>``, so FedBN can keep exactly the normalization layers personal. Layers are named
@@ -32,6 +36,11 @@ from torch import nn
 from torch.func import functional_call
 
 from fedarena.core.types import SGD, FedarenaError, Params
+from fedarena.tasks.lstm import HIDDEN as LSTM_HIDDEN
+from fedarena.tasks.lstm import LSTMBody, LSTMLayer
+
+DEFAULT_HIDDEN = 200  # `hidden`'s default (config's model.hidden): mlp's width
+INTEGER_INPUTS = frozenset({"lstm"})  # models whose inputs are int64 indices, not float features
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,14 @@ class Task:
 
 
 def _init_like(name: str, tensor: torch.Tensor, module: nn.Module, g: torch.Generator) -> torch.Tensor:
-    """PyTorch's default init for Linear/Conv (kaiming-uniform a=sqrt(5)), but from a given generator."""
+    """PyTorch's default init for Linear/Conv (kaiming-uniform a=sqrt(5)), LSTM (uniform(-1/sqrt(H), 1/sqrt(H))
+    on every weight and bias) and Embedding (N(0, 1)), but from a given generator."""
     owner = module.get_submodule(name.rpartition(".")[0])
+    if isinstance(owner, LSTMLayer):
+        bound = 1.0 / math.sqrt(owner.hidden)
+        return (torch.rand(tensor.shape, generator=g) * 2 - 1) * bound
+    if isinstance(owner, nn.Embedding):
+        return torch.randn(tensor.shape, generator=g)
     if isinstance(owner, (nn.Linear, nn.Conv2d)):
         weight = owner.weight
         fan_in = weight[0].numel()
@@ -102,8 +117,19 @@ def _layers(kind: str, sizes: list[tuple[int, int]], norm: str, start: int = 1) 
     return out
 
 
+def lstm_width(hidden: int) -> int:
+    """The LSTM's width for `hidden` (model.hidden): LEAF's 256 when `hidden` is left at its default (200,
+    mlp's width), else `hidden` itself. (So model.hidden=200 cannot ask for an LSTM of exactly 200 units.)"""
+    return LSTM_HIDDEN if hidden == DEFAULT_HIDDEN else hidden
+
+
+def input_dtype(model: str) -> torch.dtype:
+    """What the model's inputs are: int64 indices (lstm) or float32 features (the others)."""
+    return torch.int64 if model in INTEGER_INPUTS else torch.float32
+
+
 def build_module(
-    model: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 200, norm: str = "none"
+    model: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = DEFAULT_HIDDEN, norm: str = "none"
 ) -> nn.Module:
     if norm not in ("none", "bn"):
         raise FedarenaError(f"unknown model.norm '{norm}'; valid: none, bn")
@@ -128,7 +154,16 @@ def build_module(
         fc = _layers("fc", [(flat, 512)], norm, start=3)
         body = nn.Sequential(OrderedDict([*convs, ("flatten", nn.Flatten()), *fc]))
         return Net(body, nn.Linear(512, num_classes))
-    raise FedarenaError(f"unknown model '{model}'; valid: mlr, mlp, cnn")
+    if model == "lstm":
+        if norm != "none":
+            raise FedarenaError("model lstm has no normalization layers; use model.norm=none")
+        if len(input_shape) != 1:
+            raise FedarenaError(
+                f"model lstm needs character index sequences shaped (seq_len,); the data has {input_shape}"
+            )
+        width = lstm_width(hidden)
+        return Net(LSTMBody(num_classes, width), nn.Linear(width, num_classes))
+    raise FedarenaError(f"unknown model '{model}'; valid: mlr, mlp, cnn, lstm")
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -136,7 +171,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def make_task(
-    model: str, input_shape: tuple[int, ...], num_classes: int, sgd: SGD, hidden: int = 200, norm: str = "none"
+    model: str, input_shape: tuple[int, ...], num_classes: int, sgd: SGD, hidden: int = DEFAULT_HIDDEN,
+    norm: str = "none"
 ) -> Task:
     module = build_module(model, input_shape, num_classes, hidden, norm)
     module.requires_grad_(False)

@@ -22,23 +22,25 @@ import tomli_w
 
 from fedarena.core.types import FedarenaError
 
-# [data] and [synthetic] are the data layer's own specs (fedarena/data/spec.py), re-exported here
+# [data], [synthetic] and [shakespeare] are the data layer's own specs (fedarena/data/spec.py), re-exported here
 from fedarena.data.spec import (
     DATASETS,
     PARTITIONS,
     DataConfig,
+    ShakespeareConfig,
     SyntheticConfig,
     resolve_clients_per_round,
 )
 
 __all__ = [
     "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "SECTIONS", "Config", "DataConfig", "ForgetConfig", "ModelConfig",
-    "PrivacyConfig", "RunConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml", "hyperparameters",
-    "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_partition", "to_tree", "validate",
-    "with_clients_per_round",
+    "PrivacyConfig", "RunConfig", "ShakespeareConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml",
+    "hyperparameters", "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_num_clients",
+    "resolved_partition", "to_tree", "validate", "with_clients_per_round",
 ]
 
 MODELS = ("mlr", "mlp", "cnn")
+FLOAT_MODELS = ("mlr", "mlp", "cnn")  # models of float features: not for shakespeare's character indices
 ENGINES = ("reference", "vectorized", "flower-sim")  # flower-sim: Flower's simulation runtime (Ray)
 
 
@@ -103,6 +105,7 @@ class PrivacyConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    shakespeare: ShakespeareConfig = field(default_factory=ShakespeareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -243,6 +246,7 @@ def validate(config: Config) -> Config:
     d, t, r = config.data, config.train, config.run
     d.validate()  # the data layer's own checks (fedarena/data/spec.py)
     config.synthetic.validate()
+    config.shakespeare.validate()
     checks = [
         (config.model.name in MODELS,
          f"unknown model '{config.model.name}'; valid: {', '.join(MODELS)}"),
@@ -300,7 +304,7 @@ def validate(config: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise FedarenaError(message)
-    if config.privacy.secagg:  # the masked sum of every client must fit the modulus (Poisson rounds vary)
+    if config.privacy.secagg and d.num_clients is not None:  # the masked sum of every client must fit the modulus
         from fedarena.privacy.fixedpoint import check_capacity
 
         check_capacity(d.num_clients, max(config.privacy.secagg_clip, 1.0), config.privacy.secagg_bits)
@@ -315,11 +319,24 @@ def validate(config: Config) -> Config:
 def with_clients_per_round(config: Config, num_clients: int) -> Config:
     """`config` with ``train.clients_per_round`` resolved for a run of `num_clients` clients (the data's, or
     the SuperNodes'): min(10, training clients) when unset, refused above the training clients (those left
-    after ``data.new_clients``); the checks that need the number run again. Every runtime calls this once
-    its clients are known, so config.toml and summary.json record the number the run used."""
-    t = config.train
-    per_round = resolve_clients_per_round(t.clients_per_round, num_clients, config.data.new_clients)
-    return validate(dataclasses.replace(config, train=dataclasses.replace(t, clients_per_round=per_round)))
+    after ``data.new_clients``); ``data.num_clients``, when still unset, becomes `num_clients`; the checks
+    that need the number run again. Every runtime calls this once its clients are known, so config.toml and
+    summary.json record the numbers the run used."""
+    t, d = config.train, config.data
+    per_round = resolve_clients_per_round(t.clients_per_round, num_clients, d.new_clients)
+    data = d if d.num_clients is not None else dataclasses.replace(d, num_clients=num_clients)
+    return validate(dataclasses.replace(config, data=data, train=dataclasses.replace(t, clients_per_round=per_round)))
+
+
+def resolved_num_clients(config: Config) -> int:
+    """``data.num_clients``, or when unset the dataset's default: 20 for digits and synthetic (and npz-dir,
+    which ignores it), every qualifying role for shakespeare (the embedded text is parsed to count them)."""
+    n = config.data.resolved_num_clients()
+    if n is not None:
+        return n
+    from fedarena.data.shakespeare import count_clients
+
+    return count_clients(config.data, config.shakespeare)
 
 
 def resolved_partition(config: Config) -> str:
@@ -338,6 +355,8 @@ def to_tree(config: Config) -> dict[str, Any]:
     """The fully resolved config (every selected algorithm's hyperparameters included)."""
     tree: dict[str, Any] = {}
     for section in SECTIONS:
+        if section == "shakespeare" and config.data.name != "shakespeare":
+            continue  # read for shakespeare only; other runs' config.toml and summary.json stay as they were
         values = dataclasses.asdict(getattr(config, section))
         tree[section] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
     for name in config.run.algorithms:
@@ -362,7 +381,7 @@ def build(config_file: str | None, flags: Mapping[str, Mapping[str, Any]], sets:
         config = apply(config, load_toml(config_file))
     config = apply(config, {k: v for k, v in flags.items() if v})
     config = apply(config, parse_sets(sets))
-    data = dataclasses.replace(config.data, partition=resolved_partition(config))
+    data = dataclasses.replace(config.data, partition=resolved_partition(config), num_clients=resolved_num_clients(config))
     return dataclasses.replace(config, data=data)
 
 
@@ -375,6 +394,9 @@ def make_config_task(config: Config, input_shape: tuple[int, ...], num_classes: 
     from fedarena.core.types import SGD
     from fedarena.tasks import make_task
 
+    if config.data.name == "shakespeare" and config.model.name in FLOAT_MODELS:
+        raise FedarenaError(f"model.name: {config.model.name} takes float features, but shakespeare's samples are "
+                            "character indices; use --model lstm")
     t = config.train
     return make_task(config.model.name, tuple(input_shape), num_classes,
                      SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm)

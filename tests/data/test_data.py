@@ -62,7 +62,7 @@ def test_partition_covers_every_sample_once_and_is_seeded(digits, name):
     _, y = digits
     cfg = make_config(partition=name).data
     parts = part.partition_indices(name, y, cfg, seed=0)
-    assert len(parts) == cfg.num_clients
+    assert len(parts) == cfg.resolved_num_clients() == 20  # unset: 20 for digits
     assert all(p.dtype == np.int64 for p in parts)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(y)))
     again = part.partition_indices(name, y, cfg, seed=0)
@@ -75,7 +75,7 @@ def test_partition_covers_every_sample_once_and_is_seeded(digits, name):
 def test_load_federated_digits(name):
     config = make_config(partition=name)
     fd = load(config)
-    n = config.data.num_clients
+    n = config.data.resolved_num_clients()
     assert fd.client_ids == tuple(str(i) for i in range(n))
     assert fd.partition == name and fd.num_classes == 10 and fd.input_shape == (1, 8, 8)
     assert fd.x_train.dtype == torch.float32 and fd.y_train.dtype == torch.int64

@@ -4,17 +4,23 @@
   ``data.partition`` (iid, dirichlet, shards, quantity, feature; see :mod:`.partition`).
 - ``synthetic``: Synthetic(alpha, beta) of FedProx, one natural client per generator client
   (see :mod:`.synthetic`).
+- ``shakespeare``: next-character prediction, one natural client per speaking role of the embedded
+  text (see :mod:`.shakespeare`); ``data.num_clients`` unset takes every role that qualifies.
 - ``npz-dir:PATH``: one natural client per file stem (see :mod:`.npz`); ``data.num_clients`` is
   ignored.
+
+``data.num_clients`` unset (None) is the dataset's default (``DataConfig.resolved_num_clients``): 20 for
+digits and synthetic.
 
 For digits and synthetic, each client's own samples are split into its train and test split
 (``data.test_fraction``, at least ``data.min_test`` / ``data.min_train``). Identical spec and
 seed give bit-identical output. The specs (:mod:`.spec`) are this package's own types;
-the config module (config.py) builds its ``[data]`` and ``[synthetic]`` sections from them.
+the config module (config.py) builds its ``[data]``, ``[synthetic]`` and ``[shakespeare]`` sections from them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 
@@ -30,9 +36,11 @@ from fedarena.data.partition import (
     partition_indices,
     split_train_test,
 )
+from fedarena.data.shakespeare import load_shakespeare
 from fedarena.data.spec import (
     NPZ_PREFIX,
     DataConfig,
+    ShakespeareConfig,
     SyntheticConfig,
     partition_details,
     synthetic_details,
@@ -41,11 +49,13 @@ from fedarena.data.synthetic import generate_synthetic
 
 __all__ = [
     "DataConfig",
+    "ShakespeareConfig",
     "SyntheticConfig",
     "generate_synthetic",
     "load_digits",
     "load_federated",
     "load_npz_dir",
+    "load_shakespeare",
     "partition_details",
     "summarize",
 ]
@@ -92,20 +102,24 @@ def _assemble(
     )
 
 
-def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | None = None) -> FederatedData:
-    """The federated dataset described by ``spec`` (``[data]``; ``synthetic`` is ``[synthetic]``,
-    read for synthetic data only), seeded by ``seed``. Raises :class:`FedarenaError` on impossible
-    requests or bad data."""
+def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | None = None,
+                   shakespeare: ShakespeareConfig | None = None) -> FederatedData:
+    """The federated dataset described by ``spec`` (``[data]``; ``synthetic`` is ``[synthetic]``, read
+    for synthetic data only, ``shakespeare`` ``[shakespeare]``, read for shakespeare only), seeded by
+    ``seed``. Raises :class:`FedarenaError` on impossible requests or bad data."""
     spec.validate()
     name, partition = spec.name, spec.resolved_partition()
     if name.startswith(NPZ_PREFIX):
         fd = load_npz_dir(name[len(NPZ_PREFIX) :], min_train=spec.min_train, min_test=spec.min_test, name=name)
-        if fd.num_clients != spec.num_clients:
+        if spec.num_clients is not None and fd.num_clients != spec.num_clients:
             log.info("npz-dir has %d clients; data.num_clients=%d is ignored", fd.num_clients, spec.num_clients)
         return fd
+    if name == "shakespeare":  # the same clients for every seed: the partition is the text's own
+        return load_shakespeare(spec, (shakespeare or ShakespeareConfig()).validate())
+    spec = dataclasses.replace(spec, num_clients=spec.resolved_num_clients())  # unset: 20
     if name == "synthetic":
         s = (synthetic or SyntheticConfig()).validate()
-        per_client = generate_synthetic(s, spec.num_clients, seed)
+        per_client = generate_synthetic(s, spec.num_clients or 0, seed)
         x = np.concatenate([cx for cx, _ in per_client])
         y = np.concatenate([cy for _, cy in per_client])
         bounds = _offsets([cy for _, cy in per_client])

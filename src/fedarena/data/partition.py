@@ -126,7 +126,7 @@ def quantity_partition(
 def partition_indices(name: str, labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
     """Dispatch to the partitioner ``name`` with the parameters of ``cfg``; refuses impossible
     requests (too many clients for the data, too many shards) with :class:`FedarenaError`."""
-    n, num_clients = len(labels), cfg.num_clients
+    n, num_clients = len(labels), cfg.resolved_num_clients() or 0
     min_size = cfg.min_train + cfg.min_test
     if num_clients * min_size > n:
         raise FedarenaError(

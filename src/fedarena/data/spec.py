@@ -1,4 +1,4 @@
-"""What data a run asks for: the ``[data]`` and ``[synthetic]`` specs, their checks and their rules.
+"""What data a run asks for: the ``[data]``, ``[synthetic]`` and ``[shakespeare]`` specs, their checks and their rules.
 
 The data layer owns these types; the config module (config.py) imports them (and re-exports them under the
 same names) to build the TOML schema. Each spec's :meth:`validate` is the one place its range and
@@ -13,9 +13,10 @@ from typing import Any
 
 from fedarena.core.types import FedarenaError
 
-DATASETS = ("digits", "synthetic", "npz-dir:PATH")
+DATASETS = ("digits", "synthetic", "shakespeare", "npz-dir:PATH")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
 NPZ_PREFIX = "npz-dir:"
+DEFAULT_NUM_CLIENTS = 20  # data.num_clients when unset, for digits and synthetic
 DEFAULT_CLIENTS_PER_ROUND = 10  # train.clients_per_round when unset: min(this, training clients)
 
 
@@ -27,9 +28,10 @@ def _check(checks: list[tuple[bool, str]]) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | npz-dir:PATH
-    partition: str = "auto"  # auto: dirichlet for digits, natural for synthetic and npz-dir
-    num_clients: int = 20
+    name: str = "digits"  # digits | synthetic | shakespeare | npz-dir:PATH
+    partition: str = "auto"  # auto: dirichlet for digits, natural for synthetic, shakespeare and npz-dir
+    # None (unset): the dataset's default, see resolved_num_clients; npz-dir ignores it (its files are its clients)
+    num_clients: int | None = None
     alpha: float = 0.3  # Dirichlet concentration (dirichlet label skew, quantity skew)
     shards_per_client: int = 2  # classes per client for `shards`
     feature_sigma: float = 0.1  # `feature`: client i gets Gaussian noise of std sigma*i/N (NIID-Bench)
@@ -44,10 +46,17 @@ class DataConfig:
             return self.partition
         return "dirichlet" if self.name == "digits" else "natural"
 
+    def resolved_num_clients(self) -> int | None:
+        """``num_clients``, or when unset the dataset's default: 20 for digits and synthetic (and npz-dir, which
+        ignores it), None for shakespeare (every role that qualifies: known once the text is parsed)."""
+        if self.num_clients is not None:
+            return self.num_clients
+        return None if self.name == "shakespeare" else DEFAULT_NUM_CLIENTS
+
     def validate(self) -> DataConfig:
         """Range and compatibility checks that need no data; raises :class:`FedarenaError` naming the key."""
         _check([
-            (self.num_clients >= 1, "data.num_clients must be >= 1"),
+            (self.num_clients is None or self.num_clients >= 1, "data.num_clients must be >= 1"),
             (self.alpha > 0, f"data.alpha (Dirichlet concentration) must be > 0, got {self.alpha}"),
             (self.shards_per_client >= 1, "data.shards_per_client must be >= 1"),
             (self.feature_sigma >= 0, "data.feature_sigma must be >= 0"),
@@ -58,7 +67,7 @@ class DataConfig:
             (0 <= self.new_clients < 1, f"data.new_clients must be a fraction in [0, 1), got {self.new_clients}"),
         ])
         name, partition = self.name, self.partition
-        if name not in ("digits", "synthetic") and not name.startswith(NPZ_PREFIX):
+        if name not in ("digits", "synthetic", "shakespeare") and not name.startswith(NPZ_PREFIX):
             raise FedarenaError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
         if name.startswith(NPZ_PREFIX) and partition not in ("auto", "natural"):
             raise FedarenaError(f"--partition {partition} cannot be used with npz-dir data: its clients are the files")
@@ -67,6 +76,9 @@ class DataConfig:
                 f"--partition {partition} cannot be used with synthetic data: the generator makes each "
                 "client's distribution itself (use synthetic.alpha/beta/iid)"
             )
+        if name == "shakespeare" and partition not in ("auto", "natural"):
+            raise FedarenaError(f"--partition {partition} cannot be used with shakespeare: its clients are the "
+                                "speaking roles (partition natural)")
         if name == "digits" and partition == "natural":
             raise FedarenaError("digits has no natural partition; use iid, dirichlet, shards, quantity or feature")
         return self
@@ -90,6 +102,28 @@ class SyntheticConfig:
             (self.samples_per_client >= 0, "synthetic.samples_per_client must be >= 0"),
         ])
         return self
+
+
+@dataclass(frozen=True)
+class ShakespeareConfig:
+    """``--data shakespeare`` (fedarena/data/shakespeare.py): which roles are clients and what a sample is."""
+
+    min_turns: int = 20  # a speaking role is a client when it has at least this many turns
+    stride: int = 80  # characters between the starts of two windows (80: windows do not overlap)
+    seq_len: int = 80  # characters in a window; its label is the next character (LEAF: 80)
+
+    def validate(self) -> ShakespeareConfig:
+        _check([
+            (self.min_turns >= 1, f"shakespeare.min_turns must be >= 1, got {self.min_turns}"),
+            (self.stride >= 1, f"shakespeare.stride must be >= 1, got {self.stride}"),
+            (1 <= self.seq_len <= 10_000, f"shakespeare.seq_len must be in [1, 10000], got {self.seq_len}"),
+        ])
+        return self
+
+
+def shakespeare_details(s: ShakespeareConfig) -> dict[str, Any]:
+    """What ``FederatedData.details`` records for shakespeare (beside the roles that qualify and ``test_fraction``)."""
+    return {"min_turns": s.min_turns, "stride": s.stride, "seq_len": s.seq_len, "vocabulary": "LEAF, 80 characters"}
 
 
 def partition_details(spec: DataConfig, partition: str | None = None) -> dict[str, Any]:
@@ -143,12 +177,15 @@ def resolve_clients_per_round(requested: int | None, num_clients: int, new_clien
 __all__ = [
     "DATASETS",
     "DEFAULT_CLIENTS_PER_ROUND",
+    "DEFAULT_NUM_CLIENTS",
     "NPZ_PREFIX",
     "PARTITIONS",
     "DataConfig",
+    "ShakespeareConfig",
     "SyntheticConfig",
     "new_client_count",
     "partition_details",
     "resolve_clients_per_round",
+    "shakespeare_details",
     "synthetic_details",
 ]

@@ -95,7 +95,7 @@ class InProcess:
 
 def prepare(config: cfg.Config, engine: str = "reference") -> Prepared:
     """A seed's clients in this process; `fedarena forget` and `continue` rebuild a run's clients with it."""
-    data = load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic)
+    data = load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic, shakespeare=config.shakespeare)
     f = config.forget
     if f.probe:
         if f.probe not in data.client_ids:

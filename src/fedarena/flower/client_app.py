@@ -100,7 +100,7 @@ def _embedded(config_text: str) -> FederatedData:
     from fedarena.data import load_federated
 
     config = common.config_from_text(config_text)
-    return load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic)
+    return load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic, shakespeare=config.shakespeare)
 
 
 class Node:

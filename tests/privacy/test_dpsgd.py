@@ -139,8 +139,7 @@ def test_algorithms_that_do_not_fit_are_refused_with_the_reason(name, reason):
         check(SETTINGS, REGISTRY[name](), cfg.ModelConfig())
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedper", "fedrep", "lg-fedavg", "fedbn", "local", "fedavg-ft",
-                                  "centralized"])
+@pytest.mark.parametrize("name", [n for n, cls in REGISTRY.items() if cls.per_sample_risk])
 def test_empirical_risk_algorithms_fit(name):
     check_dpsgd(SETTINGS, REGISTRY[name](), cfg.ModelConfig())
 

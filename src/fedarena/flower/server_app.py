@@ -40,6 +40,7 @@ from fedarena.core.types import Broadcast, ClientState, FedarenaError, Federated
 from fedarena.flower import common, messages, records, secagg_stages
 from fedarena.privacy.encoding import ClientPrivacy
 from fedarena.sim.runtime import ClientEval, OnboardEval
+from fedarena.tasks import input_dtype
 
 log = logging.getLogger(__name__)
 Key = int  # a client index
@@ -415,17 +416,19 @@ class FlowerClients:
 def stand_in(config: cfg.Config, clients: list[Described], details: Mapping[str, Any]) -> FederatedData:
     """The FederatedData `run_algorithm` and `build_summary` see on the server: client ids, split sizes
     and train label counts as the nodes described them. It holds no sample: labels are rebuilt from the
-    counts (sorted) and features are a broadcast zero row."""
+    counts (sorted) and features are a broadcast zero row, of the model's input dtype (int64 character indices
+    for lstm, whose embedding takes no float)."""
     shape, k = clients[0].input_shape, max(d.num_classes for d in clients)
+    zero = torch.zeros((1, *shape), dtype=input_dtype(config.model.name))
     counts = [torch.tensor(d.label_counts + (0,) * (k - len(d.label_counts))) for d in clients]
     y_train = torch.cat([torch.repeat_interleave(torch.arange(k), c) for c in counts])
     n_train, n_test = sum(d.num_train for d in clients), sum(d.num_test for d in clients)
     offsets = lambda sizes: tuple([0, *torch.tensor(sizes).cumsum(0).tolist()])  # noqa: E731
     return FederatedData(
         name=config.data.name, client_ids=tuple(d.client_id for d in clients),
-        x_train=torch.zeros((1, *shape)).expand(n_train, *shape), y_train=y_train,
+        x_train=zero.expand(n_train, *shape), y_train=y_train,
         train_offsets=offsets([d.num_train for d in clients]),
-        x_test=torch.zeros((1, *shape)).expand(n_test, *shape), y_test=torch.zeros(n_test, dtype=torch.int64),
+        x_test=zero.expand(n_test, *shape), y_test=torch.zeros(n_test, dtype=torch.int64),
         test_offsets=offsets([d.num_test for d in clients]), num_classes=k,
         partition=cfg.resolved_partition(config), details=dict(details),
     )

@@ -43,13 +43,15 @@ class VectorizedExecutor:
         self.single = 0
         self.reasons: set[str] = set()
         self.pool: ThreadPoolExecutor | None = None  # one worker per client call, reused
-        self.fallback = _has_batchnorm(task.module)
-        if self.fallback:
-            self._note(f"{algo_name}: falls back to the reference engine: BatchNorm statistics are updated in place")
+        self.fallback = False
+        self.fallback_reason: str | None = None  # why every call ran client by client (None: batched)
+        if _has_batchnorm(task.module):
+            self.fall_back(f"{algo_name}: falls back to the reference engine: BatchNorm statistics are updated in place")
 
     def fall_back(self, reason: str) -> None:
         """Run every call client by client (the reference engine's way), logging why."""
         self.fallback = True
+        self.fallback_reason = self.fallback_reason or reason
         self._note(reason)
 
     def close(self) -> None:
@@ -92,7 +94,10 @@ class VectorizedExecutor:
         return out
 
     def summary(self) -> dict[str, Any]:
-        return {"batched_sgd_calls": self.batched, "single_sgd_calls": self.single, "notes": sorted(self.reasons)}
+        """`fallback`: the reason the whole run went client by client (the reference engine's way), else None;
+        `notes`: every logged reason, including single calls that could not join a batch."""
+        return {"batched_sgd_calls": self.batched, "single_sgd_calls": self.single, "notes": sorted(self.reasons),
+                "fallback": self.fallback_reason}
 
 
 def _plain(req: SGDRequest) -> tuple:

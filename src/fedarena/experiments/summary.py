@@ -42,8 +42,17 @@ def hyperparameters(algo: Any) -> dict[str, Any]:
     return {f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}
 
 
-def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float) -> dict[str, Any]:
-    """One (algorithm, seed) entry of `runs`."""
+def engine_entry(runtime: dict[str, Any], engine: str) -> dict[str, Any]:
+    """`runs[].engine`: the engine that actually trained the run, from its runtime's `summary()` (`engine`: the
+    comparison's engine, for runtimes that do not name theirs, e.g. Flower's). A vectorized run that fell
+    back client by client (BatchNorm, DP-SGD) is named `reference`, with the logged reason in `fallback`."""
+    fallback = runtime.get("fallback")
+    return {"name": "reference" if fallback else str(runtime.get("name") or engine), "fallback": fallback}
+
+
+def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float,
+                  engine: str = "reference") -> dict[str, Any]:
+    """One (algorithm, seed) entry of `runs` (`engine`: the comparison's engine)."""
     final = run.evaluations[-1]
     ids = [data.client_ids[c] for c in final.clients]
     rounds = len(run.train_seconds)
@@ -62,6 +71,7 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
         })
     return {
         "algorithm": name,
+        "engine": engine_entry(run.engine, engine),
         "family": algo.family,
         "federated": algo.federated,
         "paper": algo.paper,
@@ -98,11 +108,12 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float, eng
     """summary.json: `dataset` describes the first seed's clients; `runs` holds one entry per
     (algorithm, seed); `aggregate` (several seeds only, else null) the mean and std over seeds."""
     data = trained[0].data
+    engine = engine or config.run.engine
     summary = {
         "fedarena_version": fedarena.__version__,
         "schema_version": 1,
         "config": cfg.to_tree(config),
-        "engine": engine or config.run.engine,
+        "engine": engine,
         "dataset": {
             "name": data.name,
             "num_clients": data.num_clients,
@@ -118,7 +129,7 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float, eng
         "target_acc": target,
         "target_rule": TARGET_RULE,
         "seeds": [t.seed for t in trained],
-        "runs": [summarize_run(n, *t.runs[n], t.data, target) | {"seed": t.seed}
+        "runs": [summarize_run(n, *t.runs[n], t.data, target, engine) | {"seed": t.seed}
                  for n in config.run.algorithms for t in trained],
         "aggregate": None,
     }

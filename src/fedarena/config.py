@@ -25,6 +25,7 @@ from fedarena.core.types import FedarenaError
 # [data], [synthetic] and [shakespeare] are the data layer's own specs (fedarena/data/spec.py), re-exported here
 from fedarena.data.spec import (
     DATASETS,
+    HF_PREFIX,
     PARTITIONS,
     DataConfig,
     ShakespeareConfig,
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 MODELS = ("mlr", "mlp", "cnn")
+HF_FIELDS = ("files", "features", "label", "partition_by", "tokens", "seq_len", "vocab_size", "image_size")  # hf only
 FLOAT_MODELS = ("mlr", "mlp", "cnn")  # models of float features: not for shakespeare's character indices
 ENGINES = ("reference", "vectorized", "flower-sim")  # flower-sim: Flower's simulation runtime (Ray)
 
@@ -328,11 +330,12 @@ def with_clients_per_round(config: Config, num_clients: int) -> Config:
     return validate(dataclasses.replace(config, data=data, train=dataclasses.replace(t, clients_per_round=per_round)))
 
 
-def resolved_num_clients(config: Config) -> int:
+def resolved_num_clients(config: Config) -> int | None:
     """``data.num_clients``, or when unset the dataset's default: 20 for digits and synthetic (and npz-dir,
-    which ignores it), every qualifying role for shakespeare (the embedded text is parsed to count them)."""
+    which ignores it), every qualifying role for shakespeare (the embedded text is parsed to count them);
+    None for hf data with a natural partition (counted when the data is read; with_clients_per_round sets it)."""
     n = config.data.resolved_num_clients()
-    if n is not None:
+    if n is not None or config.data.name.startswith(HF_PREFIX):
         return n
     from fedarena.data.shakespeare import count_clients
 
@@ -358,6 +361,8 @@ def to_tree(config: Config) -> dict[str, Any]:
         if section == "shakespeare" and config.data.name != "shakespeare":
             continue  # read for shakespeare only; other runs' config.toml and summary.json stay as they were
         values = dataclasses.asdict(getattr(config, section))
+        if section == "data" and not config.data.name.startswith(HF_PREFIX):
+            values = {k: v for k, v in values.items() if k not in HF_FIELDS}  # other runs' config.toml unchanged
         tree[section] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
     for name in config.run.algorithms:
         algo = hyperparameters(config, name)

@@ -8,6 +8,8 @@
   text (see :mod:`.shakespeare`); ``data.num_clients`` unset takes every role that qualifies.
 - ``npz-dir:PATH``: one natural client per file stem (see :mod:`.npz`); ``data.num_clients`` is
   ignored.
+- ``hf:NAME[:CONFIG]``: Hugging Face ``datasets`` (local parquet/csv/json/save_to_disk files, or a Hub dataset
+  already in the local cache) split by flwr-datasets' partitioners (see :mod:`.hf`).
 
 ``data.num_clients`` unset (None) is the dataset's default (``DataConfig.resolved_num_clients``): 20 for
 digits and synthetic.
@@ -30,6 +32,7 @@ import torch
 from fedarena.core.types import FederatedData
 from fedarena.data.embedded import load_digits
 from fedarena.data.heterogeneity import summarize
+from fedarena.data.hf import Columns, load_hf
 from fedarena.data.npz import load_npz_dir
 from fedarena.data.partition import (
     add_feature_noise,
@@ -38,6 +41,7 @@ from fedarena.data.partition import (
 )
 from fedarena.data.shakespeare import load_shakespeare
 from fedarena.data.spec import (
+    HF_PREFIX,
     NPZ_PREFIX,
     DataConfig,
     ShakespeareConfig,
@@ -54,6 +58,7 @@ __all__ = [
     "generate_synthetic",
     "load_digits",
     "load_federated",
+    "load_hf",
     "load_npz_dir",
     "load_shakespeare",
     "partition_details",
@@ -114,6 +119,13 @@ def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | 
         if spec.num_clients is not None and fd.num_clients != spec.num_clients:
             log.info("npz-dir has %d clients; data.num_clients=%d is ignored", fd.num_clients, spec.num_clients)
         return fd
+    if name.startswith(HF_PREFIX):
+        columns = Columns(files=spec.files, features=spec.features, label=spec.label, partition_by=spec.partition_by,
+                          tokens=spec.tokens, seq_len=spec.seq_len, vocab_size=spec.vocab_size,
+                          image_size=spec.image_size)
+        return load_hf(name, columns, partition=partition, num_clients=spec.resolved_num_clients(), alpha=spec.alpha,
+                       shards_per_client=spec.shards_per_client, feature_sigma=spec.feature_sigma,
+                       test_fraction=spec.test_fraction, min_train=spec.min_train, min_test=spec.min_test, seed=seed)
     if name == "shakespeare":  # the same clients for every seed: the partition is the text's own
         return load_shakespeare(spec, (shakespeare or ShakespeareConfig()).validate())
     spec = dataclasses.replace(spec, num_clients=spec.resolved_num_clients())  # unset: 20

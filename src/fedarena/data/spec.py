@@ -13,9 +13,13 @@ from typing import Any
 
 from fedarena.core.types import FedarenaError
 
-DATASETS = ("digits", "synthetic", "shakespeare", "npz-dir:PATH")
+DATASETS = ("digits", "synthetic", "shakespeare", "npz-dir:PATH", "hf:NAME[:CONFIG]")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "feature", "natural")
 NPZ_PREFIX = "npz-dir:"
+HF_PREFIX = "hf:"  # Hugging Face datasets (fedarena/data/hf.py)
+HF_BUILDERS = ("parquet", "csv", "json", "disk")  # hf: sources read from data.files
+HF_TOKENS = ("char", "word", "bow")  # data.tokens: how hf text features become numbers
+HF_KEYS = ("files", "features", "label", "partition_by")  # read for hf data only
 DEFAULT_NUM_CLIENTS = 20  # data.num_clients when unset, for digits and synthetic
 DEFAULT_CLIENTS_PER_ROUND = 10  # train.clients_per_round when unset: min(this, training clients)
 
@@ -39,11 +43,22 @@ class DataConfig:
     min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
     min_test: int = 2
     new_clients: float = 0.0  # fraction of clients held out of training and onboarded at the end
+    # hf:NAME data only (fedarena/data/hf.py, docs/data.md)
+    files: str = ""  # hf:parquet/csv/json: paths or globs, comma-separated; hf:disk: a save_to_disk directory
+    features: str = ""  # feature column, or comma-separated scalar columns ("": by name, see hf.py)
+    label: str = ""  # label column ("": by name; "next": next-token windows of a text feature)
+    partition_by: str = ""  # natural partition: the column whose values are the clients
+    tokens: str = "char"  # text features: char | word | bow
+    seq_len: int = 0  # tokens per text sample (0: 80 characters, 25 words)
+    vocab_size: int = 10_000  # word | bow: the most frequent words kept (plus padding and unknown)
+    image_size: int = 0  # images resized to image_size x image_size (0: as stored)
 
     def resolved_partition(self) -> str:
         """``partition``, with ``auto`` resolved: dirichlet for digits, natural for the others."""
         if self.partition != "auto":
             return self.partition
+        if self.name.startswith(HF_PREFIX):
+            return "natural" if self.partition_by else "iid"
         return "dirichlet" if self.name == "digits" else "natural"
 
     def resolved_num_clients(self) -> int | None:
@@ -51,7 +66,9 @@ class DataConfig:
         ignores it), None for shakespeare (every role that qualifies: known once the text is parsed)."""
         if self.num_clients is not None:
             return self.num_clients
-        return None if self.name == "shakespeare" else DEFAULT_NUM_CLIENTS
+        if self.name == "shakespeare" or (self.name.startswith(HF_PREFIX) and self.resolved_partition() == "natural"):
+            return None  # every client that qualifies: known once the data is read
+        return DEFAULT_NUM_CLIENTS
 
     def validate(self) -> DataConfig:
         """Range and compatibility checks that need no data; raises :class:`FedarenaError` naming the key."""
@@ -67,7 +84,12 @@ class DataConfig:
             (0 <= self.new_clients < 1, f"data.new_clients must be a fraction in [0, 1), got {self.new_clients}"),
         ])
         name, partition = self.name, self.partition
-        if name not in ("digits", "synthetic", "shakespeare") and not name.startswith(NPZ_PREFIX):
+        if name.startswith(HF_PREFIX):
+            self._validate_hf()
+        elif any(getattr(self, key) for key in HF_KEYS):
+            key = next(key for key in HF_KEYS if getattr(self, key))
+            raise FedarenaError(f"data.{key} is read for hf:NAME data only (the dataset is '{name}')")
+        if name not in ("digits", "synthetic", "shakespeare") and not name.startswith((NPZ_PREFIX, HF_PREFIX)):
             raise FedarenaError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
         if name.startswith(NPZ_PREFIX) and partition not in ("auto", "natural"):
             raise FedarenaError(f"--partition {partition} cannot be used with npz-dir data: its clients are the files")
@@ -82,6 +104,20 @@ class DataConfig:
         if name == "digits" and partition == "natural":
             raise FedarenaError("digits has no natural partition; use iid, dirichlet, shards, quantity or feature")
         return self
+
+    def _validate_hf(self) -> None:
+        # data.files for a local source and data.partition_by for a natural partition are checked when the data
+        # is read (fedarena/data/hf.py): --data comes before --set, so they may still be unset here
+        source = self.name[len(HF_PREFIX):].partition(":")[0]
+        _check([
+            (bool(source), "hf: needs a dataset: hf:parquet, hf:csv, hf:json, hf:disk or hf:OWNER/NAME[:CONFIG]"),
+            (self.tokens in HF_TOKENS, f"unknown data.tokens '{self.tokens}'; valid: {', '.join(HF_TOKENS)}"),
+            (self.seq_len >= 0, f"data.seq_len must be >= 0 (0: 80 characters, 25 words), got {self.seq_len}"),
+            (self.vocab_size >= 1, f"data.vocab_size must be >= 1, got {self.vocab_size}"),
+            (self.image_size >= 0, f"data.image_size must be >= 0 (0: as stored), got {self.image_size}"),
+            (source in HF_BUILDERS or not self.files,
+             f"data.files is for hf:parquet, hf:csv, hf:json and hf:disk; hf:{source} is a Hub dataset"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -178,6 +214,10 @@ __all__ = [
     "DATASETS",
     "DEFAULT_CLIENTS_PER_ROUND",
     "DEFAULT_NUM_CLIENTS",
+    "HF_BUILDERS",
+    "HF_KEYS",
+    "HF_PREFIX",
+    "HF_TOKENS",
     "NPZ_PREFIX",
     "PARTITIONS",
     "DataConfig",

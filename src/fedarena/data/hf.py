@@ -319,7 +319,7 @@ def _labels(ds: Any, column: str, char_labels: bool, where: str) -> tuple[np.nda
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
-            raise FedarenaError(f"{where}: label column '{column}' must hold integers, got {arr[bad][0]!r} at row "
+            raise FedarenaError(f"{where}: label column '{column}' must hold integers, got {arr[bad][0].item()!r} at row "
                                 f"{int(np.flatnonzero(bad)[0])}")
         arr = arr.astype(np.int64)
     keys, y = np.unique(arr, return_inverse=True)

@@ -77,3 +77,24 @@ def test_lstm_parity_and_no_fallback(name, chars, caplog, one_torch_thread):
             assert abs(a - b) * n <= 1 + 1e-9
     assert ref.ledger.up == vec.ledger.up and ref.ledger.down == vec.ledger.down
     assert ref.sampled == vec.sampled
+
+
+def test_summary_engine_entry_names_the_engine_that_trained(chars, one_torch_thread):
+    """runs[].engine: vectorized when batched; DP-SGD (Opacus, int64 inputs) runs client by client, so that run
+    is named reference with the logged reason, and equals the reference engine's."""
+    from fedarena.experiments.summary import engine_entry
+    from fedarena.privacy.dpsgd import DPSGD, SampleLevel
+
+    data, task = chars
+    kw = dict(rounds=1, clients_per_round=3, eval_every=1, seed=4)
+    vec = run_loop(REGISTRY["fedavg"](), task, data, engine="vectorized", **kw)
+    assert engine_entry(vec.engine, "vectorized") == {"name": "vectorized", "fallback": None}
+    ref = run_loop(REGISTRY["fedavg"](), task, data, engine="reference", **kw)
+    assert engine_entry(ref.engine, "vectorized") == {"name": "reference", "fallback": None}
+    private = run_loop(REGISTRY["fedavg"](), task, data, engine="vectorized", dpsgd=SampleLevel(DPSGD(1.0, 1.0)), **kw)
+    entry = engine_entry(private.engine, "vectorized")
+    assert entry["name"] == "reference" and "DP-SGD" in entry["fallback"]
+    private_ref = run_loop(REGISTRY["fedavg"](), task, data, engine="reference", dpsgd=SampleLevel(DPSGD(1.0, 1.0)),
+                           **kw)
+    assert all(torch.equal(private.server.params[k], private_ref.server.params[k]) for k in private.server.params)
+    assert engine_entry({"runtime": "flower"}, "flower-sim") == {"name": "flower-sim", "fallback": None}

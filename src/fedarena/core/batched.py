@@ -146,7 +146,8 @@ def _rebuild_dc(template: Any, flat: Any) -> Any:
 
 def _padded(tensors: list[torch.Tensor], length: int) -> torch.Tensor:
     """Stack per-client tensors along a new first axis, zero-padding the sample axis to `length`
-    (padding is never read: a client's batches stop at its own size)."""
+    (padding is never read: a client's batches stop at its own size). The tensors keep their dtype: int64
+    inputs (an embedding's indices) stay int64, and the padding index 0 is a valid one."""
     if all(t.shape[0] == length for t in tensors):
         return torch.stack(tensors)
     out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))

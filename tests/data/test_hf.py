@@ -161,7 +161,8 @@ def test_femnist_recipe_by_writer_with_the_cnn(tmp_path, one_torch_thread):
                           "--model", "cnn")
     s = summary_of(result, out)
     assert s["dataset"]["num_clients"] == 4
-    het = s["dataset"]["heterogeneity"] if "heterogeneity" in s["dataset"] else s["heterogeneity"]
+    het = s["dataset"]["heterogeneity"]
+    assert s["dataset"]["client_ids"] == ["f0000_00", "f0001_01", "f0002_02", "f0003_03"]
     assert het["num_classes"] == 62 and len(het["label_counts"]) == 4
     assert het["details"]["label"] == "character" and het["details"]["features"] == "image"
     fd = load_hf("hf:parquet", Columns(files=str(files), partition_by="writer_id"), seed=1)

@@ -53,7 +53,8 @@ Columns
 Partitions (``data.partition``)
 
 - ``natural`` (the default): flwr-datasets' ``NaturalIdPartitioner`` on ``data.partition_by``: one client per
-  distinct value (sorted), client ids are the values. Rows with no value are left out
+  distinct value (sorted), client ids are the values (made safe as file names as the embedded Shakespeare
+  set's: other characters than letters, digits, ``.``, ``_``, ``-`` become ``_``). Rows with no value are left out
   (``details["rows_without_id"]``), and so are clients too small for ``data.min_train`` + ``data.min_test``
   (``details["dropped_clients"]``): real natural partitions have long tails (most Sentiment140 users have a
   tweet or two). ``data.num_clients`` unset: every client that remains; K: the K with the most samples
@@ -91,7 +92,7 @@ import torch
 from fedarena.core.rng import derive_seed, numpy_rng
 from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.data.partition import add_feature_noise, quantity_partition, split_train_test
-from fedarena.data.shakespeare import VOCAB, encode, split_point, window_starts, windows
+from fedarena.data.shakespeare import VOCAB, client_ids, encode, split_point, window_starts, windows
 from fedarena.data.spec import HF_BUILDERS as BUILDERS
 from fedarena.data.spec import HF_PREFIX as PREFIX
 from fedarena.data.spec import HF_TOKENS as TOKENS
@@ -497,8 +498,8 @@ def natural_clients(ids: list[Any], column: str, where: str) -> tuple[list[str],
         parts = _flwr_parts(p, {"__row": rows, "__id": [ids[i] for i in rows]})
     except TypeError as exc:
         raise FedarenaError(f"{where}: column '{column}' (data.partition_by) values cannot be ordered ({exc})") from None
-    names = [str(p.partition_id_to_natural_id[i]) for i in range(len(parts))]
-    return names, parts, len(ids) - len(rows)
+    names = client_ids([str(p.partition_id_to_natural_id[i]) for i in range(len(parts))])  # safe as file names
+    return list(names), parts, len(ids) - len(rows)
 
 
 def split_clients(partition: str, labels: np.ndarray, num_clients: int, *, alpha: float, shards_per_client: int,

@@ -40,9 +40,8 @@ __all__ = [
     "resolved_partition", "to_tree", "validate", "with_clients_per_round",
 ]
 
-MODELS = ("mlr", "mlp", "cnn")
+MODELS = ("mlr", "mlp", "cnn", "lstm")  # lstm: int64 character indices in (tasks.INTEGER_INPUTS)
 HF_FIELDS = ("files", "features", "label", "partition_by", "tokens", "seq_len", "vocab_size", "image_size")  # hf only
-FLOAT_MODELS = ("mlr", "mlp", "cnn")  # models of float features: not for shakespeare's character indices
 ENGINES = ("reference", "vectorized", "flower-sim")  # flower-sim: Flower's simulation runtime (Ray)
 
 
@@ -397,9 +396,9 @@ def with_seed(config: Config, seed: int) -> Config:
 def make_config_task(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Any:
     """The model task of `config` (the same model, loss and local SGD on every runtime and platform)."""
     from fedarena.core.types import SGD
-    from fedarena.tasks import make_task
+    from fedarena.tasks import INTEGER_INPUTS, make_task
 
-    if config.data.name == "shakespeare" and config.model.name in FLOAT_MODELS:
+    if config.data.name == "shakespeare" and config.model.name not in INTEGER_INPUTS:
         raise FedarenaError(f"model.name: {config.model.name} takes float features, but shakespeare's samples are "
                             "character indices; use --model lstm")
     t = config.train

@@ -58,8 +58,10 @@ class LSTMLayer(nn.Module):
         h = projected.new_zeros(projected.shape[0], self.hidden)
         c = h
         out = []
-        for t in range(projected.shape[1]):
-            gates = projected[:, t] + F.linear(h, self.w_hh, self.b_hh)
+        # unbind, not projected[:, t]: indexing's backward writes each step's gradient into a zero tensor of the
+        # whole sequence's size and sums T of them; unbind's backward stacks the T gradients once
+        for step in projected.unbind(1):
+            gates = step + F.linear(h, self.w_hh, self.b_hh)
             i, f, g, o = gates.chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

@@ -40,7 +40,8 @@ def run(name: str, family: str, acc: float, *, seed: int | None = 0, worst: floa
                 "personal_acc_worst10": acc * r / rounds / 2, "bytes_cumulative": int(bpr * r),
                 "train_seconds": 0.5 * r} for r in range(1, rounds + 1)]
     out = {
-        "algorithm": name, "family": family, "federated": federated, "paper": "crafted",
+        "algorithm": name, "engine": {"name": "reference", "fallback": None}, "family": family,
+        "federated": federated, "paper": "crafted",
         "hyperparameters": hyperparameters or {},
         "personal_keys": [], "rounds": rounds,
         "final": {"round": rounds, "global_acc": g, "personal_acc_mean": acc, "personal_acc_std": 0.05,

@@ -66,3 +66,9 @@ def in_client_order(uploads: dict[int, Upload]) -> dict[int, Upload]:
     """Uploads sorted by client, whatever order they arrived in (a Flower runtime receives them by completion):
     the aggregate's float sums must not depend on arrival order."""
     return dict(sorted(uploads.items()))
+
+
+def same_params(a: Params, b: Params) -> bool:
+    """The same keys holding equal tensors (the same tensor objects, or equal values, dtypes and shapes)."""
+    return a.keys() == b.keys() and all(
+        a[k] is b[k] or (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k])) for k in a)

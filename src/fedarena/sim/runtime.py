@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from fedarena.core.codec import Ledger
+from fedarena.core.params import same_params
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, ClientData, ClientState, FederatedData, Params, Upload
 from fedarena.privacy import leakage
@@ -93,11 +94,18 @@ def personal_model(algo: Any, task: Task, b: Broadcast, state: ClientState, d: C
 
 def evaluate_client(task: Task, personal: Params, global_params: Params | None, d: ClientData,
                     membership: bool = False) -> ClientEval:
-    """Accuracy on the client's test split; with `membership`, also the membership-inference AUCs."""
+    """Accuracy on the client's test split; with `membership`, also the membership-inference AUCs. Where the
+    personal model is the global model (global algorithms), each is computed once: the same params give the
+    same numbers."""
     acc, loss = accuracy(task, personal, d)
-    gacc = None if global_params is None else accuracy(task, global_params, d)[0]
-    aucs = leakage.client_membership(task, personal, global_params, d) if membership else (None, None)
-    return ClientEval(acc, loss, d.num_test, gacc, *aucs)
+    same = global_params is not None and same_params(personal, global_params)
+    gacc = None if global_params is None else acc if same else accuracy(task, global_params, d)[0]
+    if not membership:
+        return ClientEval(acc, loss, d.num_test, gacc)
+    if same:
+        own = leakage.client_membership(task, personal, None, d)[0]
+        return ClientEval(acc, loss, d.num_test, gacc, own, own)
+    return ClientEval(acc, loss, d.num_test, gacc, *leakage.client_membership(task, personal, global_params, d))
 
 
 def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: ClientData, seed: int,

@@ -19,6 +19,8 @@ class Preset:
 
 
 PRESETS = {p.name: p for p in (
+    Preset("next-word", "next-character prediction on phones, one client per writer (embedded Shakespeare, one "
+                        "client per speaking role, LEAF's LSTM)", offline=True),
     Preset("mobile-iid", "phones whose data follow one distribution: the case that favours one global model "
                          "(digits, IID over 50 clients, MLP)", offline=True),
 )}

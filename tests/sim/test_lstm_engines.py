@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from running import run_loop
+from running import assert_engines_agree, run_loop
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.types import SGD, FederatedData
@@ -53,9 +53,6 @@ def chars():
     return data, make_task("lstm", (SEQ,), VOCAB, SGD(1, 4, 0.5), hidden=16)
 
 
-def _close(a, b):
-    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=ATOL, rtol=0) for k in a)
-
 
 @pytest.mark.parametrize("name", ["fedavg", "fedper", "fedrep", "ditto", "fedprox"])
 def test_lstm_parity_and_no_fallback(name, chars, caplog, one_torch_thread):
@@ -67,16 +64,7 @@ def test_lstm_parity_and_no_fallback(name, chars, caplog, one_torch_thread):
     assert "vectorized engine" not in caplog.text
     assert vec.engine["name"] == "vectorized" and vec.engine["notes"] == [] and vec.engine["fallback"] is None
     assert vec.engine["batched_sgd_calls"] > 0 and vec.engine["single_sgd_calls"] == 0
-    assert _close(ref.server.params, vec.server.params)
-    assert _close(ref.server.extra, vec.server.extra)
-    assert ref.states.keys() == vec.states.keys()
-    for c in ref.states:
-        assert _close(ref.states[c].params, vec.states[c].params) and _close(ref.states[c].extra, vec.states[c].extra)
-    for e_ref, e_vec in zip(ref.evaluations, vec.evaluations, strict=True):
-        for a, b, n in zip(e_ref.per_client_acc, e_vec.per_client_acc, e_ref.test_sizes):
-            assert abs(a - b) * n <= 1 + 1e-9
-    assert ref.ledger.up == vec.ledger.up and ref.ledger.down == vec.ledger.down
-    assert ref.sampled == vec.sampled
+    assert_engines_agree(ref, vec, ATOL)
 
 
 def test_summary_engine_entry_names_the_engine_that_trained(chars, one_torch_thread):

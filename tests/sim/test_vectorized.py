@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from running import run_loop
+from running import assert_engines_agree, run_loop
 from toy import classification_task, federation
 
 from fedarena.algorithms import REGISTRY
@@ -24,9 +24,6 @@ def toy():
     return data, classification_task(data, batch_size=4)
 
 
-def _close(a, b):
-    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=ATOL, rtol=0) for k in a)
-
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_parity_with_reference(name, toy):
@@ -34,16 +31,7 @@ def test_parity_with_reference(name, toy):
     kw = dict(rounds=5, clients_per_round=4, eval_every=1, seed=11, new_clients=[5])
     ref = run_loop(REGISTRY[name](), task, data, engine="reference", **kw)
     vec = run_loop(REGISTRY[name](), task, data, engine="vectorized", **kw)
-    assert _close(ref.server.params, vec.server.params)
-    assert _close(ref.server.extra, vec.server.extra)
-    assert ref.states.keys() == vec.states.keys()
-    for c in ref.states:
-        assert _close(ref.states[c].params, vec.states[c].params) and _close(ref.states[c].extra, vec.states[c].extra)
-    for e_ref, e_vec in zip(ref.evaluations, vec.evaluations, strict=True):
-        for a, b, n in zip(e_ref.per_client_acc, e_vec.per_client_acc, e_ref.test_sizes):
-            assert abs(a - b) * n <= 1 + 1e-9
-    assert ref.ledger.up == vec.ledger.up and ref.ledger.down == vec.ledger.down
-    assert ref.sampled == vec.sampled
+    assert_engines_agree(ref, vec, ATOL)
 
 
 def test_sgd_based_algorithms_are_actually_batched(toy):

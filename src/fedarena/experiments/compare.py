@@ -163,10 +163,9 @@ def run_experiment(config: cfg.Config, platform: Platform, out: Path,
     ran = dataclasses.replace(config, run=dataclasses.replace(config.run, algorithms=tuple(names)))
     trained = []
     for i in range(config.run.seeds):
-        seeded = cfg.with_seed(ran, config.run.seed + i)
         done = i * config.train.rounds
         counted = (lambda n, r, d=done: on_round(n, d + r)) if on_round else None
-        p = platform.prepare(seeded)
+        p = platform.prepare(cfg.with_seed(ran, config.run.seed + i))
         ran = cfg.with_clients_per_round(ran, p.data.num_clients)  # unset: min(10, training clients)
         seeded = cfg.with_seed(ran, config.run.seed + i)
         trained.append(Trained(seeded.run.seed, p.data, {n: train_algorithm(seeded, p, n, counted) for n in names}))

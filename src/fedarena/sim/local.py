@@ -88,9 +88,6 @@ class LocalClients:
             uploads[c] = upload if self.pooled else self.ledger.send_up(rnd, c, upload)
         return uploads
 
-    def train_secure(self, rnd: int, broadcasts: dict[int, Broadcast], cp: Any) -> Any:
-        raise NotImplementedError("in-process clients do not run SecAgg's client stages (protects_updates is False)")
-
     def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None,
                  membership: bool = False) -> dict[int, ClientEval]:
         """Every client's personal model (and the global model) on its own test split, and with `membership`

@@ -46,8 +46,9 @@ class Runtime(Protocol):
 
     Every message it carries crosses `ledger`. `states` holds the clients' states where the runtime can
     see them (empty where they live on the clients' own machines). A runtime with `protects_updates`
-    trains with the round's `privacy.encoding.ClientPrivacy` on the clients (local DP, SecAgg's client stages:
-    `train(..., protect=)` and `train_secure`); otherwise the private round protects its uploads itself."""
+    trains with the round's `privacy.encoding.ClientPrivacy` on the clients (local DP: `train(..., protect=)`)
+    and also has `train_secure(rnd, broadcasts, cp)` (SecAgg's client stages, only the sum comes back), which the
+    private round calls only then; otherwise the private round protects its uploads itself."""
 
     ids: list[int]  # the clients that train (one pseudo-client 0 when `pooled`)
     pooled: bool  # one pseudo-client holds every training client's data (`centralized`)
@@ -58,7 +59,6 @@ class Runtime(Protocol):
     transport: ClassVar[str]  # how messages travel, for the summary's privacy block
 
     def train(self, rnd: int, broadcasts: dict[int, Broadcast], protect: Any = None) -> dict[int, Upload]: ...
-    def train_secure(self, rnd: int, broadcasts: dict[int, Broadcast], cp: Any) -> Any: ...
     def evaluate(self, rnd: int, broadcasts: dict[int, Broadcast], global_params: Params | None,
                  membership: bool = False) -> dict[int, ClientEval]: ...
     def onboard(self, broadcasts: dict[int, Broadcast], initial: Params) -> dict[int, OnboardEval]: ...

@@ -34,6 +34,7 @@ import torch
 from fedarena.core.algorithm import Batch, algorithm, onboard_by_local_training, sgd_client_update, task_loss
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import sq_distance
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
 
 if TYPE_CHECKING:
@@ -57,7 +58,9 @@ def same_stream(rng: torch.Generator) -> torch.Generator:
            not_per_sample=("its personal objective adds lambda/2 ||v - w||^2, a parameter-dependent term whose "
                           "gradient is not per-sample"))
 class Ditto:
-    lam: float = 1.0
+    lam: float = hp(1.0, low=1e-3, high=10.0, log=True,
+                    source="Li et al. 2021, Sec. 5 / App. C: lam in {0.01, 0.1, 1, 2} (per-client tuning from {0.1, 1, 2}); "
+                           "widened on a log scale for other budgets")
 
     def __post_init__(self) -> None:
         if not self.lam >= 0:

@@ -80,12 +80,15 @@ class Upload:
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's splits: views into the federated arrays, never copies."""
+    """One client's splits: views into the federated arrays, never copies. The validation split (taken out of
+    the client's training data, `data.val_fraction`) is what tuning decisions read; None where there is none."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def num_train(self) -> int:
@@ -95,13 +98,18 @@ class ClientData:
     def num_test(self) -> int:
         return int(self.y_test.shape[0])
 
+    @property
+    def num_val(self) -> int:
+        return 0 if self.y_val is None else int(self.y_val.shape[0])
+
 
 @dataclass(frozen=True)
 class FederatedData:
     """All clients' data in a few concatenated tensors with offsets (no Python object per client).
 
     Client ``i`` owns rows ``train_offsets[i]:train_offsets[i+1]`` of ``x_train``/``y_train`` and
-    likewise for test. Features are float32, labels int64 in ``[0, num_classes)``.
+    likewise for test and (where ``val_offsets`` is not empty) validation. Features are float32, labels int64
+    in ``[0, num_classes)``.
     """
 
     name: str
@@ -115,6 +123,9 @@ class FederatedData:
     num_classes: int
     partition: str
     details: Mapping[str, object] = field(default_factory=dict)
+    x_val: torch.Tensor | None = None  # None (and val_offsets empty): no validation split
+    y_val: torch.Tensor | None = None
+    val_offsets: tuple[int, ...] = ()
 
     @property
     def num_clients(self) -> int:
@@ -127,14 +138,21 @@ class FederatedData:
     def client(self, i: int) -> ClientData:
         a, b = self.train_offsets[i], self.train_offsets[i + 1]
         c, d = self.test_offsets[i], self.test_offsets[i + 1]
-        return ClientData(self.x_train[a:b], self.y_train[a:b], self.x_test[c:d], self.y_test[c:d])
+        if self.x_val is None or self.y_val is None or not self.val_offsets:
+            return ClientData(self.x_train[a:b], self.y_train[a:b], self.x_test[c:d], self.y_test[c:d])
+        e, f = self.val_offsets[i], self.val_offsets[i + 1]
+        return ClientData(self.x_train[a:b], self.y_train[a:b], self.x_test[c:d], self.y_test[c:d],
+                          self.x_val[e:f], self.y_val[e:f])
 
     def pooled(self, clients: "list[int] | None" = None) -> ClientData:
         """These clients' (default: all) data as one client (`centralized` trains on this)."""
         if clients is None or list(clients) == list(range(self.num_clients)):
-            return ClientData(self.x_train, self.y_train, self.x_test, self.y_test)
+            return ClientData(self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
         parts = [self.client(c) for c in clients]
-        return ClientData(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x_train", "y_train", "x_test", "y_test")))
+        splits = [torch.cat([getattr(p, f) for p in parts]) for f in ("x_train", "y_train", "x_test", "y_test")]
+        if self.x_val is None or not self.val_offsets:
+            return ClientData(*splits)
+        return ClientData(*splits, *(torch.cat([getattr(p, f) for p in parts]) for f in ("x_val", "y_val")))
 
 
 @dataclass(frozen=True)

@@ -79,15 +79,15 @@ def test_load_federated_digits(name):
     assert fd.client_ids == tuple(str(i) for i in range(n))
     assert fd.partition == name and fd.num_classes == 10 and fd.input_shape == (1, 8, 8)
     assert fd.x_train.dtype == torch.float32 and fd.y_train.dtype == torch.int64
-    assert len(fd.train_offsets) == len(fd.test_offsets) == n + 1
-    assert fd.train_offsets[0] == fd.test_offsets[0] == 0
-    assert fd.train_offsets[-1] + fd.test_offsets[-1] == 1797
+    assert len(fd.train_offsets) == len(fd.test_offsets) == len(fd.val_offsets) == n + 1
+    assert fd.train_offsets[0] == fd.test_offsets[0] == fd.val_offsets[0] == 0
+    assert fd.train_offsets[-1] + fd.val_offsets[-1] + fd.test_offsets[-1] == 1797
     for i in range(n):
         c = fd.client(i)
-        assert c.num_train >= config.data.min_train and c.num_test >= config.data.min_test
+        assert c.num_train >= config.data.min_train and c.num_test >= config.data.min_test and c.num_val >= 1
     json.dumps(summarize(fd))
     again = load(config)
-    for field in ("x_train", "y_train", "x_test", "y_test"):
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert torch.equal(getattr(fd, field), getattr(again, field))
 
 
@@ -168,7 +168,7 @@ def test_synthetic_shapes_and_reproducibility():
     config = synthetic_config(num_clients=5)
     fd = load(config)
     assert fd.partition == "natural" and fd.num_classes == 10 and fd.input_shape == (60,)
-    assert fd.train_offsets[-1] + fd.test_offsets[-1] == 5 * 200
+    assert fd.train_offsets[-1] + fd.val_offsets[-1] + fd.test_offsets[-1] == 5 * 200
     assert fd.details["alpha"] == 1.0 and fd.details["beta"] == 1.0
     again = load(config)
     assert torch.equal(fd.x_train, again.x_train) and torch.equal(fd.y_test, again.y_test)
@@ -178,7 +178,7 @@ def test_synthetic_shapes_and_reproducibility():
 
 def test_synthetic_lognormal_sizes_are_at_least_50():
     fd = load(make_config(name="synthetic", num_clients=10))
-    sizes = np.diff(fd.train_offsets) + np.diff(fd.test_offsets)
+    sizes = np.diff(fd.train_offsets) + np.diff(fd.val_offsets) + np.diff(fd.test_offsets)
     assert sizes.min() >= 50 and len(set(sizes.tolist())) > 1
 
 
@@ -238,8 +238,8 @@ def good_dir(root: Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
 
 def test_npz_round_trip(tmp_path):
     data = good_dir(tmp_path)
-    fd = load(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3))
-    assert fd.client_ids == ("a", "b", "c") and fd.partition == "natural"
+    fd = load(make_config(name=f"npz-dir:{tmp_path}", min_train=3, min_test=3, val_fraction=0))
+    assert fd.client_ids == ("a", "b", "c") and fd.partition == "natural" and fd.x_val is None
     assert fd.x_train.dtype == torch.float32 and fd.y_train.dtype == torch.int64
     labels = np.concatenate([data[s][split][1] for s in "abc" for split in ("train", "test")])
     assert fd.num_classes == labels.max() + 1
@@ -481,6 +481,11 @@ def test_resolved_partition_and_details():
     assert partition_details(Spec(partition="shards", shards_per_client=3)) == {"shards_per_client": 3}
     assert partition_details(Spec(), "iid") == {}
     case = make_config(partition="feature", feature_sigma=0.2)
+    details = load(case).details
+    assert details == {**partition_details(case.data), "test_fraction": case.data.test_fraction, "val_fraction": 0.15,
+                       "val_split": details["val_split"], "val_stratified_clients": details["val_stratified_clients"]}
+    assert details["val_split"] in ("stratified", "mixed") and details["val_stratified_clients"] > 0
+    case = make_config(partition="feature", feature_sigma=0.2, val_fraction=0)
     assert load(case).details == {**partition_details(case.data), "test_fraction": case.data.test_fraction}
 
 

@@ -23,7 +23,8 @@ from fedarena.data import shakespeare as shk
 from fedarena.data.spec import DataConfig, ShakespeareConfig
 
 DEFAULT_CLIENTS = 98  # roles with >= 20 turns that have speech (SAMPSON has 20 speaker lines, one of them empty)
-DEFAULT_TRAIN, DEFAULT_TEST = 8366, 2755  # 11,121 windows of 80 characters, stride 80
+DEFAULT_TRAIN, DEFAULT_TEST = 8366, 2755  # 11,121 windows of 80 characters, stride 80 (train: with validation)
+DEFAULT_VAL = 1256  # the last round(0.15 * n) train windows of each role (data.val_fraction 0.15)
 
 SMALL = """ALICE:
 Hello there, my friend, and welcome to this place
@@ -135,7 +136,9 @@ def test_a_checksum_mismatch_is_refused(monkeypatch):
 
 def test_default_clients_and_windows(default):
     assert default.num_clients == DEFAULT_CLIENTS and len(set(default.client_ids)) == DEFAULT_CLIENTS
-    assert default.y_train.shape[0] == DEFAULT_TRAIN and default.y_test.shape[0] == DEFAULT_TEST
+    assert default.y_train.shape[0] + default.y_val.shape[0] == DEFAULT_TRAIN
+    assert default.y_val.shape[0] == DEFAULT_VAL and default.y_test.shape[0] == DEFAULT_TEST
+    assert default.details["val_split"] == "position" and default.details["val_fraction"] == 0.15
     assert default.x_train.dtype == default.y_train.dtype == default.x_test.dtype == torch.int64
     assert default.input_shape == (80,) and default.num_classes == 80 and default.partition == "natural"
     assert default.client_ids[:3] == ("First_Citizen", "Second_Citizen", "MENENIUS")  # order of the first turn
@@ -149,10 +152,15 @@ def test_embedded_windows_match_the_raw_text(default):
     text = roles["ROMEO"].text
     cut = shk.split_point(len(text), 0.25)
     c = default.client(i)
-    assert c.num_train == len(range(0, cut - 80, 80)) and c.num_test == len(range(cut, len(text) - 80, 80))
+    assert c.num_train + c.num_val == len(range(0, cut - 80, 80)) and c.num_test == len(range(cut, len(text) - 80, 80))
+    assert c.num_val == round(0.15 * (c.num_train + c.num_val)) and c.x_val is not None and c.y_val is not None
     for k in (0, 7, c.num_train - 1):
         assert decode(c.x_train[k].numpy()) == text[80 * k : 80 * k + 80]
         assert shk.VOCAB[int(c.y_train[k])] == text[80 * k + 80]
+    for k in (0, c.num_val - 1):  # validation: the train text's last windows, after every train window
+        start = 80 * (c.num_train + k)
+        assert decode(c.x_val[k].numpy()) == text[start : start + 80]
+        assert shk.VOCAB[int(c.y_val[k])] == text[start + 80]
     for k in (0, c.num_test - 1):
         start = cut + 80 * k
         assert decode(c.x_test[k].numpy()) == text[start : start + 80]
@@ -163,14 +171,14 @@ def test_heterogeneity_summary_reads_next_character_distributions(default):
     h = summarize(default)
     json.dumps(h)
     assert np.array(h["label_counts"]).shape == (DEFAULT_CLIENTS, 80)
-    assert sum(h["train_sizes"]) == DEFAULT_TRAIN and 1 < h["effective_classes_mean"] < 80
+    assert sum(h["train_sizes"]) == DEFAULT_TRAIN - DEFAULT_VAL and 1 < h["effective_classes_mean"] < 80
     assert 0 < h["js_divergence_mean"] < 1
 
 
 def test_clients_k_takes_the_roles_with_most_text_in_text_order(default):
     five = load_federated(small(num_clients=5), seed=0)
-    sizes = {cid: default.train_offsets[i + 1] - default.train_offsets[i] + default.test_offsets[i + 1]
-             - default.test_offsets[i] for i, cid in enumerate(default.client_ids)}
+    sizes = {cid: default.client(i).num_train + default.client(i).num_val + default.client(i).num_test
+             for i, cid in enumerate(default.client_ids)}
     biggest = sorted(sizes, key=lambda c: -sizes[c])[:5]
     assert set(five.client_ids) == set(biggest)
     assert list(five.client_ids) == [c for c in default.client_ids if c in biggest]
@@ -186,7 +194,7 @@ def test_deterministic_and_the_same_for_every_seed(default):
     shk._embedded_roles.cache_clear()
     again = load_federated(small(), seed=5)
     assert again.client_ids == default.client_ids
-    for f in ("x_train", "y_train", "x_test", "y_test"):
+    for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert np.array_equal(getattr(again, f).numpy(), getattr(default, f).numpy())
 
 

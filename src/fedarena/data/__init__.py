@@ -15,9 +15,12 @@
 digits and synthetic.
 
 For digits and synthetic, each client's own samples are split into its train and test split
-(``data.test_fraction``, at least ``data.min_test`` / ``data.min_train``). Identical spec and
-seed give bit-identical output. The specs (:mod:`.spec`) are this package's own types;
-the config module (config.py) builds its ``[data]``, ``[synthetic]`` and ``[shakespeare]`` sections from them.
+(``data.test_fraction``, at least ``data.min_test`` / ``data.min_train``). Then, for every dataset,
+``data.val_fraction`` of each client's train split becomes its validation split (:mod:`.validation`:
+stratified by label where it can be, by position for text in reading order; npz-dir's own ``val/``
+files where it has them; 0: no validation split). Identical spec and seed give bit-identical output.
+The specs (:mod:`.spec`) are this package's own types; the config module (config.py) builds its
+``[data]``, ``[synthetic]`` and ``[shakespeare]`` sections from them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fedarena.core.types import FederatedData
 from fedarena.data.embedded import load_digits
 from fedarena.data.heterogeneity import summarize
 from fedarena.data.hf import Columns, load_hf
+from fedarena.data.hf.columns import NEXT
 from fedarena.data.npz import load_npz_dir
 from fedarena.data.partition import (
     add_feature_noise,
@@ -50,6 +54,7 @@ from fedarena.data.spec import (
     synthetic_details,
 )
 from fedarena.data.synthetic import generate_synthetic
+from fedarena.data.validation import split_validation
 
 __all__ = [
     "DataConfig",
@@ -62,6 +67,7 @@ __all__ = [
     "load_npz_dir",
     "load_shakespeare",
     "partition_details",
+    "split_validation",
     "summarize",
 ]
 
@@ -111,11 +117,26 @@ def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | 
                    shakespeare: ShakespeareConfig | None = None) -> FederatedData:
     """The federated dataset described by ``spec`` (``[data]``; ``synthetic`` is ``[synthetic]``, read
     for synthetic data only, ``shakespeare`` ``[shakespeare]``, read for shakespeare only), seeded by
-    ``seed``. Raises :class:`FedarenaError` on impossible requests or bad data."""
+    ``seed``. Raises :class:`FedarenaError` on impossible requests or bad data.
+
+    Each client's validation split (``data.val_fraction``; 0: none) is taken out of its train split: by
+    position for text in reading order (shakespeare, hf next-token windows), stratified by label (else at
+    random) for the others; npz-dir data with a ``val/`` folder brings its own."""
     spec.validate()
+    fd = _load(spec, seed, synthetic, shakespeare)
+    if fd.val_offsets:  # npz-dir's own val/ files
+        return fd
+    by_position = spec.name == "shakespeare" or fd.details.get("label") == NEXT
+    return split_validation(fd, spec.val_fraction, seed, min_train=spec.min_train, by_position=by_position)
+
+
+def _load(spec: DataConfig, seed: int, synthetic: SyntheticConfig | None,
+          shakespeare: ShakespeareConfig | None) -> FederatedData:
+    """`load_federated`'s data before its validation split."""
     name, partition = spec.name, spec.resolved_partition()
     if name.startswith(NPZ_PREFIX):
-        fd = load_npz_dir(name[len(NPZ_PREFIX) :], min_train=spec.min_train, min_test=spec.min_test, name=name)
+        fd = load_npz_dir(name[len(NPZ_PREFIX) :], min_train=spec.min_train, min_test=spec.min_test, name=name,
+                          read_val=spec.val_fraction > 0)
         if spec.num_clients is not None and fd.num_clients != spec.num_clients:
             log.info("npz-dir has %d clients; data.num_clients=%d is ignored", fd.num_clients, spec.num_clients)
         return fd

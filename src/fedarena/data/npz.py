@@ -1,6 +1,6 @@
 """``npz-dir:PATH``: a directory of per-client ``.npz`` files, one client per file stem::
 
-    PATH/train/<client>.npz    PATH/test/<client>.npz
+    PATH/train/<client>.npz    PATH/test/<client>.npz    [PATH/val/<client>.npz]
 
 Each file holds an array ``x`` (any float or integer dtype, first axis = samples; converted to
 float32 as is, without scaling) and ``y`` (one label per sample). Clients are ordered by sorted
@@ -14,6 +14,12 @@ kept, no second concatenation).
 
 Labels must be integers >= 0. Float labels are accepted when every value is a whole number
 (e.g. labels saved from a float column) and refused otherwise.
+
+An optional ``val/`` folder holds each client's own validation split, in the same format: when it
+exists (and is read: ``read_val``), every client must have ``val/<client>.npz`` and no other client
+may; its per-sample shape is the train files', and its labels must lie in ``[0, num_classes)`` of the
+train and test files (a class seen only in validation is refused). Without it, :func:`fedarena.data.load_federated`
+splits each client's train file (``data.val_fraction``, :mod:`.validation`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from fedarena.core.types import ClientData, FedarenaError, FederatedData
 from fedarena.data.spec import NPZ_PREFIX as PREFIX
 
 SPLITS = ("train", "test")
+VAL = "val"  # the optional folder of the clients' own validation splits
 
 
 @dataclass(frozen=True)
@@ -129,12 +136,15 @@ def _fill(entries: list[_Entry]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...
     return x, y, tuple(int(o) for o in offsets)
 
 
-def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, name: str | None = None) -> FederatedData:
-    """Load ``path/train/*.npz`` and ``path/test/*.npz`` as a naturally partitioned FederatedData.
+def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, name: str | None = None,
+                 read_val: bool = True) -> FederatedData:
+    """Load ``path/train/*.npz`` and ``path/test/*.npz`` as a naturally partitioned FederatedData, and
+    ``path/val/*.npz`` as its validation split when that folder exists and ``read_val`` is true.
 
     Every problem (missing directory or key, pickled arrays, mismatched lengths or shapes, empty
-    or too small splits, NaN/Inf, bad labels, a client with only one split) raises
-    :class:`FedarenaError` naming the file or client.
+    or too small splits, NaN/Inf, bad labels, a client with only one split, a client without its
+    validation file or a validation file without its client) raises :class:`FedarenaError` naming
+    the file or client.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -158,8 +168,19 @@ def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, nam
                 )
             if entry.samples < least:
                 raise FedarenaError(f"{entry.path}: {entry.samples} samples, fewer than {key} {least}")
+    val_entries = _val_entries(root, client_ids, reference) if read_val and (root / VAL).is_dir() else None
     x_train, y_train, train_offsets = _fill(entries["train"])
     x_test, y_test, test_offsets = _fill(entries["test"])
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    x_val = y_val = None
+    val_offsets: tuple[int, ...] = ()
+    if val_entries is not None:
+        xv, yv, val_offsets = _fill(val_entries)
+        for entry, a, b in zip(val_entries, val_offsets[:-1], val_offsets[1:]):
+            if yv[a:b].max() >= num_classes:
+                raise FedarenaError(f"{entry.path}: label {yv[a:b].max()} is outside the {num_classes} classes "
+                                    "of the train and test files")
+        x_val, y_val = torch.from_numpy(xv), torch.from_numpy(yv)
     return FederatedData(
         name=name or f"{PREFIX}{root}",
         client_ids=client_ids,
@@ -169,10 +190,32 @@ def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, nam
         x_test=torch.from_numpy(x_test),
         y_test=torch.from_numpy(y_test),
         test_offsets=test_offsets,
-        num_classes=int(max(y_train.max(), y_test.max())) + 1,
+        num_classes=num_classes,
         partition="natural",
-        details={"path": str(root)},
+        details={"path": str(root), **({"val_split": "files"} if val_offsets else {})},
+        x_val=x_val,
+        y_val=y_val,
+        val_offsets=val_offsets,
     )
+
+
+def _val_entries(root: Path, client_ids: tuple[str, ...], reference: _Entry) -> list[_Entry]:
+    """The validated headers of ``root/val/<client>.npz``, one per client in `client_ids` and no other."""
+    files = {p.stem: p for p in (root / VAL).glob("*.npz") if p.is_file()}
+    unknown = sorted(files.keys() - set(client_ids))
+    if unknown:
+        raise FedarenaError(f"npz-dir {root}: {VAL}/{unknown[0]}.npz names no client (there is no train/{unknown[0]}.npz)")
+    missing = [c for c in client_ids if c not in files]
+    if missing:
+        raise FedarenaError(f"npz-dir {root}: client '{missing[0]}' has no {VAL}/{missing[0]}.npz (with a '{VAL}/' "
+                            "folder every client needs its own validation file)")
+    entries = [_scan(files[c]) for c in client_ids]
+    for entry in entries:
+        if entry.x_shape != reference.x_shape:
+            raise FedarenaError(
+                f"{entry.path}: per-sample shape of 'x' is {entry.x_shape} but {reference.path} has {reference.x_shape}"
+            )
+    return entries
 
 
 def load_npz_client(path: str | Path, client: str, *, min_train: int = 1, min_test: int = 1) -> tuple[ClientData, int]:

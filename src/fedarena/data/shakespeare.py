@@ -20,7 +20,10 @@ and nothing else is read.
 - Samples: windows of ``shakespeare.seq_len`` characters (80, as LEAF), labelled with the character that
   follows, starting every ``shakespeare.stride`` characters (80: windows do not overlap).
 - Split: by position in each role's text: the first ``1 - data.test_fraction`` of its characters are its
-  train text, the rest its test text (spoken later); no window or label crosses the cut.
+  train text, the rest its test text (spoken later); no window or label crosses the cut. Then
+  :func:`fedarena.data.load_federated` makes the last ``data.val_fraction`` of each role's train windows its
+  validation windows (:func:`fedarena.data.validation.split_validation`, ``by_position=True``), so a role's
+  text reads train, validation, test in that order; :func:`load_shakespeare` itself splits no validation.
 - Vocabulary: LEAF's 80 characters (:data:`VOCAB`); a character outside it is read as a space (in this
   text only one ``$``, a typo). ``x`` is int64 character indices of shape (N, seq_len) and ``num_classes``
   is 80.

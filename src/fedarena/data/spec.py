@@ -40,6 +40,8 @@ class DataConfig:
     shards_per_client: int = 2  # classes per client for `shards`
     feature_sigma: float = 0.1  # `feature`: client i gets Gaussian noise of std sigma*i/N (NIID-Bench)
     test_fraction: float = 0.25  # share of each client's samples held out as its own test split
+    # share of each client's train split moved into its validation split (fedarena/data/validation.py); 0: none
+    val_fraction: float = 0.15
     min_train: int = 5  # no client may have fewer train samples than this (resampled, else refused)
     min_test: int = 2
     new_clients: float = 0.0  # fraction of clients held out of training and onboarded at the end
@@ -78,6 +80,8 @@ class DataConfig:
             (self.shards_per_client >= 1, "data.shards_per_client must be >= 1"),
             (self.feature_sigma >= 0, "data.feature_sigma must be >= 0"),
             (0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {self.test_fraction}"),
+            (0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1) (0: no validation split), "
+                                         f"got {self.val_fraction}"),
             (self.min_train >= 1 and self.min_test >= 1, "data.min_train and data.min_test must be >= 1"),
             (self.partition in PARTITIONS + ("auto",),
              f"unknown partition '{self.partition}'; valid: {', '.join(PARTITIONS)}"),

@@ -68,7 +68,9 @@ Partitions (``data.partition``)
   few writers).
 - ``quantity`` and ``feature``: fedarena's own (:mod:`.partition`), flwr-datasets having no seeded match.
 Each client's rows are then split into its own train and test (``split_train_test``: ``data.test_fraction``,
-seeded). The same spec, files and seed give the same clients.
+seeded). The same spec, files and seed give the same clients. :func:`fedarena.data.load_federated` then moves
+``data.val_fraction`` of each client's train rows into its validation split (:mod:`fedarena.data.validation`:
+stratified by label where it can be, else at random; next-token windows: the last train windows, by position).
 """
 
 from fedarena.data.hf.clients import load_hf

@@ -14,6 +14,14 @@ def test_macs_from_layer_shapes():
     assert _macs_per_sample(cnn, (1, 8, 8)) == 64 * 25 * 32 + 16 * 25 * 32 * 64 + 256 * 512 + 512 * 10
 
 
+def test_macs_of_the_lstm_whose_inputs_are_character_indices():
+    """The lstm takes int64 indices (a float input fails in its embedding): each of the seq_len steps of a layer
+    costs its input and recurrent projections, 4H x (in + H); the head H x vocab once."""
+    lstm = make_task("lstm", (5,), 80, SGD(), hidden=16)
+    embed, h = 8, 16
+    assert _macs_per_sample(lstm, (5,)) == 5 * 4 * h * (embed + h) + 5 * 4 * h * (h + h) + h * 80
+
+
 def test_speedups_and_quantile():
     engines = {"reference": {"available": True, "ms_per_round_median": 300.0},
                "vectorized": {"available": True, "ms_per_round_median": 100.0},

@@ -79,9 +79,14 @@ def _config(w: Workload, seed: int, rounds: int = 1, engine: str = "reference"):
 
 
 def _macs_per_sample(task, input_shape) -> int:
-    """Multiply-accumulates of one forward pass, from the layer shapes (Linear and Conv2d)."""
+    """Multiply-accumulates of one forward pass, from the layer shapes: Linear, Conv2d and the LSTM's layers
+    (per step, its input and recurrent projections: 4H x (in + H)). The input is of the model's own dtype
+    (int64 character indices for the lstm, zeros: a valid index), so every model can be measured."""
     import torch
     from torch import nn
+
+    from fedarena.tasks import input_dtype
+    from fedarena.tasks.lstm import LSTMLayer
 
     total = 0
 
@@ -92,11 +97,14 @@ def _macs_per_sample(task, input_shape) -> int:
         elif isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
             total += k * module.out_channels * output.shape[-1] * output.shape[-2]
+        elif isinstance(module, LSTMLayer):  # output (N, T, H); w_ih is (4H, in), w_hh (4H, H)
+            total += output.shape[1] * module.w_ih.shape[0] * (module.w_ih.shape[1] + module.w_hh.shape[1])
 
-    handles = [m.register_forward_hook(hook) for m in task.module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    counted = (nn.Linear, nn.Conv2d, LSTMLayer)
+    handles = [m.register_forward_hook(hook) for m in task.module.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad():
-            task.module(torch.zeros(1, *input_shape))
+            task.module(torch.zeros(1, *input_shape, dtype=input_dtype(task.name)))
     finally:
         for h in handles:
             h.remove()

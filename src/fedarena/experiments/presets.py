@@ -15,14 +15,29 @@ from fedarena.core.types import FedarenaError
 class Preset:
     name: str
     use_case: str
-    offline: bool  # runs on embedded data, with no download
+    offline: bool  # runs as shipped, on embedded data: nothing to download, no files of one's own
+    needs: str = ""  # what it needs beside the package when not offline (one phrase)
+
+    @property
+    def where(self) -> str:
+        """``offline``, or what the preset needs to run (``fedarena list``)."""
+        return "offline" if self.offline else f"needs {self.needs}"
 
 
 PRESETS = {p.name: p for p in (
     Preset("next-word", "next-character prediction on phones, one client per writer (embedded Shakespeare, one "
                         "client per speaking role, LEAF's LSTM)", offline=True),
+    Preset("keyword-spotting", "keyword spotting on phones and speakers, one client per speaker (Speech Commands "
+                               "v0.02 by speaker_id, log-mel features, CNN)", offline=False,
+           needs="a download: google/speech_commands, read with --data hf:disk --set data.files=DIR"),
+    Preset("medical-imaging", "hospitals that cannot pool their images, one client per hospital (Fed-ISIC2019 "
+                              "by center, 6 hospitals, 64x64 dermoscopy images, CNN with BatchNorm)", offline=False,
+           needs="a download: flwrlabs/fed-isic2019, read with --data hf:disk --set data.files=DIR"),
     Preset("mobile-iid", "phones whose data follow one distribution: the case that favours one global model "
                          "(digits, IID over 50 clients, MLP)", offline=True),
+    Preset("wearables", "activity recognition on watches and phones, one client per wearer (your own "
+                        "per-client npz files, MLP)", offline=False,
+           needs="your own per-client npz files: --data npz-dir:PATH"),
 )}
 
 

@@ -17,7 +17,8 @@ Defaults. eta = 1: Hsu et al.'s update has no server learning rate (w <- w - v),
 server learning rate on four of the six tasks of Reddi et al.'s notes (google-research/federated
 optimization/docs/hyperparameters.md). beta = 0.9: the server momentum of those notes' FedAvgM
 (`--server_sgd_momentum=0.9`), among the values Hsu et al. sweep (they report the effective learning rate
-eta / (1 - beta) as what matters; retune eta when changing beta).
+eta / (1 - beta) as what matters; retune eta when changing beta). Tuning searches eta log-uniformly on
+[1e-3, 10] and beta uniformly on [0, 0.99].
 """
 
 from __future__ import annotations
@@ -27,14 +28,21 @@ from functools import partial
 
 from fedarena.core.algorithm import algorithm
 from fedarena.core.server_opt import check_hyperparameters, init_moments, momentum_step, server_opt_step
+from fedarena.core.space import hp
 from fedarena.core.types import Params, ServerState, Upload
 
 
 @algorithm("fedavgm", "global", "Hsu et al., arXiv 1909.06335 (2019)",
            server_step="mean+optimizer", per_sample_risk=True)
 class FedAvgM:
-    eta: float = 1.0
-    beta: float = 0.9
+    eta: float = hp(1.0, low=1e-3, high=10.0, log=True,
+                    source="Reddi et al. 2021, Sec. 5 / App. D: the FedAvgM server lr tuned per task on a log10 grid; "
+                           "the best lie in 10^-0.5..10^0 (authors' notes, google-research/federated "
+                           "optimization/docs/hyperparameters.md); Hsu et al. 2019 use 1; widened to 1e-3..10")
+    beta: float = hp(0.9, low=0.0, high=0.99,
+                     source="Hsu et al. 2019, Sec. 4: beta swept together with the effective lr eta / (1 - beta); "
+                            "Reddi et al. 2021 fix 0.9 (authors' notes: --server_sgd_momentum=0.9), FL-bench's "
+                            "default 0.9; [0, 0.99] linear (0 is FedAvg's server step)")
 
     def __post_init__(self) -> None:
         check_hyperparameters("fedavgm", eta=self.eta, beta=self.beta)

@@ -15,6 +15,7 @@ rules, one function each, on float64 copies of every floating-point key (integer
   sign(v - Delta^2)) or `adagrad_v` (v <- v + Delta^2).
 The moments live in `ServerState.extra` under "m/<key>" and "v/<key>" (float64, never broadcast). The step
 reads only the mean and the server state, which is what lets DP and secure aggregation run these algorithms.
+`adaptive_tau` declares the search space of tau that FedAdam, FedYogi and FedAdagrad share.
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ from typing import Any
 import torch
 
 from fedarena.core.algorithm import fedavg_aggregate
+from fedarena.core.space import hp
 from fedarena.core.types import FedarenaError, Params, ServerState, Upload
 
 M, V = "m/", "v/"  # ServerState.extra prefixes of the first and second moments
 Moments = dict[str, torch.Tensor]  # one key's moments: "m" (and "v" for the adaptive rules)
 Step = Callable[[torch.Tensor, torch.Tensor, Moments], tuple[torch.Tensor, Moments]]  # (x, mean, moments)
+
+
+def adaptive_tau(default: float) -> Any:
+    """The tau field of FedAdam, FedYogi and FedAdagrad: `default` and its search space, log-uniform on [1e-6, 1]."""
+    return hp(default, low=1e-6, high=1.0, log=True,
+              source="Reddi et al. 2021, Sec. 5 / App. D: tau tuned per task and optimizer on a log10 grid; the best "
+                     "values lie in 10^-5..10^-1 (authors' notes, google-research/federated "
+                     "optimization/docs/hyperparameters.md, 'Epsilon values'); widened by a decade on each side")
 
 
 def init_moments(shared_params: Params, v0: float | None = None) -> Params:

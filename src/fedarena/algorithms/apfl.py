@@ -27,7 +27,8 @@ starts v from the downloaded w with the initial alpha and trains one round (`onb
 Defaults: adaptive = True, the paper's adaptive alpha (its headline method; fixed alphas are its
 ablation). alpha = 0.5, the default and README example of the authors' code (FedTorch
 `--fed_personal_alpha 0.5`, `-pa 0.5`): neither model dominates at the start. The learning rate eta of
-all three updates is the comparison's local learning rate (the paper and its code use one eta).
+all three updates is the comparison's local learning rate (the paper and its code use one eta). Tuning
+searches alpha (with `adaptive`, its initial value) uniformly on [0, 1].
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 from fedarena.core.algorithm import Batch, algorithm, onboard_by_local_training
 from fedarena.core.local_train import local_sgd
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
 
 if TYPE_CHECKING:
@@ -59,7 +61,9 @@ def mix(alpha: torch.Tensor, v: Params, w: Params, trainable: Collection[str]) -
            not_per_sample=("its objective mixes the personal and the global model (alpha v + (1 - alpha) w), trained "
                           "jointly"))
 class APFL:
-    alpha: float = 0.5
+    alpha: float = hp(0.5, low=0.0, high=1.0,
+                      source="Deng et al. 2020, Sec. 3: alpha in [0, 1]; FedTorch and FL-bench default 0.5, PFLlib "
+                             "1.0 (-al); the whole interval, linear")
     adaptive: bool = True
 
     def __post_init__(self) -> None:

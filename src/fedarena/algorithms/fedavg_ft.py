@@ -7,7 +7,8 @@ Learning", arXiv 2108.07313. Training is FedAvg's (`client_update`, `aggregate` 
 `onboard` runs `epochs` epochs of the comparison's local SGD on F_k starting from the global
 model, and `personalize` is its result: every client, new or old, fine-tunes the same way.
 Nothing is kept between rounds (storage 0); the fine-tuned model is made on demand.
-Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs).
+Default epochs = 1 (Yu et al. fine-tune for a small number of local epochs). Tuning searches it over the
+whole numbers 1..10.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from fedarena.core.algorithm import algorithm, merged_personalize, task_loss
 from fedarena.core.local_train import local_sgd
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params
 
 if TYPE_CHECKING:
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
 @algorithm("fedavg-ft", "baseline", "Yu et al., arXiv 2002.04758 (2020)",
            server_step="mean", per_sample_risk=True)
 class FedAvgFT:
-    epochs: int = 1
+    epochs: int = hp(1, low=1, high=10,
+                     source="Yu et al. 2020, Sec. 5: a few local epochs of fine-tuning; pFL-Bench fine-tunes 5 steps "
+                            "(FederatedScope pfl_bench/*/sweep_fedAvg_FT.yaml), PFLlib's FedBABU 10 epochs (-fte 10); "
+                            "1..10 epochs")
 
     local_objective = task_loss  # FedAvg's (named here: `onboard` calls it)
 

@@ -8,7 +8,8 @@ Inexact local solves are E epochs of SGD, as in the paper's experiments.
 
 Default mu = 0.01: the paper tunes mu per data set over {0.001, 0.01, 0.1, 1} (Sec. 5.3 and
 Appendix C.3); 0.01 is from that grid (the one chosen for Sent140) and a common default
-elsewhere. mu = 0 is FedAvg exactly (tested bit for bit).
+elsewhere. mu = 0 is FedAvg exactly (tested bit for bit). Tuning searches mu log-uniformly on [1e-4, 10],
+the paper's grid widened by a decade on each side.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from fedarena.core.algorithm import Batch, algorithm, task_loss
 from fedarena.core.params import sq_distance
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientState, FedarenaError, Params
 
 if TYPE_CHECKING:
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
            not_per_sample=("its local objective adds (mu/2) ||w - w^t||^2, a parameter-dependent term whose gradient "
                           "is not per-sample"))
 class FedProx:
-    mu: float = 0.01
+    mu: float = hp(0.01, low=1e-4, high=10.0, log=True,
+                   source="Li et al. 2020, Sec. 5.3 / App. C.3: mu in {0.001, 0.01, 0.1, 1}; "
+                          "widened by a decade on each side for other budgets")
 
     def __post_init__(self) -> None:
         if self.mu < 0:

@@ -18,7 +18,8 @@ Hyperparameters:
 - `tau_h = 10` head epochs per round: the paper's experiments train the head for 10 local epochs and
   the representation for 1 (Sec. 5 and its appendix); the authors' code defaults agree
   (`--local_ep 11 --local_rep_ep 1`: the first 10 of 11 epochs train the head only). Epochs, not
-  steps: Algorithm 1 writes tau local updates, the experiments and code count them in epochs.
+  steps: Algorithm 1 writes tau local updates, the experiments and code count them in epochs. Tuning
+  searches tau_h over the whole numbers 1..20.
 - representation epochs: the comparison's `train.local_epochs` (default 1, the paper's value), so
   the shared part gets the same local work as under FedAvg.
 - `personal_layers = ("head.*",)`: the head. With `personal_layers = ()` there is no head to train,
@@ -38,6 +39,7 @@ from fedarena.algorithms.fedper import global_if_nothing_personal, init_client_c
 from fedarena.core.algorithm import algorithm, merged_personalize, task_loss
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import merge, split
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params, Upload
 
 if TYPE_CHECKING:
@@ -55,7 +57,9 @@ def _mean_loss(*phases: tuple[float, int]) -> float:
 @algorithm("fedrep", "personalized", "Collins et al., ICML 2021, arXiv 2102.07078",
            server_step="mean", per_sample_risk=True)
 class FedRep:
-    tau_h: int = 10
+    tau_h: int = hp(10, low=1, high=20,
+                    source="Collins et al. 2021, Sec. 5: 10 head epochs (authors' code --local_ep 11 --local_rep_ep 1); "
+                           "PFLlib's default 1 (--plocal_epochs); widened to 1..20")
     personal_layers: tuple[str, ...] = ("head.*",)
 
     def __post_init__(self) -> None:

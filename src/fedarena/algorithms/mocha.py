@@ -41,7 +41,9 @@ cross-validation over {1e-5, ..., 10} (`model_driver.m`); for 20 clients lam1 = 
 inner_iters = 10: the code alternates 10 Omega updates with 100 W-rounds each; our comparisons run
 30-50 rounds. Fewer rounds between updates helped on iid digits and hurt on shards (see the report).
 epochs = None: the comparison's E passes of SDCA per round (the code: 0.5). gamma = 1: softmax
-cross-entropy is 1-smooth in the logits (use 0.5 for the squared loss (z - y)^2).
+cross-entropy is 1-smooth in the logits (use 0.5 for the squared loss (z - y)^2). Tuning searches lam1
+log-uniformly on [1e-5, 100] and inner_iters on the whole numbers 1..100 (log scale); lam2, epochs and gamma
+are not searched.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy.typing as npt
 import torch
 
 from fedarena.core.algorithm import algorithm
+from fedarena.core.space import hp
 from fedarena.core.types import (
     Broadcast,
     ClientData,
@@ -150,9 +153,14 @@ def _autograd_grad(loss_fn: LossFn, z: Array, label: int) -> tuple[Array, float]
            server_step="custom", per_sample_risk=False,
            not_per_sample=("its local work is a dual (SDCA) solver, not SGD"))
 class Mocha:
-    lam1: float = 1e-3
+    lam1: float = hp(1e-3, low=1e-5, high=100.0, log=True,
+                     source="Smith et al. 2017, authors' code (gingsmith/fmtl model_driver.m): lambda cross-validated "
+                            "over {1e-5, 1e-4, 1e-3, 1e-2, 0.1, 10}; our lam1 is m times that lambda (tr(Sigma) = m), "
+                            "so widened to 100 above")
     lam2: float = 0.0
-    inner_iters: int = 10
+    inner_iters: int = hp(10, low=1, high=100, log=True,
+                          source="Smith et al. 2017, authors' code (model_driver.m): mocha_inner_iters = 100 W-rounds per "
+                                 "Omega update; 1..100 on a log scale")
     epochs: int | None = None
     gamma: float = 1.0
 

@@ -33,7 +33,8 @@ the comparison's `train.lr`, not a field of its own, as in those re-implementati
 learning rate as alpha: the pFedMe paper's runs use 0.005 for every algorithm). Budget: the paper runs
 hundreds of rounds; in a short comparison beta = 0.001 leaves the meta-model nearly untrained (digits,
 2 shards per client, 50 rounds, lr 0.05: 34% personal accuracy with beta = 0.001, 97% with beta = 0.05),
-so set `per-fedavg.beta` to the comparison's learning rate for short runs.
+so set `per-fedavg.beta` to the comparison's learning rate for short runs. Tuning searches beta
+log-uniformly on [1e-4, 0.5] and adapt_steps over the whole numbers 1..10; delta is not searched.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch
 
 from fedarena.core.algorithm import Batch, algorithm, task_loss
 from fedarena.core.local_train import local_sgd
+from fedarena.core.space import hp
 from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Onboarding, Params, Upload
 
 if TYPE_CHECKING:
@@ -78,10 +80,15 @@ def parts(x: torch.Tensor, y: torch.Tensor, n: int) -> list[Batch]:
            server_step="mean", per_sample_risk=False,
            not_per_sample=("its objective is a meta-gradient (a MAML step inside the loss), not a per-sample loss"))
 class PerFedAvg:
-    beta: float = 0.001
+    beta: float = hp(0.001, low=1e-4, high=0.5, log=True,
+                     source="pFedMe authors' Per-FedAvg runs (CharlieDinh/pFedMe README): beta in {0.001, 0.002, 0.003}; "
+                            "FL-bench and PFLlib use 1e-3; widened to 0.5 above (short runs need ~0.05, see the "
+                            "module docstring) and 1e-4 below")
     variant: str = "fo"
     delta: float = 0.001
-    adapt_steps: int = 1
+    adapt_steps: int = hp(1, low=1, high=10,
+                          source="Fallah et al. 2020, Sec. 2: one adaptation step (the MAML objective's); FL-bench "
+                                 "fine-tunes at least one epoch (src/server/perfedavg.py); widened to 1..10")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

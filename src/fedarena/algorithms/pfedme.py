@@ -23,7 +23,9 @@ personal model theta must survive between steps; each inner solve goes through `
 Defaults from the paper's experiments (Sec. 5, MNIST, non-convex DNN: the authors' run command
 `--personal_learning_rate 0.09 --beta 1 --lamda 15 --K 5`): lam = 15, K = 5, personal_lr = 0.09,
 beta = 1. The local learning rate eta is the comparison's `train.lr`, not a field of its own: the paper
-gives every algorithm of its comparison the same eta (0.005 for pFedMe, FedAvg and Per-FedAvg).
+gives every algorithm of its comparison the same eta (0.005 for pFedMe, FedAvg and Per-FedAvg). Tuning
+searches lam log-uniformly on [0.01, 100], K over 1..10, personal_lr log-uniformly on [1e-3, 0.5] and beta
+uniformly on [0.5, 4].
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from fedarena.algorithms.ditto import keep_full_model
 from fedarena.core.algorithm import Batch, algorithm, fedavg_aggregate, onboard_by_local_training
 from fedarena.core.local_train import local_sgd
 from fedarena.core.params import sq_distance
+from fedarena.core.space import hp
 from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Params, ServerState, Upload
 
 if TYPE_CHECKING:
@@ -49,10 +52,19 @@ if TYPE_CHECKING:
            not_per_sample=("its inner problem adds lambda/2 ||theta - w||^2 (a Moreau envelope), not a per-sample "
                           "loss"))
 class PFedMe:
-    lam: float = 15.0
-    K: int = 5
-    personal_lr: float = 0.09
-    beta: float = 1.0
+    lam: float = hp(15.0, low=0.01, high=100.0, log=True,
+                    source="T. Dinh et al. 2020, Sec. 5 and authors' code (CharlieDinh/pFedMe README, "
+                           "main_plot_mnist.py): lam in {7, 10, 15, 20, 30}; pFL-Bench sweeps {0.05, 0.1, 0.2, 0.5} "
+                           "(FederatedScope pfl_bench/*/sweep_pFedMe.yaml); widened to cover both, [0.01, 100]")
+    K: int = hp(5, low=1, high=10,
+                source="authors' code: K in {1, 5, 7} (main_plot_mnist.py, the effect of K), 5 in every comparison "
+                       "run; pFL-Bench sweeps {1, 3}; widened to 1..10")
+    personal_lr: float = hp(0.09, low=1e-3, high=0.5, log=True,
+                            source="authors' code (README): personal_learning_rate in {0.01, 0.05, 0.09, 0.1}; "
+                                   "PFLlib default 0.01 (-lrp); widened by a decade below and to 0.5 above")
+    beta: float = hp(1.0, low=0.5, high=4.0,
+                     source="authors' code (README): beta in {1, 2} in the comparisons and 4 for the effect of beta; "
+                            "pFL-Bench keeps 1; widened below to 0.5 (a partial server step)")
 
     def __post_init__(self) -> None:
         for name in ("lam", "personal_lr", "beta"):

@@ -24,7 +24,8 @@ Choices where the paper is silent or assumes equal clients:
 
 Defaults: eta_g = 1 (Sec. 7: "we always use global step-size eta_g = 1"). `control_variates=False`
 holds c = c_i = 0 and sends neither: that is FedAvg with server step eta_g (bit for bit FedAvg at
-eta_g = 1; tested), the ablation the paper compares against.
+eta_g = 1; tested), the ablation the paper compares against. Tuning searches eta_g log-uniformly on
+[0.1, 10].
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 
 from fedarena.core.algorithm import Batch, algorithm, fedavg_aggregate, task_loss
 from fedarena.core.local_train import local_sgd
+from fedarena.core.space import hp
 from fedarena.core.types import Broadcast, ClientData, ClientState, FedarenaError, Params, ServerState, Upload
 
 if TYPE_CHECKING:
@@ -51,7 +53,9 @@ SUM, SEEN, WEIGHT = "c_sum/", "seen", "seen_weight"  # server: sum_i n_i c_i, id
            not_per_sample=("its local objective adds <c - c_i, y>, a parameter-dependent term whose gradient is not "
                           "per-sample"))
 class Scaffold:
-    eta_g: float = 1.0
+    eta_g: float = hp(1.0, low=0.1, high=10.0, log=True,
+                      source="Karimireddy et al. 2020, Sec. 7: eta_g = 1 in every experiment (no grid given); PFLlib's "
+                             "SCAFFOLD default 1.0 (--server_learning_rate); ours: a decade on each side of 1")
     control_variates: bool = True
 
     def __post_init__(self) -> None:

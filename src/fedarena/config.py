@@ -404,3 +404,11 @@ def make_config_task(config: Config, input_shape: tuple[int, ...], num_classes: 
     t = config.train
     return make_task(config.model.name, tuple(input_shape), num_classes,
                      SGD(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr), config.model.hidden, config.model.norm)
+
+
+def model_width(config: Config) -> int:
+    """The hidden width the model of `config` is built with: ``model.hidden``, except for the lstm, whose width is
+    LEAF's 256 when ``model.hidden`` is left at its default (tasks.lstm_width). summary.json's ``model.hidden``."""
+    from fedarena.tasks import lstm_width
+
+    return lstm_width(config.model.hidden) if config.model.name == "lstm" else config.model.hidden

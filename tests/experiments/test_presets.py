@@ -144,3 +144,19 @@ def test_medical_imaging_runs_on_fed_isic2019_schema_by_hospital(tmp_path, one_t
     s = summary_of(result, out, "medical-imaging", num_clients=3, input_shape=[3, 8, 8], client_ids=["0", "1", "2"])
     assert s["model"]["norm"] == "bn"
 
+
+# ---------------------------------------------------------------- summary.json's model width
+
+
+def test_summary_reports_the_lstm_width_that_was_built(tmp_path, one_torch_thread):
+    """model.hidden left at its default (200, the mlp's) builds LEAF's 256-unit LSTM: summary.json says 256."""
+    assert cfg.model_width(preset_config("next-word")) == 256 and cfg.model_width(preset_config("mobile-iid")) == 64
+    assert cfg.model_width(cfg.build(None, {"model": {"name": "lstm", "hidden": 16}}, [])) == 16
+    assert cfg.model_width(cfg.build(None, {}, [])) == 200
+    result, out = run_preset(tmp_path, "next-word", "--clients", "2", "--clients-per-round", "2", "--rounds", "1",
+                             "--algorithms", "fedavg",
+                             "--set", "shakespeare.seq_len=5", "--set", "shakespeare.stride=200")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == {"name": "lstm", "hidden": 256, "norm": "none"}
+    assert summary["config"]["model"]["hidden"] == 200  # the config as given (it reproduces the run)

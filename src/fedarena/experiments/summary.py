@@ -125,7 +125,7 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float, eng
             "test_samples": int(data.y_test.shape[0]),
             "heterogeneity": summarize(data),
         },
-        "model": {"name": config.model.name, "hidden": config.model.hidden, "norm": config.model.norm},
+        "model": {"name": config.model.name, "hidden": cfg.model_width(config), "norm": config.model.norm},
         "target_acc": target,
         "target_rule": TARGET_RULE,
         "seeds": [t.seed for t in trained],

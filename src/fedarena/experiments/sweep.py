@@ -64,7 +64,8 @@ def run_sweep(base: cfg.Config, cells: list[Cell], out: Path,
     """Run (or reuse) every cell into `out/cells/<cell>/`, then write `out/sweep.json`; return the sweep
     result (render.write_sweep_report draws it). `on_cell(index, name, reused)` reports each cell."""
     if base.data.name != "digits":
-        raise FedarenaError("fedarena sweep partitions embedded data: use --data digits")
+        raise FedarenaError(f"fedarena sweep re-partitions embedded data in each cell: use --data digits (not "
+                            f"{base.data.name}); --epsilons sweeps privacy budgets on any data")
     if len({c.name for c in cells}) != len(cells):
         raise FedarenaError("a sweep cell is listed twice")
     base = cfg.with_clients_per_round(base, base.data.num_clients)  # digits: its clients are data.num_clients

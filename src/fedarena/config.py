@@ -20,6 +20,7 @@ from typing import Any
 
 import tomli_w
 
+from fedarena.core.space import Space, spaces
 from fedarena.core.types import FedarenaError
 
 # [data], [synthetic] and [shakespeare] are the data layer's own specs (fedarena/data/spec.py), re-exported here
@@ -102,6 +103,36 @@ class PrivacyConfig:
     sgd_clip: float = 0.0  # DP-SGD's per-sample L2 clip C (> 0 when sgd_noise > 0)
 
 
+TUNE_OBJECTIVES = ("mean", "worst10")  # validation personal accuracy: sample-weighted mean | worst-10% mean
+TUNE_PRUNERS = ("hyperband", "halving", "none")
+QUICK_TRIALS = 8  # `--tune quick`: trials per algorithm (docs/tuning.md)
+TUNED_SEEDS = 3  # run.seeds when tuning and no seeds were given: the chosen configuration's final runs
+# keys every algorithm section takes beside its hyperparameters: its own local training (overrides [train]'s)
+ALGORITHM_KEYS = {"lr": float, "local_epochs": int, "batch_size": int}
+# The comparison's local-training settings tuning may search. lr is always searched (a log range covering the
+# learning rates of the papers fedarena cites: 0.005 (pFedMe's runs for every algorithm), 0.01-0.1 (FedAvg's
+# MNIST grid, Ditto, FedRep), LEAF's Shakespeare 0.8); local_epochs and batch_size are the comparison's (equal
+# local work for every algorithm) unless the user adds a range (`--set tune.train.local_epochs=[1,5]`).
+TRAIN_SPACES = {
+    "lr": Space(low=1e-3, high=1.0, log=True, source=(
+        "covers McMahan et al. 2017's MNIST grid, Ditto's and FedRep's 0.01-0.1, the pFedMe paper's 0.005 and "
+        "LEAF's Shakespeare 0.8")),
+    "local_epochs": Space(low=1, high=100, integer=True, source="user-widened only (equal local work by default)"),
+    "batch_size": Space(low=1, high=100_000, integer=True, source="user-widened only (equal local work by default)"),
+}
+TRAIN_SEARCHED = ("lr",)  # the TRAIN_SPACES searched without a user's range
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`--tune`: each algorithm's hyperparameters searched on validation data (experiments/tune.py); off by default.
+    Search ranges narrowed or widened by `[tune.ALGORITHM]` / `[tune.train]` tables live in `Config.tune_spaces`."""
+
+    trials: int = 0  # trials per algorithm; 0 = nothing tuned ("untuned defaults")
+    objective: str = "mean"  # one of TUNE_OBJECTIVES
+    pruner: str = "hyperband"  # one of TUNE_PRUNERS; rounds are the fidelity
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,11 +143,14 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass; `lr` too)
     algorithms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # "train" or an algorithm name -> {key: [low, high] or [choices...]}: the user's search ranges (`[tune.X]`)
+    tune_spaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "algorithms"}
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("algorithms", "tune_spaces")}
 
 
 # ---------------------------------------------------------------- coercion
@@ -203,18 +237,58 @@ def apply(config: Config, tree: Mapping[str, Mapping[str, Any]]) -> Config:
 
     changes: dict[str, Any] = {}
     algos = {k: dict(v) for k, v in config.algorithms.items()}
+    ranges = {k: dict(v) for k, v in config.tune_spaces.items()}
     for section, values in tree.items():
         if not isinstance(values, Mapping):
             raise FedarenaError(f"config entry '{section}' must be a section of keys, got {values!r}")
+        if section == "tune":  # TOML's [tune.X] tables arrive nested in [tune]
+            values = dict(values)
+            for key in [k for k, v in values.items() if isinstance(v, Mapping)]:
+                ranges.setdefault(key, {}).update(search_ranges(key, values.pop(key)))
         if section in SECTIONS:
             changes[section] = replace_fields(getattr(config, section), values, section)
+        elif section.startswith("tune."):  # --set tune.ditto.lam=[0.1,2]
+            key = section.removeprefix("tune.")
+            ranges.setdefault(key, {}).update(search_ranges(key, values))
         elif section in REGISTRY:
-            replace_fields(REGISTRY[section](), values, section)  # validate now
+            own = {k: v for k, v in values.items() if k not in ALGORITHM_KEYS}
+            replace_fields(REGISTRY[section](), own, section)  # validate now
+            values = dict(values)
+            for key in set(values) & set(ALGORITHM_KEYS):
+                values[key] = _coerce(values[key], ALGORITHM_KEYS[key], f"{section}.{key}")
+                if not values[key] > 0:
+                    raise FedarenaError(f"{section}.{key} must be > 0, got {values[key]}")
             algos.setdefault(section, {}).update(values)
         else:
-            valid = ", ".join([*SECTIONS, *REGISTRY])
+            valid = ", ".join([*SECTIONS, *REGISTRY, "tune.ALGORITHM", "tune.train"])
             raise FedarenaError(f"unknown config section '{section}'; valid sections: {valid}")
-    return validate(dataclasses.replace(config, **changes, algorithms=algos))
+    return validate(dataclasses.replace(config, **changes, algorithms=algos, tune_spaces=ranges))
+
+
+def declared_spaces(name: str) -> dict[str, Space]:
+    """What `[tune.NAME]` may narrow: an algorithm's declared spaces and its `lr`, or (`train`) TRAIN_SPACES."""
+    from fedarena.algorithms import REGISTRY
+
+    if name == "train":
+        return dict(TRAIN_SPACES)
+    if name not in REGISTRY:
+        raise FedarenaError(f"unknown config section 'tune.{name}'; valid: tune.train, tune.ALGORITHM "
+                            f"({', '.join(REGISTRY)})")
+    return {**spaces(REGISTRY[name]), **TRAIN_SPACES}
+
+
+def search_ranges(name: str, values: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """A user's `[tune.NAME]` ranges, each checked against the declared space (an unknown key, low > high, or a
+    range outside the declared one is refused naming the key)."""
+    declared = declared_spaces(name)
+    out = {}
+    for key, value in values.items():
+        if key not in declared:
+            valid = ", ".join(declared) or "(none)"
+            raise FedarenaError(f"unknown search space 'tune.{name}.{key}'; searchable keys: {valid}")
+        declared[key].narrowed(f"tune.{name}.{key}", value)
+        out[key] = list(value)
+    return out
 
 
 def parse_sets(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -301,6 +375,13 @@ def validate(config: Config) -> Config:
          f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
         (0 < config.forget.probe_fraction <= 1,
          f"forget.probe_fraction must be in (0, 1], got {config.forget.probe_fraction}"),
+        (config.tune.trials >= 0, f"tune.trials (--tune) must be >= 1 trial per algorithm, or 0 (off), got "
+                                  f"{config.tune.trials}"),
+        (config.tune.objective in TUNE_OBJECTIVES,
+         f"unknown tune.objective '{config.tune.objective}'; valid: {', '.join(TUNE_OBJECTIVES)}"),
+        (config.tune.pruner in TUNE_PRUNERS, f"unknown tune.pruner '{config.tune.pruner}'; valid: {', '.join(TUNE_PRUNERS)}"),
+        (not config.tune.trials or r.engine != "flower-sim",
+         "tune.trials: tuning runs in this process (--engine reference or vectorized); deploy the tuned config.toml"),
     ]
     for ok, message in checks:
         if not ok:
@@ -314,6 +395,15 @@ def validate(config: Config) -> Config:
             raise FedarenaError(f"unknown algorithm '{name}'; valid: {', '.join(REGISTRY)}")
     if len(set(r.algorithms)) != len(r.algorithms):
         raise FedarenaError("run.algorithms lists an algorithm twice")
+    if config.tune.trials:  # a value the user fixes must lie in the space tuning searches
+        for name in r.algorithms:
+            declared = declared_spaces(name)
+            for key, value in config.algorithms.get(name, {}).items():
+                if key in declared and not declared[key].contains(value):
+                    s = declared[key]
+                    where = f"choices {list(s.choices)}" if s.choices else f"range [{s.low}, {s.high}]"
+                    raise FedarenaError(f"{name}.{key} = {value} is outside its declared search {where}; "
+                                        "tuning compares algorithms within their declared spaces")
     return config
 
 
@@ -350,7 +440,21 @@ def hyperparameters(config: Config, name: str) -> Any:
     """The algorithm object for `name` with this config's overrides applied."""
     from fedarena.algorithms import REGISTRY
 
-    return replace_fields(REGISTRY[name](), config.algorithms.get(name, {}), name)
+    own = {k: v for k, v in config.algorithms.get(name, {}).items() if k not in ALGORITHM_KEYS}
+    return replace_fields(REGISTRY[name](), own, name)
+
+
+def algorithm_train(config: Config, name: str) -> dict[str, Any]:
+    """The local training `name` uses: its own `[name] lr / local_epochs / batch_size` where set, else `[train]`'s."""
+    own = config.algorithms.get(name, {})
+    return {key: kind(own.get(key, getattr(config.train, key))) for key, kind in ALGORITHM_KEYS.items()}
+
+
+def algorithm_task(config: Config, name: str, task: Any) -> Any:
+    """`task` with `name`'s own local training (the same object where it is the comparison's)."""
+    t = algorithm_train(config, name)
+    sgd = dataclasses.replace(task.sgd, lr=t["lr"], epochs=t["local_epochs"], batch_size=t["batch_size"])
+    return task if sgd == task.sgd else dataclasses.replace(task, sgd=sgd)
 
 
 def to_tree(config: Config) -> dict[str, Any]:
@@ -368,8 +472,12 @@ def to_tree(config: Config) -> dict[str, Any]:
         values = {f.name: getattr(algo, f.name) for f in dataclasses.fields(algo)}
         # TOML has no null: an optional hyperparameter that is None is written as "none" (read back as None)
         values = {k: "none" if v is None else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        own = algorithm_train(config, name)
+        values |= {k: own[k] for k in ALGORITHM_KEYS if k in config.algorithms.get(name, {})}
         if values:
             tree[name] = values
+    if config.tune_spaces:
+        tree["tune"] = {**tree["tune"], **{k: dict(v) for k, v in config.tune_spaces.items()}}
     return tree
 
 
@@ -381,10 +489,14 @@ def dump_toml(config: Config, path: Path, version: str) -> None:
 def build(config_file: str | None, flags: Mapping[str, Mapping[str, Any]], sets: list[str]) -> Config:
     """Defaults <- TOML file <- CLI flags <- --set overrides."""
     config = Config()
+    file_tree = load_toml(config_file) if config_file else {}
     if config_file:
-        config = apply(config, load_toml(config_file))
+        config = apply(config, file_tree)
     config = apply(config, {k: v for k, v in flags.items() if v})
-    config = apply(config, parse_sets(sets))
+    set_tree = parse_sets(sets)
+    config = apply(config, set_tree)
+    if config.tune.trials and not any("seeds" in (tree.get("run") or {}) for tree in (file_tree, flags, set_tree)):
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, seeds=TUNED_SEEDS))
     data = dataclasses.replace(config.data, partition=resolved_partition(config), num_clients=resolved_num_clients(config))
     return dataclasses.replace(config, data=data)
 

@@ -28,7 +28,12 @@ Model = Annotated[Optional[str], typer.Option("--model", help="mlr | mlp | cnn")
 Algorithms = Annotated[Optional[str], typer.Option(
     "--algorithms", help="Comma-separated, e.g. fedavg,fedprox,local (`fedarena list` names them all).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (the first one, with --seeds).")]
-Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Run for K seeds (seed, seed+1, ...).")]
+Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Run for K seeds (seed, seed+1, ...); 3 when tuning.")]
+Tune = Annotated[Optional[str], typer.Option(
+    "--tune", help="N trials per algorithm (or 'quick': 8) searching each algorithm's declared space on validation "
+                   "data, then the best configuration on --seeds seeds (docs/tuning.md).")]
+TuneObjective = Annotated[Optional[str], typer.Option(
+    "--tune-objective", help="mean (validation personal accuracy, sample-weighted; default) | worst10")]
 Target = Annotated[Optional[float], typer.Option("--target", help="Target personal accuracy (fraction).")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run directory (must be absent or empty).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE override, repeatable.")]
@@ -57,6 +62,23 @@ def _privacy_flags(dp_clip: float | None, dp_noise: float | None, dp_delta: floa
     return _given(dp_clip=dp_clip, dp_noise=dp_noise, dp_delta=dp_delta, dp_mode=dp_mode, target_epsilon=target_epsilon,
                   secagg=secagg or None, secagg_threshold=secagg_threshold, secagg_neighbours=secagg_neighbours,
                   sgd_noise=sgd_noise, sgd_clip=sgd_clip)
+
+
+def tune_trials(value: str | None) -> int | None:
+    """--tune N or quick, as tune.trials (a bad value is refused by the config's check, naming the key)."""
+    from fedarena import config as cfg
+
+    if value is None:
+        return None
+    if value.strip().lower() == "quick":
+        return cfg.QUICK_TRIALS
+    try:
+        trials = int(value)
+    except ValueError:
+        trials = 0
+    if trials < 1:
+        raise cfg.FedarenaError(f"tune.trials (--tune): expected a number of trials >= 1 or 'quick', got {value!r}")
+    return trials
 
 
 def _given(**values: Any) -> dict[str, Any]:

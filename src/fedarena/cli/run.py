@@ -44,8 +44,11 @@ from fedarena.cli.options import (
     ShardsPerClient,
     Target,
     TargetEpsilon,
+    Tune,
+    TuneObjective,
     _given,
     _privacy_flags,
+    tune_trials,
 )
 from fedarena.cli.tables import _bench_table, _forget_table, _table
 
@@ -70,6 +73,8 @@ def compare(
     seed: Seed = None,
     engine: Optional[str] = typer.Option(None, "--engine", help="vectorized (default) | reference | flower-sim (Flower + Ray)"),
     seeds: Seeds = None,
+    tune: Tune = None,
+    tune_objective: TuneObjective = None,
     target: Target = None,
     out_dir: RunOut = None,
     set_: Sets = None,
@@ -97,6 +102,7 @@ def compare(
         "model": _given(name=model),
         "run": _given(algorithms=algorithms, seed=seed, engine=engine, target=target, seeds=seeds),
         "forget": _given(probe=forget_probe),
+        "tune": _given(trials=_guard(tune_trials, tune), objective=tune_objective),
         "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
                                   secagg, secagg_threshold, secagg_neighbours),
     }
@@ -219,12 +225,19 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
     info = {
         "algorithms": [{"name": n, "family": a.family, "paper": a.paper, "federated": a.federated,
-                        "personal_keys": list(a.personal.patterns)} for n, a in ((n, c()) for n, c in REGISTRY.items())],
+                        "personal_keys": list(a.personal.patterns),
+                        # what --tune searches: the declared spaces and the learning rate (config.TRAIN_SPACES)
+                        "search_space": {k: s.to_json() for k, s in cfg.declared_spaces(n).items()
+                                         if k not in cfg.TRAIN_SPACES or k in cfg.TRAIN_SEARCHED}}
+                       for n, a in ((n, c()) for n, c in REGISTRY.items())],
+        "tune": {"objectives": list(cfg.TUNE_OBJECTIVES), "pruners": list(cfg.TUNE_PRUNERS),
+                 "quick_trials": cfg.QUICK_TRIALS, "seeds_when_tuning": cfg.TUNED_SEEDS},
         "datasets": list(cfg.DATASETS),
         "partitions": list(cfg.PARTITIONS),
         "models": list(cfg.MODELS),
         "engines": list(cfg.ENGINES),
-        "presets": [{"name": p.name, "use_case": p.use_case, "offline": p.offline} for p in PRESETS.values()],
+        "presets": [{"name": p.name, "use_case": p.use_case, "offline": p.offline, "where": p.where}
+                    for p in PRESETS.values()],
     }
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
@@ -238,8 +251,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     for key in ("datasets", "partitions", "models", "engines"):
         out.print(f"{key}: {', '.join(info[key])}", highlight=False)
     for p in PRESETS.values():
-        where = "offline" if p.offline else "needs a download"
-        out.print(f"preset {p.name} ({where}): {p.use_case}", highlight=False, soft_wrap=True)
+        out.print(f"preset {p.name} ({p.where}): {p.use_case}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from fedarena.forget.store import Recorder
 from fedarena.privacy import round as private_round
 from fedarena.privacy.checks import shared_numel
 from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.engine import AlgorithmRun, Checkpoint, Hooks, RunSpec, run_algorithm, select_new_clients
+from fedarena.sim.engine import AlgorithmRun, Checkpoint, Evaluation, Hooks, RunSpec, run_algorithm, select_new_clients
 from fedarena.sim.local import local_runtime
 from fedarena.sim.runtime import RuntimeFactory
 
@@ -116,13 +116,14 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
 
 def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None = None,
                     *, resume: Any = None, checkpoint: Checkpoint | None = None, exclude: tuple[int, ...] = (),
-                    record: Recorder | None = None) -> tuple[Any, AlgorithmRun]:
+                    record: Recorder | None = None,
+                    on_evaluation: Callable[[Evaluation], None] | None = None) -> tuple[Any, AlgorithmRun]:
     """One algorithm's run on the prepared clients.
 
     `resume` (continuation.Resume) continues a finished run: its checkpoint, privacy state and kept forget
     material; the returned run covers the new rounds only. `checkpoint` restarts from a checkpoint with a fresh
     privacy state and `exclude`d clients taking no part (`fedarena forget`'s retrain); `record` replaces the
-    recorder of the run's forget material."""
+    recorder of the run's forget material; `on_evaluation` sees every evaluation (tuning's pruner)."""
     config = cfg.with_clients_per_round(config, p.data.num_clients)  # a no-op where run_experiment resolved it
     algo = cfg.hyperparameters(config, name)
     t = config.train
@@ -143,17 +144,19 @@ def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callab
     spec = RunSpec(rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.eval_every,
                    seed=config.run.seed, new_clients=tuple(p.new_clients), exclude=tuple(exclude))
     hooks = Hooks(on_start=recorder.start, record=recorder,
-                  on_round=(lambda r, n=name: on_round(n, r)) if on_round else None)
-    run = run_algorithm(algo, p.task, p.data, spec, p.runtime, privacy=privacy, dpsgd=dpsgd, resume=checkpoint,
+                  on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, on_evaluation=on_evaluation)
+    task = cfg.algorithm_task(config, name, p.task)  # the algorithm's own lr, epochs and batch size where set
+    run = run_algorithm(algo, task, p.data, spec, p.runtime, privacy=privacy, dpsgd=dpsgd, resume=checkpoint,
                         hooks=hooks)
     run.kept = recorder.all_files()
     return algo, run
 
 
 def run_experiment(config: cfg.Config, platform: Platform, out: Path,
-                   on_round: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+                   on_round: Callable[[str, int], None] | None = None, tuning: Any = None) -> dict[str, Any]:
     """Every (algorithm, seed) of `config` on `platform`; writes the run directory `out`, returns the summary.
-    `on_round(algorithm, n)` counts rounds across seeds."""
+    `on_round(algorithm, n)` counts rounds across seeds. `tuning` (experiments/tune.Tuning): how `config`'s
+    hyperparameters were chosen, recorded in the summary and tuning.parquet."""
     check_out_dir(out)
     names = platform.algorithms(config)
     if not names:
@@ -169,8 +172,8 @@ def run_experiment(config: cfg.Config, platform: Platform, out: Path,
         ran = cfg.with_clients_per_round(ran, p.data.num_clients)  # unset: min(10, training clients)
         seeded = cfg.with_seed(ran, config.run.seed + i)
         trained.append(Trained(seeded.run.seed, p.data, {n: train_algorithm(seeded, p, n, counted) for n in names}))
-    summary = build_summary(ran, trained, target_for(config, trained), platform.engine)
-    files = platform.finish(ran, trained, summary)
+    summary = build_summary(ran, trained, target_for(config, trained), platform.engine, tuning)
+    files = platform.finish(ran, trained, summary) | (tuning.files() if tuning is not None else {})
     write_run_dir(out, ran, trained, summary, files)
     return summary
 
@@ -184,4 +187,11 @@ def run_compare(config: cfg.Config, out: Path, on_round: Callable[[str, int], No
         from fedarena.experiments.flower_sim import simulate
 
         return simulate(config, out)
-    return run_experiment(config, InProcess(config.run.engine), out, on_round)
+    platform = InProcess(config.run.engine)
+    if not config.tune.trials:
+        return run_experiment(config, platform, out, on_round)
+    from fedarena.experiments.tune import tune
+
+    check_privacy(config, list(config.run.algorithms))  # refused before any trial, not after the search
+    chosen, tuning = tune(config, platform.prepare(config), train_algorithm)
+    return run_experiment(chosen, platform, out, on_round, tuning)

@@ -182,6 +182,7 @@ def _read_history(name: str, summary: Any, metrics: list[dict[str, Any]], data: 
         out.evaluations.append(Evaluation(
             rnd, global_acc.get(rnd), clients, [r["test_acc"] for r in evaluated[rnd]],
             [r["test_loss"] for r in evaluated[rnd]], [sizes[c] for c in clients], None,
+            [r.get("val_acc") for r in evaluated[rnd]], [int(r.get("num_val") or 0) for r in evaluated[rnd]],
         ))
     return out
 

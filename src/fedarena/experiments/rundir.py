@@ -76,8 +76,8 @@ def run_state(run: AlgorithmRun, rounds: int) -> bytes:
 def metrics_table(trained: list[Trained]) -> pa.Table:
     """metrics.parquet: one row per (algorithm, seed, round, training client)."""
     cols: dict[str, list[Any]] = {k: [] for k in (
-        "algorithm", "seed", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
-        "bytes_down", "epsilon")}
+        "algorithm", "seed", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "val_acc",
+        "num_val", "bytes_up", "bytes_down", "epsilon")}
     for t in trained:
         for name, (_, run) in t.runs.items():
             evals = {e.round: e for e in run.evaluations}
@@ -98,9 +98,13 @@ def metrics_table(trained: list[Trained]) -> pa.Table:
                     cols["train_loss"].append(run.train_loss.get((rnd, c)) if c in picked else None)
                     cols["test_acc"].append(e.per_client_acc[i] if e is not None and i is not None else None)
                     cols["test_loss"].append(e.per_client_loss[i] if e is not None and i is not None else None)
+                    vals, nval = (e.per_client_val_acc, e.val_sizes) if e is not None and i is not None else (None, None)
+                    cols["val_acc"].append(vals[i] if vals is not None and i is not None else None)
+                    cols["num_val"].append(nval[i] if nval is not None and i is not None else None)
                     cols["bytes_up"].append(run.ledger.up.get((rnd, c), 0))
                     cols["bytes_down"].append(run.ledger.down.get((rnd, c), 0))
-    return pa.table({k: pa.array(v, type=pa.float64()) if k == "epsilon" else v for k, v in cols.items()})
+    types = {"epsilon": pa.float64(), "val_acc": pa.float64(), "num_val": pa.int64()}  # columns that may be all null
+    return pa.table({k: pa.array(v, type=types[k]) if k in types else v for k, v in cols.items()})
 
 
 def save_models(mdir: Path, algo: Any, server: ServerState | None, states: dict[int, ClientState],

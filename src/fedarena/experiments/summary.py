@@ -51,8 +51,9 @@ def engine_entry(runtime: dict[str, Any], engine: str) -> dict[str, Any]:
 
 
 def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float,
-                  engine: str = "reference") -> dict[str, Any]:
-    """One (algorithm, seed) entry of `runs` (`engine`: the comparison's engine)."""
+                  engine: str = "reference", local_training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One (algorithm, seed) entry of `runs` (`engine`: the comparison's engine; `local_training`: the lr, local
+    epochs and batch size it trained with, config.algorithm_train)."""
     final = run.evaluations[-1]
     ids = [data.client_ids[c] for c in final.clients]
     rounds = len(run.train_seconds)
@@ -65,6 +66,7 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
         history.append({
             "round": e.round, "global_acc": e.global_acc, "personal_acc_mean": e.personal_acc_mean,
             "personal_acc_std": e.personal_acc_std, "personal_acc_worst10": e.personal_acc_worst10,
+            "val_personal_acc_mean": e.val_personal_acc_mean, "val_personal_acc_worst10": e.val_personal_acc_worst10,
             "bytes_cumulative": cumulative[e.round - 1], "train_seconds": run.train_seconds[e.round - 1],
             "epsilon": finite(run.privacy.epsilon(e.round)) if run.privacy else None,
             "sample_epsilon_max": run.sample_dp.epsilon_max(e.round) if run.sample_dp else None,
@@ -76,6 +78,7 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
         "federated": algo.federated,
         "paper": algo.paper,
         "hyperparameters": hyperparameters(algo),
+        "local_training": local_training,
         "personal_keys": list(algo.personal.patterns),
         "rounds": rounds,
         "final": {
@@ -84,6 +87,8 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
             "personal_acc_mean": final.personal_acc_mean,
             "personal_acc_std": final.personal_acc_std,
             "personal_acc_worst10": final.personal_acc_worst10,
+            "val_personal_acc_mean": final.val_personal_acc_mean,
+            "val_personal_acc_worst10": final.val_personal_acc_worst10,
             "personal_acc_per_client": dict(zip(ids, final.per_client_acc)),
             "global_acc_per_client": (
                 None if final.global_per_client_acc is None else dict(zip(ids, final.global_per_client_acc))
@@ -104,9 +109,20 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
     }
 
 
-def build_summary(config: cfg.Config, trained: list[Trained], target: float, engine: str | None = None) -> dict[str, Any]:
+def tuning_block(config: cfg.Config, tuning: Any) -> dict[str, Any]:
+    """summary.json's `tuning`: how the hyperparameters were chosen, and the label the report's verdicts carry."""
+    if tuning is not None:
+        return tuning.summary()
+    configured = any(config.algorithms.get(n) for n in config.run.algorithms)
+    return {"status": "untuned",
+            "label": "untuned (hyperparameters as configured)" if configured else "untuned defaults"}
+
+
+def build_summary(config: cfg.Config, trained: list[Trained], target: float, engine: str | None = None,
+                  tuning: Any = None) -> dict[str, Any]:
     """summary.json: `dataset` describes the first seed's clients; `runs` holds one entry per
-    (algorithm, seed); `aggregate` (several seeds only, else null) the mean and std over seeds."""
+    (algorithm, seed); `aggregate` (several seeds only, else null) the mean, std and 95% interval over seeds;
+    `tuning` how the hyperparameters were chosen (experiments/tune.Tuning, or None: untuned)."""
     data = trained[0].data
     engine = engine or config.run.engine
     summary = {
@@ -129,7 +145,9 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float, eng
         "target_acc": target,
         "target_rule": TARGET_RULE,
         "seeds": [t.seed for t in trained],
-        "runs": [summarize_run(n, *t.runs[n], t.data, target, engine) | {"seed": t.seed}
+        "tuning": tuning_block(config, tuning),
+        "runs": [summarize_run(n, *t.runs[n], t.data, target, engine, cfg.algorithm_train(config, n))
+                 | {"seed": t.seed, "tuning": tuning.run_entry(n) if tuning is not None else None}
                  for n in config.run.algorithms for t in trained],
         "aggregate": None,
     }

@@ -150,8 +150,10 @@ class Node:
         return stems[i], -1, data, max_label + 1
 
     def task(self):
-        return cfg.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
-                                       int(records.number(self.record, m.NUM_CLASSES)))
+        """The model task, with the algorithm's own learning rate where the config gives one."""
+        task = cfg.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
+                                    int(records.number(self.record, m.NUM_CLASSES)))
+        return cfg.algorithm_task(self.config, str(self.record[m.ALGORITHM]), task)
 
     def algorithm(self) -> Any:
         return cfg.hyperparameters(self.config, str(self.record[m.ALGORITHM]))
@@ -273,9 +275,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     personal = personal_model(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed, rnd, client)
     result = evaluate_client(task, personal, records.decode_params(records.payload(node.record, m.GLOBAL)), node.data)
     out = {m.ROUND: rnd, m.CLIENT: client, m.ACC: result.acc, m.LOSS: result.loss, m.NUM_TEST: result.num_test,
-           m.COMPUTE_S: time.perf_counter() - t0}
+           m.NUM_VAL: result.num_val, m.COMPUTE_S: time.perf_counter() - t0}
     if result.global_acc is not None:
         out[m.GLOBAL_ACC] = result.global_acc
+    if result.val_acc is not None:
+        out[m.VAL_ACC] = result.val_acc
     return Message(records.content(out), reply_to=msg)
 
 

@@ -56,6 +56,8 @@ DPSGD_RATE: Final = "dpsgd-rate"
 ACC: Final = "acc"
 LOSS: Final = "loss"
 GLOBAL_ACC: Final = "global-acc"  # present when the server sent a global model
+VAL_ACC: Final = "val-acc"  # the personal model on the client's validation split (absent where it has none)
+NUM_VAL: Final = "num-val"
 # onboard reply (also COMPUTE_S)
 BEFORE: Final = "before"
 AFTER: Final = "after"
@@ -65,7 +67,7 @@ REQUEST_FIELDS: Final = (ALGORITHM, SEED, ROUND, CLIENT, NUM_CLASSES)
 DESCRIBE_REPLY_FIELDS: Final = (CLIENT_ID, INDEX, NUM_TRAIN, NUM_TEST, NUM_CLASSES, LABEL_COUNTS, INPUT_SHAPE)
 TRAIN_REPLY_FIELDS: Final = (ROUND, CLIENT, COMPUTE_S, STATE_BYTES)  # + DPSGD_STEPS, DPSGD_RATE under DP-SGD
 SECAGG_REPLY_FIELDS: Final = (ROUND, CLIENT)  # + the SECAGG payload
-EVALUATE_REPLY_FIELDS: Final = (ROUND, CLIENT, ACC, LOSS, NUM_TEST, COMPUTE_S)  # + GLOBAL_ACC
+EVALUATE_REPLY_FIELDS: Final = (ROUND, CLIENT, ACC, LOSS, NUM_TEST, NUM_VAL, COMPUTE_S)  # + GLOBAL_ACC, VAL_ACC
 ONBOARD_REPLY_FIELDS: Final = (CLIENT, BEFORE, AFTER, STEPS, COMPUTE_S)
 FETCH_STATE_REPLY_FIELDS: Final = (CLIENT,)  # + the state's safetensors bytes as the payload
 

@@ -336,9 +336,13 @@ class FlowerClients:
             d = self.link.clients[c]
             acc, num_test = float(records.number(r, messages.ACC, float)), int(records.number(r, messages.NUM_TEST))
             gacc = float(records.number(r, messages.GLOBAL_ACC, float)) if messages.GLOBAL_ACC in r else None
-            if not 0 <= acc <= 1 or num_test != d.num_test or (gacc is None) != (global_params is None):
+            num_val = int(records.number(r, messages.NUM_VAL))
+            vacc = float(records.number(r, messages.VAL_ACC, float)) if messages.VAL_ACC in r else None
+            if (not 0 <= acc <= 1 or num_test != d.num_test or (gacc is None) != (global_params is None)
+                    or num_val < 0 or (vacc is None) != (num_val == 0) or (vacc is not None and not 0 <= vacc <= 1)):
                 raise FedarenaError(f"client {d.client_id} sent an inconsistent evaluation for round {rnd}")
-            out[c] = ClientEval(acc, float(records.number(r, messages.LOSS, float)), num_test, gacc)
+            out[c] = ClientEval(acc, float(records.number(r, messages.LOSS, float)), num_test, gacc,
+                                val_acc=vacc, num_val=num_val)
             compute.append(float(records.number(r, messages.COMPUTE_S, float)))
         missing = sorted(set(broadcasts) - set(out))
         if missing:  # the engine evaluates over the clients that answered and logs how many did not

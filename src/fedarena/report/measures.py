@@ -64,8 +64,15 @@ class Stat:
             return False
         return abs(self.mean) <= self.half_width
 
+    @property
+    def ci95(self) -> list[float] | None:
+        """The 95% Student-t interval of the mean over seeds, [low, high]; None below 2 values."""
+        if self.half_width is None or self.mean is None:
+            return None
+        return [self.mean - self.half_width, self.mean + self.half_width]
+
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n}
+        return {"mean": self.mean, "std": self.std, "n": self.n, "ci95": self.ci95}
 
 
 def stat(values: Iterable[float | None]) -> Stat:
@@ -181,6 +188,7 @@ def aggregate(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "seeds": seeds(summary),
         "std": "sample standard deviation over seeds (ddof 1); null with fewer than 2 values",
+        "ci95": "95% Student-t confidence interval of the mean over seeds, [low, high]; null with fewer than 2 values",
         "algorithms": {
             name: {key: over_seeds(runs, fn).to_json() for key, fn in AGGREGATED.items()}
             for name, runs in by_algorithm(summary).items()

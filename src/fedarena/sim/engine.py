@@ -67,6 +67,25 @@ class Evaluation:
     per_client_loss: list[float]
     test_sizes: list[int]
     global_per_client_acc: list[float] | None  # the global model on each client's test split
+    per_client_val_acc: list[float | None] | None = None  # personal model on the client's validation split
+    val_sizes: list[int] | None = None
+
+    @property
+    def val_personal_acc_mean(self) -> float | None:
+        """Sample-weighted over the clients with a validation split: total correct / total validation samples."""
+        pairs = self._val_pairs()
+        total = sum(n for _, n in pairs)
+        return sum(a * n for a, n in pairs) / total if total else None
+
+    @property
+    def val_personal_acc_worst10(self) -> float | None:
+        pairs = self._val_pairs()
+        return _spread([a for a, _ in pairs])["worst10"] if pairs else None
+
+    def _val_pairs(self) -> list[tuple[float, int]]:
+        if self.per_client_val_acc is None or self.val_sizes is None:
+            return []
+        return [(a, n) for a, n in zip(self.per_client_val_acc, self.val_sizes) if a is not None and n > 0]
 
     @property
     def personal_acc_mean(self) -> float:
@@ -136,11 +155,14 @@ Record = Callable[[int, ServerState, ServerState, dict[int, Upload], dict[int, C
 class Hooks:
     """Callbacks of a run: `on_start(server)` before round 1 (not on resume); `record(round, server_before,
     server_after, uploads, states)` after every round (the states of the round's clients, where the runtime
-    sees them) — it may keep what `fedarena forget` needs; `on_round(round)` after every round."""
+    sees them) — it may keep what `fedarena forget` needs; `on_round(round)` after every round;
+    `on_evaluation(evaluation)` after every evaluation (tuning reports it to its pruner, which may stop the run by
+    raising)."""
 
     on_start: Callable[[ServerState], None] | None = None
     record: Record | None = None
     on_round: Callable[[int], None] | None = None
+    on_evaluation: Callable[[Evaluation], None] | None = None
 
 
 def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, runtime: RuntimeFactory, *,
@@ -199,6 +221,8 @@ def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, run
                 g = algo.global_model(server)
                 results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, membership=rnd == rounds)
                 out.evaluations.append(_evaluation(rnd, training, results, g is not None))
+                if hooks.on_evaluation:
+                    hooks.on_evaluation(out.evaluations[-1])
                 measured = [r for r in results.values() if r.member_auc is not None]
                 if rnd == rounds and measured:  # (a Flower runtime's clients do not measure it)
                     out.membership = leakage.summarize([r.member_auc for r in measured],
@@ -230,7 +254,8 @@ def _evaluation(rnd: int, clients: list[int], results: dict[int, ClientEval], ha
     sizes = [e.num_test for e in r]
     global_accs = [e.global_acc for e in r] if has_global else None
     global_acc = sum(a * n for a, n in zip(global_accs, sizes)) / sum(sizes) if has_global else None
-    return Evaluation(rnd, global_acc, list(clients), [e.acc for e in r], [e.loss for e in r], sizes, global_accs)
+    return Evaluation(rnd, global_acc, list(clients), [e.acc for e in r], [e.loss for e in r], sizes, global_accs,
+                      [e.val_acc for e in r], [e.num_val for e in r])
 
 
 def _onboarding(data: FederatedData, new_clients: list[int], results: dict[int, OnboardEval], down: int) -> dict[str, Any]:

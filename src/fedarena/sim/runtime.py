@@ -22,7 +22,7 @@ from fedarena.tasks import Task, evaluate
 @dataclass(frozen=True)
 class ClientEval:
     """One client's evaluation: its personal model (and the global model, where one exists) on its own
-    test split."""
+    test split, and the personal model on its validation split (`val_acc`, None where it has none)."""
 
     acc: float
     loss: float
@@ -30,6 +30,8 @@ class ClientEval:
     global_acc: float | None
     member_auc: float | None = None  # privacy/leakage: membership inference on the personal model (final round)
     global_member_auc: float | None = None  # ... and on the global model
+    val_acc: float | None = None
+    num_val: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,19 @@ def personal_model(algo: Any, task: Task, b: Broadcast, state: ClientState, d: C
 
 def evaluate_client(task: Task, personal: Params, global_params: Params | None, d: ClientData,
                     membership: bool = False) -> ClientEval:
-    """Accuracy on the client's test split; with `membership`, also the membership-inference AUCs. Where the
-    personal model is the global model (global algorithms), each is computed once: the same params give the
-    same numbers."""
+    """Accuracy on the client's test split and the personal model's on its validation split; with `membership`,
+    also the membership-inference AUCs. Where the personal model is the global model (global algorithms), each
+    is computed once: the same params give the same numbers."""
     acc, loss = accuracy(task, personal, d)
     same = global_params is not None and same_params(personal, global_params)
     gacc = None if global_params is None else acc if same else accuracy(task, global_params, d)[0]
+    val = {"val_acc": validation_accuracy(task, personal, d), "num_val": d.num_val}
     if not membership:
-        return ClientEval(acc, loss, d.num_test, gacc)
+        return ClientEval(acc, loss, d.num_test, gacc, **val)
     if same:
         own = leakage.client_membership(task, personal, None, d)[0]
-        return ClientEval(acc, loss, d.num_test, gacc, own, own)
-    return ClientEval(acc, loss, d.num_test, gacc, *leakage.client_membership(task, personal, global_params, d))
+        return ClientEval(acc, loss, d.num_test, gacc, own, own, **val)
+    return ClientEval(acc, loss, d.num_test, gacc, *leakage.client_membership(task, personal, global_params, d), **val)
 
 
 def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: ClientData, seed: int,
@@ -125,5 +128,12 @@ def accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
     return correct / d.num_test, loss / d.num_test
 
 
+def validation_accuracy(task: Task, params: Params, d: ClientData) -> float | None:
+    """Accuracy on the client's validation split (what tuning reads), None where it has none."""
+    if d.x_val is None or d.y_val is None or not d.num_val:
+        return None
+    return evaluate(task, params, d.x_val, d.y_val)[0] / d.num_val
+
+
 __all__ = ["ClientEval", "OnboardEval", "Runtime", "RuntimeFactory", "accuracy", "evaluate_client", "initial_model",
-           "onboard_client", "personal_model", "train_client"]
+           "onboard_client", "personal_model", "train_client", "validation_accuracy"]

@@ -63,8 +63,9 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     start_time = time.perf_counter()
     server = stored.server(first - 1)
     norms = stored.norms()
-    sgd = src.task.sgd
-    task = dataclasses.replace(src.task, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
+    own = src.task_of(name)
+    sgd = own.sgd
+    task = dataclasses.replace(own, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
     clients = local_runtime(src.engine)(algo, task, src.data, src.remaining, src.initial, src.seed,
                                         SampleLevel.build(src.config.privacy))  # calibration trains as the run trained
     ledger = clients.ledger

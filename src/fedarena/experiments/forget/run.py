@@ -34,7 +34,7 @@ METHODS: dict[str, Callable[..., Outcome]] = {"retrain": retrain, "federaser": f
 
 def measure(src: Source, name: str, outcome: Outcome) -> dict[str, float | None]:
     """The forgotten clients' traces in the remaining clients' models, and those clients' accuracy."""
-    algo, task, data = src.algo(name), src.task, src.data
+    algo, task, data = src.algo(name), src.task_of(name), src.data
     fresh = algo.init_client(src.initial)  # a client that kept no state is at its initial one
 
     def state_of(c: int) -> Any:  # `centralized`'s one pseudo-client 0 serves every client

@@ -109,6 +109,10 @@ class Source:
     def initial(self) -> Params:
         return initial_model(self.task, self.seed)
 
+    def task_of(self, name: str) -> Any:
+        """The model task `name` trained with (its own learning rate where the run's config gives one)."""
+        return cfg.algorithm_task(self.config, name, self.task)
+
     def algo(self, name: str) -> Any:
         if name not in self.config.run.algorithms:
             raise FedarenaError(f"algorithm '{name}' is not in this run ({', '.join(self.config.run.algorithms)})")

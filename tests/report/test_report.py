@@ -38,7 +38,8 @@ def run(name: str, family: str, acc: float, *, seed: int | None = 0, worst: floa
     per_client = {c: min(1.0, max(0.0, acc + (i - 4.5) / 50)) for i, c in enumerate(CLIENTS)}
     history = [{"round": r, "global_acc": g, "personal_acc_mean": acc * r / rounds, "personal_acc_std": 0.1,
                 "personal_acc_worst10": acc * r / rounds / 2, "bytes_cumulative": int(bpr * r),
-                "train_seconds": 0.5 * r} for r in range(1, rounds + 1)]
+                "train_seconds": 0.5 * r, "val_personal_acc_mean": acc * r / rounds,
+                "val_personal_acc_worst10": acc * r / rounds / 2} for r in range(1, rounds + 1)]
     out = {
         "algorithm": name, "engine": {"name": "reference", "fallback": None}, "family": family,
         "federated": federated, "paper": "crafted",
@@ -51,6 +52,7 @@ def run(name: str, family: str, acc: float, *, seed: int | None = 0, worst: floa
         "bytes": {"up_total": int(bpr * rounds / 2), "down_total": int(bpr * rounds / 2), "per_round_mean": bpr},
         "target_acc": 0.5, "rounds_to_target": rtt, "seconds_to_target": None if rtt is None else 0.5 * rtt,
         "wall_seconds": 1.0, "storage_bytes_per_client": storage, "history": history, "privacy": None,
+        "local_training": {"lr": 0.05, "local_epochs": 1, "batch_size": 10}, "tuning": None,
         "new_clients": None if new is None else {
             "clients": ["x"], "before": {"mean": new[0], "std": 0.0, "worst10": new[0]},
             "after": {"mean": new[1], "std": 0.0, "worst10": new[1]}, "adaptation_steps": 5, "bytes_down": 10},

@@ -16,6 +16,8 @@ so that q > 0 is the direction the claim states, against the size the claim stat
 - **partly**: the direction holds but the size does not (q > 0 outside [low, high]).
 
 With one seed the verdict is taken on the point value and the row says that the noise is unknown.
+Every verdict rests on the run's hyperparameters: the table carries summary.json's tuning label
+(`ClaimTable.hyperparameters`: "tuned (N trials, ...)" or "untuned defaults"; see :mod:`fedarena.report.tuning`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from fedarena.report import measures as m
+from fedarena.report import tuning
 from fedarena.report.format import pct, signed_pp, signed_rel, size, with_spread
 from fedarena.report.measures import Run, Stat
 
@@ -69,6 +72,8 @@ class ClaimTable:
     rows: tuple[Row, ...]
     num_seeds: int
     groups: dict[str, list[Run]] = field(repr=False)
+    # what every verdict rests on: summary.json's tuning label ("tuned (N trials, ...)", "untuned defaults", ...)
+    hyperparameters: str = tuning.UNTUNED_DEFAULTS
 
 
 def _noise_note(q: Stat, noisy: bool) -> str:
@@ -432,4 +437,4 @@ def claim_table(summary: dict[str, Any]) -> ClaimTable:
     else:
         ctx = _Ctx(summary, groups, sides)
         rows = tuple(row(ctx) for row in ROWS)
-    return ClaimTable(sides, rows, len(m.seeds(summary)), groups)
+    return ClaimTable(sides, rows, len(m.seeds(summary)), groups, tuning.label(summary))

@@ -1,4 +1,5 @@
-"""The report's figures as plotly figures, built from summary.json alone (no parquet needed).
+"""The report's figures as plotly figures, built from summary.json (and, for a tuned run, the trials of its
+tuning.parquet, which `render.load_summary` attaches as `tuning_trials`).
 
 With several seeds, curves are the mean over seeds per evaluated round and per-client plots pool the
 (seed, client) pairs: the clients of one seed are compared with the same seed's clients only.
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from fedarena.report import measures as m
+from fedarena.report import tuning as tu
 from fedarena.report.claims import Sides
 from fedarena.report.measures import Run
 
@@ -187,10 +189,61 @@ def accuracy_vs_epsilon(cells: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def _colour(groups: dict[str, list[Run]], name: str, i: int) -> str:
+    return colors(groups).get(name, PALETTE[i % len(PALETTE)])
+
+
+def tuning_trials(points: dict[str, list[tu.TrialPoint]], groups: dict[str, list[Run]],
+                  objective: str | None = None) -> go.Figure:
+    """Per algorithm, each trial's validation objective against its number: a complete trial at its final round
+    (filled circle; the chosen one a star), a pruned trial at the last round it reported (open cross)."""
+    fig = _figure("Tuning trials: validation objective<br><sup>dot: complete, at its final round; cross: pruned, "
+                  "the last value it reported; star: chosen</sup>", "trial", "validation objective",
+                  yaxis_tickformat=".0%", margin=dict(l=60, r=20, t=70, b=50))
+    for i, (name, trials) in enumerate(points.items()):
+        colour = _colour(groups, name, i)
+        for state, symbol, size_ in (("complete", "circle", 9), ("pruned", "x-thin-open", 11)):
+            shown = [p for p in trials if p.state == state and p.objective is not None]
+            if not shown:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[p.trial for p in shown], y=[p.objective for p in shown], mode="markers",
+                name=f"{name} ({state})", legendgroup=name,
+                marker=dict(symbol=symbol, size=size_, color=colour, line=dict(width=2, color=colour)),
+                text=[f"{tu.values_text(p.params)}; round {p.round}" for p in shown],
+                hovertemplate=f"{name} trial %{{x}} ({state}): %{{y:.1%}}<br>%{{text}}"
+                              + (f"<br>{objective}" if objective else "") + "<extra></extra>"))
+        best = [p for p in trials if p.best and p.objective is not None]
+        if best:
+            fig.add_trace(go.Scatter(
+                x=[p.trial for p in best], y=[p.objective for p in best], mode="markers", name=f"{name} (chosen)",
+                legendgroup=name, marker=dict(symbol="star", size=16, color=colour, line=dict(width=1, color="black")),
+                text=[tu.values_text(p.params) for p in best],
+                hovertemplate=f"{name}: chosen trial %{{x}}, %{{y:.1%}}<br>%{{text}}<extra></extra>"))
+    if max((len(t) for t in points.values()), default=0) <= 20:
+        fig.update_xaxes(tickmode="linear", dtick=1)
+    return fig
+
+
+def tuning_importances(importances: dict[str, dict[str, float]], groups: dict[str, list[Run]]) -> go.Figure:
+    """fANOVA importance of each searched hyperparameter, one group of bars per algorithm."""
+    fig = _figure("Tuning: how much each hyperparameter mattered<br><sup>fANOVA importance over the completed "
+                  "trials; sums to 1 per algorithm</sup>", "hyperparameter", "importance", yaxis_tickformat=".0%",
+                  barmode="group", margin=dict(l=60, r=20, t=70, b=50))
+    for i, (name, imp) in enumerate(importances.items()):
+        keys = sorted(imp, key=lambda k: -imp[k])
+        fig.add_trace(go.Bar(x=keys, y=[imp[k] for k in keys], name=name, marker_color=_colour(groups, name, i),
+                             hovertemplate=f"{name}: %{{x}} %{{y:.0%}}<extra></extra>"))
+    fig.update_yaxes(range=[0, 1])
+    fig.update_layout(showlegend=True)  # names the algorithm even when only one has importances
+    return fig
+
+
 def report_figures(summary: dict[str, Any], groups: dict[str, list[Run]], sides: Sides) -> dict[str, go.Figure]:
-    """The figures of report.html, by element id."""
+    """The figures of report.html, by element id; the tuning figures only for a tuned run (tuning.parquet read,
+    and for the importances, an algorithm with any)."""
     target = summary["target_acc"]
-    return {
+    figures = {
         "plot-labels": label_heatmap(summary),
         "plot-acc-round": accuracy_vs_round(groups, target),
         "plot-acc-bytes": accuracy_vs_bytes(groups, target),
@@ -198,3 +251,10 @@ def report_figures(summary: dict[str, Any], groups: dict[str, list[Run]], sides:
         "plot-gain-scatter": personal_vs_global(groups, sides),
         "plot-pareto": pareto(groups),
     }
+    points = tu.trial_points(summary.get("tuning_trials") or [])
+    if points:
+        figures["plot-tuning-trials"] = tuning_trials(points, groups, tu.objective_text(summary))
+    importances = tu.importances(summary)
+    if importances:
+        figures["plot-tuning-importances"] = tuning_importances(importances, groups)
+    return figures

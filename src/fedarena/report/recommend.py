@@ -18,6 +18,10 @@ The rules are short and stated in every recommendation (docs/report.md lists the
 
 Ties go to the candidate listed first in the run. The persona changes the order of the facts and the
 words of the headline, never the choice or the numbers.
+
+Every recommendation says which hyperparameters it rests on: summary.json's tuning label ("tuned (N trials,
+budget B client-rounds per algorithm)", "untuned defaults" or "untuned (hyperparameters as configured)"), and
+the chosen algorithm's values with, when tuned, what its search found (`tuning` in `--json`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any, Callable
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
+from fedarena.report import tuning as tu
 from fedarena.report.claims import choose_sides
-from fedarena.report.format import pct, signed_pp, size, with_spread
+from fedarena.report.format import accuracy, pct, signed_pp, size, with_spread
 from fedarena.report.measures import Run
 
 PERSONAS = ("cto", "architect", "ml-engineer")
@@ -81,6 +86,9 @@ class Recommendation:
     numbers: dict[str, float | int | None]  # the values the facts rest on
     watch: tuple[str, ...]
     rules: dict[str, str]
+    # what it rests on: {status, label, values (every value the chosen algorithm trained with), search (its
+    # runs[].tuning without the space, or null when untuned)}
+    tuning: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +177,16 @@ def recommend(summary: dict[str, Any], persona: str = "architect", priority: str
         tuple((k, facts[k]) for k in order), numbers, tuple(watch),
         {"candidates": "every algorithm that federates on the clients' own data (local included; centralized excluded)",
          "acceptable": ACCEPTABLE_RULE, "priority": RULES[priority]},
+        tuning=_tuning(summary, name),
     )
+
+
+def _tuning(summary: dict[str, Any], name: str) -> dict[str, Any]:
+    block = tu.block(summary)
+    mine = next(c for c in tu.chosen(summary) if c.algorithm == name)
+    search = None if mine.search is None else {k: v for k, v in mine.search.items() if k != "space"}
+    return {"status": block.get("status", "untuned"), "label": tu.label(summary), "values": mine.values,
+            "search": search}
 
 
 def all_priorities(summary: dict[str, Any], persona: str = "architect") -> list[Recommendation]:
@@ -198,8 +215,9 @@ def _evidence(summary: dict[str, Any], groups: dict[str, list[Run]], name: str,
     }
     reached = numbers["rounds_to_target"] is not None
     facts: dict[str, str] = {
-        "accuracy": f"per-client accuracy {with_spread(stat(m.acc_mean), pct)} (sample-weighted mean)",
-        "worst10": f"worst 10% of clients: {with_spread(stat(m.acc_worst10), pct)}",
+        "accuracy": (f"per-client accuracy {accuracy(summary, name, 'personal_acc_mean', stat(m.acc_mean))} "
+                     "(sample-weighted mean)"),
+        "worst10": f"worst 10% of clients: {accuracy(summary, name, 'personal_acc_worst10', stat(m.acc_worst10))}",
         "bytes_per_round": f"{size(numbers['bytes_per_round'])} on the wire per round (all clients, up + down)",
         "storage": f"{size(numbers['storage_bytes_per_client'])} of state kept on each client between rounds",
         "rounds_to_target": (f"reaches the {target} target in {numbers['rounds_to_target']:.0f} rounds" if reached
@@ -257,8 +275,21 @@ def _headline(persona: str, run: Run, numbers: dict[str, Any], glob: str | None)
 
 def as_text(rec: Recommendation) -> str:
     """Plain text for terminals and report.md."""
-    lines = [rec.headline, "", f"Rule ({rec.priority}): {rec.rule}.", "", "The numbers it rests on:"]
+    lines = [rec.headline, hyperparameters_line(rec), "", f"Rule ({rec.priority}): {rec.rule}.", "",
+             "The numbers it rests on:"]
     lines += [f"- {sentence}" for _, sentence in rec.facts]
     if rec.watch:
         lines += ["", "What to watch:"] + [f"- {w}" for w in rec.watch]
     return "\n".join(lines)
+
+
+def hyperparameters_line(rec: Recommendation) -> str:
+    """What the recommendation rests on: the tuning label and the chosen algorithm's values."""
+    t = rec.tuning
+    values = tu.values_text(t["values"])
+    if t["search"] is not None:
+        s = t["search"]
+        best = s.get("best_val")
+        val = "" if best is None else f", validation {pct(best)}"
+        return f"Hyperparameters: {t['label']}; {rec.algorithm}: {values} (best of {s['trials']} trials{val})."
+    return f"Hyperparameters: {t['label']}; {rec.algorithm}: {values}."

@@ -1,7 +1,9 @@
 """report.html (one self-contained file: plotly's JS inlined, no CDN, opens offline) and report.md.
 
 Both are rendered from one context built from summary.json: the setup, the measured claims table,
-the figures (HTML only) and the recommendation.
+the hyperparameters its verdicts rest on (tuned or untuned, with the tuning figures of a tuned run in the
+HTML), the figures (HTML only) and the recommendation. Every verdict and recommendation line carries the
+summary's tuning label.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import plotly.offline
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
+from fedarena.report import tuning as tu
 from fedarena.report.claims import ClaimTable, Verdict, claim_table
-from fedarena.report.format import pct, size, with_spread
+from fedarena.report.format import accuracy, aggregate_ci, pct, size
 from fedarena.report.plots import crossover, report_figures
-from fedarena.report.recommend import Recommendation, all_priorities, as_text, recommend
+from fedarena.report.recommend import Recommendation, all_priorities, as_text, hyperparameters_line, recommend
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FedarenaError(f"{f} is not valid JSON: {exc}") from None
     summary["forget"] = forgets or None
+    summary["tuning_trials"] = tu.read_trials(Path(run_dir))  # tuning.parquet's rows (--tune), else None
     return summary
 
 
@@ -81,24 +85,35 @@ def _setup(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("model", f"{summary['model']['name']}" + (f", hidden {summary['model'].get('hidden')}"
                                                     if summary["model"]["name"] == "mlp" else "")),
         ("training", f"{train['rounds']} rounds, {train['clients_per_round']} clients per round, "
-                     f"{train['local_epochs']} local epoch(s), batch {train['batch_size']}, lr {train['lr']}"),
+                     f"{train['local_epochs']} local epoch(s), batch {train['batch_size']}, lr {train['lr']}"
+                     + (" (each algorithm's own values: see Hyperparameters)" if _own_training(summary) else "")),
+        ("hyperparameters", tu.label(summary)),
         ("seeds", ", ".join(map(str, seeds)) + ("" if len(seeds) > 1 else " (one seed: the noise is unknown)")),
         ("target", f"{pct(summary['target_acc'])}: {summary['target_rule']}"),
     ]
 
 
-def _algorithms(groups: dict[str, list[m.Run]]) -> list[dict[str, str]]:
+def _own_training(summary: dict[str, Any]) -> bool:
+    """Whether some algorithm trained with other local-SGD values than [train]'s (its own or tuned ones)."""
+    train = summary["config"]["train"]
+    return any(v != train.get(k) for run in summary["runs"] for k, v in tu.local_training(summary, run).items())
+
+
+def _algorithms(summary: dict[str, Any], groups: dict[str, list[m.Run]]) -> list[dict[str, str]]:
     rows = []
     for name, runs in groups.items():
         def s(metric: m.Metric, runs: list[m.Run] = runs) -> m.Stat:
             return m.over_seeds(runs, metric)
 
+        def acc(key: str, metric: m.Metric, name: str = name) -> str:
+            return accuracy(summary, name, key, s(metric), label=False)
+
         rows.append({
             "algorithm": name,
             "family": runs[0]["family"] + ("" if runs[0]["federated"] else " (not federated)"),
-            "personal": with_spread(s(m.acc_mean), pct, label=False),
-            "worst10": with_spread(s(m.acc_worst10), pct, label=False),
-            "global": with_spread(s(m.global_acc), pct, label=False) if s(m.global_acc).n else "none",
+            "personal": acc("personal_acc_mean", m.acc_mean),
+            "worst10": acc("personal_acc_worst10", m.acc_worst10),
+            "global": acc("global_acc", m.global_acc) if s(m.global_acc).n else "none",
             "per_round": size(s(m.bytes_per_round).mean),
             "rounds": (f"{s(m.rounds_to_target).mean:.0f}" if s(m.rounds_to_target).n else "never"),
             "storage": size(s(m.storage).mean),
@@ -113,6 +128,41 @@ class _Context:
     table: ClaimTable
     recommendation: Recommendation
     by_priority: list[Recommendation]
+
+
+@dataclass(frozen=True)
+class _Hyperparameters:
+    """The report's Hyperparameters section."""
+
+    label: str
+    tuned: bool
+    lead: str
+    rows: list[dict[str, str]]  # tu.Chosen.cells() per algorithm
+    selection: list[str]  # the selection rule(s) of a tuned run
+
+
+def _hyperparameters(summary: dict[str, Any]) -> _Hyperparameters:
+    block, rows = tu.block(summary), [c.cells() for c in tu.chosen(summary)]
+    tuned = tu.is_tuned(summary)
+    if tuned:
+        parts = [f"objective: {tu.objective_text(summary) or 'validation accuracy'}"]
+        if block.get("pruner"):
+            parts.append(f"pruner {block['pruner']}")
+        if block.get("tuned_on_seed") is not None:
+            parts.append(f"trials on seed {block['tuned_on_seed']}'s clients")
+        if block.get("data"):
+            parts.append(f"data: {block['data']}")
+        lead = (f"Each algorithm's hyperparameters were searched under the same budget of client-rounds "
+                f"({'; '.join(parts)}); the chosen values then trained every seed's run. Every verdict and "
+                "recommendation rests on these values.")
+    elif block["label"] == tu.UNTUNED_DEFAULTS:
+        lead = ("No hyperparameter was tuned: every algorithm ran with its defaults, listed below; a verdict may "
+                "change with tuned values (fedarena compare --tune N searches them on validation data, one budget "
+                "per algorithm).")
+    else:
+        lead = ("No hyperparameter was tuned: every algorithm ran with the values its config sets, listed below "
+                "(fedarena compare --tune N searches them on validation data, one budget per algorithm).")
+    return _Hyperparameters(str(block["label"]), tuned, lead, rows, tu.selection_rules(summary) if tuned else [])
 
 
 def _context(summary: dict[str, Any], persona: str, priority: str) -> _Context:
@@ -132,16 +182,20 @@ def render_html(summary: dict[str, Any], persona: str = "architect", priority: s
     plots = {key: fig.to_html(full_html=False, include_plotlyjs=False, div_id=key, config=PLOT_CONFIG)
              for key, fig in figures.items()}
     return _environment().get_template("report.html.j2").render(
-        summary=summary, setup=_setup(summary), table=c.table, algorithms=_algorithms(c.table.groups),
-        rec=c.recommendation, by_priority=c.by_priority, plots=plots, verdict_class=VERDICT_CLASS,
-        spread_caption=_spread_caption(c.table.num_seeds),
+        summary=summary, setup=_setup(summary), table=c.table, algorithms=_algorithms(summary, c.table.groups),
+        rec=c.recommendation, rec_hyperparameters=hyperparameters_line(c.recommendation), by_priority=c.by_priority,
+        plots=plots, verdict_class=VERDICT_CLASS, hyper=_hyperparameters(summary),
+        spread_caption=_spread_caption(summary, c.table.num_seeds),
         legend=VERDICT_LEGEND, plotly_js=plotly.offline.get_plotlyjs(),
     )
 
 
-def _spread_caption(num_seeds: int) -> str:
+def _spread_caption(summary: dict[str, Any], num_seeds: int) -> str:
     if num_seeds < 2:
         return ""
+    if any(aggregate_ci(summary, a, "personal_acc_mean") for a in m.by_algorithm(summary)):
+        return (f"Accuracies: mean over {num_seeds} seeds [its 95% confidence interval, in %]; bytes and storage: "
+                "mean over the seeds; rounds to target: mean over the seeds that reached it.")
     return (f"Mean over {num_seeds} seeds ± the half-width of its 95% confidence interval; rounds to target: "
             "mean over the seeds that reached it.")
 
@@ -159,25 +213,45 @@ def render_markdown(summary: dict[str, Any], persona: str = "architect", priorit
     out += [f"- **{k}**: {_md_cell(v)}" for k, v in _setup(summary)]
     out += ["", "## The common pFL-vs-global table, measured", "",
             f"Best pFL: **{t.sides.pfl or 'none'}**; best global: **{t.sides.glob or 'none'}** "
-            "(highest mean per-client accuracy on each side).", "",
-            "| Metric | Claim: personalized FL | Claim: global FL | Measured | Verdict |", "|---|---|---|---|---|"]
+            "(highest mean per-client accuracy on each side). Every verdict rests on the hyperparameters in "
+            "its last column (see Hyperparameters).", "",
+            "| Metric | Claim: personalized FL | Claim: global FL | Measured | Verdict | Hyperparameters |",
+            "|---|---|---|---|---|---|"]
     for r in t.rows:
         measured = r.measured + (f" ({r.note})" if r.note else "")
         out.append(f"| {_md_cell(r.topic)} | {_md_cell(r.pfl_claim)} | {_md_cell(r.global_claim)} | "
-                   f"{_md_cell(measured)} | **{r.verdict.value}** |")
+                   f"{_md_cell(measured)} | **{r.verdict.value}** | {_md_cell(t.hyperparameters)} |")
     out += ["", "Verdicts: " + "; ".join(f"*{v.value}*: {text}" for v, text in VERDICT_LEGEND) + ".", "",
             "## Algorithms", "",
             "| algorithm | family | personal acc | worst 10% | global acc | bytes/round | rounds to target | storage/client |",
             "|---|---|---|---|---|---|---|---|"]
-    caption = _spread_caption(t.num_seeds)
-    for a in _algorithms(t.groups):
+    caption = _spread_caption(summary, t.num_seeds)
+    for a in _algorithms(summary, t.groups):
         out.append(f"| {a['algorithm']} | {a['family']} | {a['personal']} | {a['worst10']} | {a['global']} | "
                    f"{a['per_round']} | {a['rounds']} | {a['storage']} |")
     out += ["", caption] if caption else []
+    out += _hyperparameters_markdown(_hyperparameters(summary))
     out += ["", f"## Recommendation ({c.recommendation.persona}, priority {c.recommendation.priority})", "",
-            as_text(c.recommendation), "", "| priority | pick | rule |", "|---|---|---|"]
-    out += [f"| {r.priority} | {r.algorithm} | {_md_cell(r.rule)} |" for r in c.by_priority]
+            as_text(c.recommendation), "", "| priority | pick | rule | hyperparameters |", "|---|---|---|---|"]
+    out += [f"| {r.priority} | {r.algorithm} | {_md_cell(r.rule)} | {_md_cell(r.tuning['label'])} |"
+            for r in c.by_priority]
     return "\n".join(out) + "\n"
+
+
+def _hyperparameters_markdown(h: _Hyperparameters) -> list[str]:
+    out = ["", f"## Hyperparameters: {h.label}", "", h.lead, ""]
+    if h.tuned:
+        out += ["| algorithm | chosen by tuning | other values trained with | best validation | trials | pruned | "
+                "budget (client-rounds) | spent (client-rounds) | search time |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['algorithm']} | {_md_cell(r['chosen'])} | {_md_cell(r['fixed'])} | {r['best_val']} | "
+                f"{r['trials']} | {r['pruned']} | {r['budget']} | {r['spent']} | {r['seconds']} |" for r in h.rows]
+        out += [""] + [f"Selection rule: {rule}." for rule in h.selection]
+        out += ["", "The trials (validation objective per trial) and the importance of each hyperparameter are "
+                "plotted in report.html."]
+    else:
+        out += ["| algorithm | values trained with |", "|---|---|"]
+        out += [f"| {r['algorithm']} | {_md_cell(r['fixed'])} |" for r in h.rows]
+    return out
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -36,9 +36,16 @@ def trials_of(tuning):
     return {n: [(t.number, t.state, t.params, t.value, t.history) for t in r.trials] for n, r in tuning.tuned.items()}
 
 
-def test_seeded_tuning_is_deterministic():
+@pytest.fixture(scope="module")
+def base():
+    """One tuning of the small comparison (shared: each tuning costs a few seconds)."""
     config = small()
-    a_config, a = tune(config, prepared(config))
+    p = prepared(config)
+    return config, p, tune(config, p)
+
+
+def test_seeded_tuning_is_deterministic(base):
+    config, _, (a_config, a) = base
     b_config, b = tune(config, prepared(config))
     assert trials_of(a) == trials_of(b)
     assert a_config == b_config
@@ -49,27 +56,23 @@ def test_seeded_tuning_is_deterministic():
     assert trials_of(c) != trials_of(a)
 
 
-def test_test_labels_decide_nothing():
+def test_test_labels_decide_nothing(base):
     """Every test label changed: every trial, value and chosen hyperparameter is unchanged."""
-    config = small()
-    p = prepared(config)
+    config, p, (chosen, tuning) = base
     d = p.data
     flipped = dataclasses.replace(d, y_test=(d.y_test + 1) % d.num_classes)
     assert (flipped.y_test != d.y_test).all()
-    chosen, tuning = tune(config, p)
     chosen_flipped, tuning_flipped = tune(config, dataclasses.replace(p, data=flipped))
     assert trials_of(tuning) == trials_of(tuning_flipped)
     assert chosen == chosen_flipped
 
 
-def test_validation_labels_do_decide():
+def test_validation_labels_do_decide(base):
     """The converse, so the test above can fail: changing the validation labels changes the trials' values."""
-    config = small()
-    p = prepared(config)
+    config, p, (_, tuning) = base
     d = p.data
     assert d.y_val is not None and d.y_val.numel() > 0
     flipped = dataclasses.replace(d, y_val=(d.y_val + 1) % d.num_classes)
-    _, tuning = tune(config, p)
     _, tuning_flipped = tune(config, dataclasses.replace(p, data=flipped))
     values = [t.value for r in tuning.tuned.values() for t in r.trials]
     flipped_values = [t.value for r in tuning_flipped.tuned.values() for t in r.trials]
@@ -91,6 +94,7 @@ def test_equal_budgets_and_a_pruned_trial_is_never_chosen():
         for t in result.trials:
             assert t.client_rounds == t.rounds * 4
             assert (t.state == "pruned") == (t.rounds < 6)
+            assert t.rounds == max(t.history)  # a pruned trial trained through the round it last reported
 
 
 def test_search_space_fixed_narrowed_and_widened():

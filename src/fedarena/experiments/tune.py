@@ -179,7 +179,9 @@ def tune_algorithm(config: cfg.Config, p: Any, name: str, train: Train) -> Tuned
         history: dict[int, float] = {}
         rounds = [0]
 
-        def report(e: Evaluation, trial: Any = trial, history: dict[int, float] = history) -> None:
+        def report(e: Evaluation, trial: Any = trial, history: dict[int, float] = history,
+                   rounds: list[int] = rounds) -> None:
+            rounds[0] = e.round  # the round is trained (a prune below stops the run before `count` sees it)
             history[e.round] = objective_value(e, config.tune.objective)
             trial.report(history[e.round], e.round)
             if e.round < t.rounds and trial.should_prune():

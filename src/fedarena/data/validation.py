@@ -23,7 +23,6 @@ import dataclasses
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from fedarena.core.rng import numpy_rng
 from fedarena.core.types import FederatedData
@@ -50,6 +49,8 @@ def choose_validation(y: np.ndarray, n_val: int, seed: int, client: int) -> tupl
     rng = numpy_rng(seed, "validation", client)
     positions = np.arange(len(y), dtype=np.int64)
     if _stratifiable(y, n_val):
+        from sklearn.model_selection import train_test_split  # here: scikit-learn imports pandas and pyarrow
+
         state = int(rng.integers(2**32 - 1))
         _, val = train_test_split(positions, test_size=n_val, stratify=y, random_state=state)
         return np.sort(np.asarray(val, dtype=np.int64)), True

@@ -38,6 +38,7 @@ from fedarena.sim.engine import AlgorithmRun, Checkpoint, Evaluation
 
 METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
                   "bytes_down")
+VALIDATION_COLUMNS = ("val_acc", "num_val")  # absent from runs written before the validation split
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def continue_run(run_dir: Path, rounds: int, out: Path,
     p = prepare(config, engine)
     summary = read_json(run_dir / "summary.json")
     try:
-        metrics = pq.read_table(run_dir / "metrics.parquet", columns=list(METRIC_COLUMNS)).to_pylist()
+        present = pq.read_schema(run_dir / "metrics.parquet").names
+        columns = [*METRIC_COLUMNS, *(c for c in VALIDATION_COLUMNS if c in present)]
+        metrics = pq.read_table(run_dir / "metrics.parquet", columns=columns).to_pylist()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise FedarenaError(f"{run_dir / 'metrics.parquet'} cannot be read: {exc}") from None
     runs = {}

@@ -113,7 +113,11 @@ def tuning_block(config: cfg.Config, tuning: Any) -> dict[str, Any]:
     """summary.json's `tuning`: how the hyperparameters were chosen, and the label the report's verdicts carry."""
     if tuning is not None:
         return tuning.summary()
-    configured = any(config.algorithms.get(n) for n in config.run.algorithms)
+    # "as configured": some algorithm's hyperparameters differ from its defaults, or it trains with its own local
+    # training (lr, epochs, batch size) rather than the comparison's
+    default, shared = cfg.Config(), {k: getattr(config.train, k) for k in cfg.ALGORITHM_KEYS}
+    configured = any(cfg.hyperparameters(config, n) != cfg.hyperparameters(default, n)
+                     or cfg.algorithm_train(config, n) != shared for n in config.run.algorithms)
     return {"status": "untuned",
             "label": "untuned (hyperparameters as configured)" if configured else "untuned defaults"}
 

@@ -230,6 +230,22 @@ def test_npz_without_val_is_split_like_digits(tmp_path):
         assert rows(c.x_train, c.y_train) + rows(c.x_val, c.y_val) == rows(o.x_train, o.y_train)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("val_files", [False, True])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_deployed_npz_node_holds_the_same_splits_as_the_simulation(tmp_path, val_files, seed):
+    """load_npz_client (a SuperNode with only its own files) draws the validation rows load_federated draws."""
+    from fedarena.data.npz import load_npz_client
+
+    npz_dir(tmp_path, val=val_files)
+    fd = load(seed, name=f"npz-dir:{tmp_path}")
+    for i, stem in enumerate(fd.client_ids):
+        node, _ = load_npz_client(tmp_path, stem, min_train=5, min_test=2, val_fraction=0.15, seed=seed)
+        sim = fd.client(i)
+        assert node.num_val == sim.num_val > 0
+        for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            assert torch.equal(getattr(node, key), getattr(sim, key)), key
+
+
 BAD_VAL = {
     "missing val file": (lambda r: (r / "val" / "b.npz").unlink(), "client 'b' has no val/b.npz"),
     "unknown client": (lambda r: write(r, "val", "z", np.zeros((2, 3)), np.zeros(2, dtype=np.int64)),

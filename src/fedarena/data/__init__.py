@@ -54,7 +54,7 @@ from fedarena.data.spec import (
     synthetic_details,
 )
 from fedarena.data.synthetic import generate_synthetic
-from fedarena.data.validation import split_validation
+from fedarena.data.validation import client_key, split_validation
 
 __all__ = [
     "DataConfig",
@@ -127,7 +127,9 @@ def load_federated(spec: DataConfig, *, seed: int, synthetic: SyntheticConfig | 
     if fd.val_offsets:  # npz-dir's own val/ files
         return fd
     by_position = spec.name == "shakespeare" or fd.details.get("label") == NEXT
-    return split_validation(fd, spec.val_fraction, seed, min_train=spec.min_train, by_position=by_position)
+    # npz-dir clients draw by name: a deployed node (load_npz_client) holds only its own files
+    keys = [client_key(c) for c in fd.client_ids] if spec.name.startswith(NPZ_PREFIX) else None
+    return split_validation(fd, spec.val_fraction, seed, min_train=spec.min_train, by_position=by_position, keys=keys)
 
 
 def _load(spec: DataConfig, seed: int, synthetic: SyntheticConfig | None,

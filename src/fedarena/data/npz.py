@@ -199,11 +199,12 @@ def load_npz_dir(path: str | Path, *, min_train: int = 1, min_test: int = 1, nam
     )
 
 
-def _val_entries(root: Path, client_ids: tuple[str, ...], reference: _Entry) -> list[_Entry]:
-    """The validated headers of ``root/val/<client>.npz``, one per client in `client_ids` and no other."""
+def _val_entries(root: Path, client_ids: tuple[str, ...], reference: _Entry, whole_dir: bool = True) -> list[_Entry]:
+    """The validated headers of ``root/val/<client>.npz``, one per client in `client_ids` and (`whole_dir`) no
+    other."""
     files = {p.stem: p for p in (root / VAL).glob("*.npz") if p.is_file()}
     unknown = sorted(files.keys() - set(client_ids))
-    if unknown:
+    if unknown and whole_dir:
         raise FedarenaError(f"npz-dir {root}: {VAL}/{unknown[0]}.npz names no client (there is no train/{unknown[0]}.npz)")
     missing = [c for c in client_ids if c not in files]
     if missing:
@@ -218,9 +219,12 @@ def _val_entries(root: Path, client_ids: tuple[str, ...], reference: _Entry) -> 
     return entries
 
 
-def load_npz_client(path: str | Path, client: str, *, min_train: int = 1, min_test: int = 1) -> tuple[ClientData, int]:
+def load_npz_client(path: str | Path, client: str, *, min_train: int = 1, min_test: int = 1,
+                    val_fraction: float = 0.0, seed: int = 0) -> tuple[ClientData, int]:
     """One client's splits, ``path/train/<client>.npz`` and ``path/test/<client>.npz``, and its largest
-    label; no other client's file is opened (what a deployed node loads). Same checks as `load_npz_dir`."""
+    label; no other client's file is opened (what a deployed node loads). Same checks as `load_npz_dir`. With
+    ``val_fraction > 0`` its validation split is ``path/val/<client>.npz`` where a ``val/`` folder exists, else
+    the rows `load_federated` takes out of its train split for the same seed (drawn by the client's name)."""
     root = Path(path).expanduser()
     files = [root / split / f"{client}.npz" for split in SPLITS]
     for f in files:
@@ -233,5 +237,19 @@ def load_npz_client(path: str | Path, client: str, *, min_train: int = 1, min_te
         if entry.samples < least:
             raise FedarenaError(f"{entry.path}: {entry.samples} samples, fewer than {key} {least}")
     (x_train, y_train, _), (x_test, y_test, _) = _fill([train]), _fill([test])
-    data = ClientData(torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test))
-    return data, int(max(y_train.max(), y_test.max()))
+    largest = int(max(y_train.max(), y_test.max()))
+    x_val = y_val = None
+    if val_fraction > 0 and (root / VAL).is_dir():
+        (entry,) = _val_entries(root, (client,), train, whole_dir=False)
+        x_val, y_val, _ = _fill([entry])
+        largest = max(largest, int(y_val.max()))
+    elif val_fraction > 0:
+        from fedarena.data.validation import choose_validation, client_key, validation_size
+
+        chosen, _ = choose_validation(y_train, validation_size(len(y_train), val_fraction, min_train), seed,
+                                      client_key(client))
+        keep = np.setdiff1d(np.arange(len(y_train)), chosen)
+        x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[chosen], y_train[chosen]
+    data = ClientData(torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test),
+                      None if x_val is None else torch.from_numpy(x_val), None if y_val is None else torch.from_numpy(y_val))
+    return data, largest

@@ -20,6 +20,8 @@ into its validation split:
 from __future__ import annotations
 
 import dataclasses
+import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -57,10 +59,17 @@ def choose_validation(y: np.ndarray, n_val: int, seed: int, client: int) -> tupl
     return np.sort(rng.choice(len(y), size=n_val, replace=False).astype(np.int64)), False
 
 
+def client_key(client_id: str) -> int:
+    """The random-stream index of a client known by name rather than position (npz-dir: its file stem), so that
+    a deployed node holding only its own files draws the same validation rows as a simulation of all of them."""
+    return zlib.crc32(client_id.encode())
+
+
 def split_validation(data: FederatedData, fraction: float, seed: int, *, min_train: int,
-                     by_position: bool = False) -> FederatedData:
+                     by_position: bool = False, keys: Sequence[int] | None = None) -> FederatedData:
     """``data`` with ``round(fraction * n_train)`` of each client's train rows moved into its validation split
-    (see the module docstring). ``fraction = 0`` returns ``data`` itself, unchanged."""
+    (see the module docstring). ``fraction = 0`` returns ``data`` itself, unchanged. Client i's rows are drawn
+    from stream ``keys[i]`` (default: i)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"split_validation: fraction must be in [0, 1), got {fraction}")
     if data.val_offsets or data.x_val is not None:
@@ -77,7 +86,7 @@ def split_validation(data: FederatedData, fraction: float, seed: int, *, min_tra
         if by_position:
             chosen = np.arange(n - n_val, n, dtype=np.int64)
         else:
-            chosen, strat = choose_validation(y[a:b], n_val, seed, i)
+            chosen, strat = choose_validation(y[a:b], n_val, seed, i if keys is None else keys[i])
             stratified += strat
         mask = np.ones(n, dtype=bool)
         mask[chosen] = False

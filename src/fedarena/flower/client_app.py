@@ -131,7 +131,7 @@ class Node:
 
             d = self.config.data
             data, max_label = load_npz_client(str(nc[m.NPZ_DIR]), str(nc[m.NODE_CLIENT]), min_train=d.min_train,
-                                              min_test=d.min_test)
+                                              min_test=d.min_test, val_fraction=d.val_fraction, seed=self.config.run.seed)
             return str(nc[m.NODE_CLIENT]), -1, data, max_label + 1
         raise FedarenaError("node config needs partition-id=I (embedded data) or npz-dir=PATH and client=ID")
 
@@ -146,7 +146,8 @@ class Node:
             raise FedarenaError(f"node config partition-id={i} is outside 0..{len(stems) - 1}")
         d = self.config.data
         root = self.config.data.name.removeprefix("npz-dir:")
-        data, max_label = load_npz_client(str(Path(root).expanduser()), stems[i], min_train=d.min_train, min_test=d.min_test)
+        data, max_label = load_npz_client(str(Path(root).expanduser()), stems[i], min_train=d.min_train, min_test=d.min_test,
+                                          val_fraction=d.val_fraction, seed=self.config.run.seed)
         return stems[i], -1, data, max_label + 1
 
     def task(self):

@@ -80,7 +80,7 @@ def test_validation_labels_do_decide(base):
 
 
 def test_equal_budgets_and_a_pruned_trial_is_never_chosen():
-    config = small("tune.pruner=halving", "train.rounds=6", algorithms="fedavg,fedprox,local", trials=6)
+    config = small("tune.pruner=halving", "train.rounds=6", algorithms="fedavg,local", trials=6)
     _, tuning = tune(config, prepared(config))
     budgets = {r.budget_client_rounds for r in tuning.tuned.values()}
     assert budgets == {6 * 6 * 4}  # trials x rounds x clients per round, the same for every algorithm

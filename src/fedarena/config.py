@@ -380,6 +380,9 @@ def validate(config: Config) -> Config:
         (config.tune.objective in TUNE_OBJECTIVES,
          f"unknown tune.objective '{config.tune.objective}'; valid: {', '.join(TUNE_OBJECTIVES)}"),
         (config.tune.pruner in TUNE_PRUNERS, f"unknown tune.pruner '{config.tune.pruner}'; valid: {', '.join(TUNE_PRUNERS)}"),
+        (not config.tune.trials or not (config.privacy.dp_clip or config.privacy.sgd_noise),
+         "tune.trials: tuning on the clients' data spends privacy the DP accountant does not count (Papernot and "
+         "Steinke, ICLR 2022); tune without DP (or on proxy data), then run the chosen config.toml with DP"),
         (not config.tune.trials or r.engine != "flower-sim",
          "tune.trials: tuning runs in this process (--engine reference or vectorized); deploy the tuned config.toml"),
     ]

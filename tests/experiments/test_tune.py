@@ -125,6 +125,7 @@ def test_an_algorithms_own_training_overrides_the_comparisons():
     (["--tune", "2", "--set", "tune.ditto.nope=[1, 2]"], "tune.ditto.nope"),
     (["--tune", "2", "--set", "ditto.lam=1000"], "ditto.lam"),
     (["--tune", "2", "--engine", "flower-sim"], "tune.trials"),
+    (["--tune", "2", "--dp-clip", "1", "--dp-noise", "1"], "tune.trials"),
 ])
 def test_bad_tuning_input_exits_2_naming_the_key_and_writes_nothing(tmp_path, args, key):
     out = tmp_path / "run"

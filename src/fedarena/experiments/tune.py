@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -169,6 +168,7 @@ def tune_algorithm(config: cfg.Config, p: Any, name: str, train: Train) -> Tuned
     t = config.train
     per_round = int(t.clients_per_round or 0)
     space = searched(config, name)
+    # the sampler's stream: (run seed, the algorithm's name as the sum of its character codes)
     sampler = optuna.samplers.TPESampler(seed=derive_seed(config.run.seed, "tune", sum(map(ord, name))) % 2**32,
                                          n_startup_trials=min(10, max(2, config.tune.trials // 3)))
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=_pruner(config), study_name=name)
@@ -196,9 +196,10 @@ def tune_algorithm(config: cfg.Config, p: Any, name: str, train: Train) -> Tuned
             state = "complete"
         except optuna.TrialPruned:
             state = "pruned"
-        value = history.get(t.rounds) if state == "complete" else None
-        if state == "complete" and value is not None and not math.isfinite(value):
-            value = 0.0
+        # the last evaluated round (the last round, or an earlier one where privacy.target_epsilon stopped the run)
+        value = history[max(history)] if state == "complete" and history else None
+        if state == "complete" and value is None:
+            raise FedarenaError(f"tuning {name}: trial {number} finished without an evaluation")
         study.tell(trial, value if state == "complete" else None,
                    state=optuna.trial.TrialState.COMPLETE if state == "complete" else optuna.trial.TrialState.PRUNED)
         trials.append(Trial(name, number, params, state, value, rounds[0], rounds[0] * per_round,

@@ -49,7 +49,6 @@ OBJECTIVES = {
     "mean": "validation personal accuracy, sample-weighted mean over the training clients",
     "worst10": "validation personal accuracy, mean of the worst 10% of clients",
 }
-QUICK_DOC = f"--tune quick: {cfg.QUICK_TRIALS} trials per algorithm, Hyperband pruning"
 
 
 def searched(config: cfg.Config, name: str) -> dict[str, Space]:
@@ -196,7 +195,7 @@ def tune_algorithm(config: cfg.Config, p: Any, name: str, train: Train) -> Tuned
             state = "complete"
         except optuna.TrialPruned:
             state = "pruned"
-        # the last evaluated round (the last round, or an earlier one where privacy.target_epsilon stopped the run)
+        # the last evaluated round: the run's last round (the engine always evaluates it)
         value = history[max(history)] if state == "complete" and history else None
         if state == "complete" and value is None:
             raise FedarenaError(f"tuning {name}: trial {number} finished without an evaluation")

@@ -55,6 +55,12 @@ def _metrics(run: dict) -> dict:
 def test_deploy_matches_the_reference_simulator(deployed):
     tmp, summary, sim = deployed
     assert summary["engine"] == "flower" and summary["deployment"]["skipped"] == ["local"]
+    # the same clients; of the validation split the server knows val_fraction, not how each node drew its rows
+    nodes_only = ("val_split", "val_stratified_clients")
+    assert {k: v for k, v in sim["dataset"]["heterogeneity"]["details"].items() if k in nodes_only}
+    for block in (summary["dataset"], sim["dataset"]):
+        block["heterogeneity"]["details"] = {k: v for k, v in block["heterogeneity"]["details"].items()
+                                             if k not in nodes_only}
     assert summary["dataset"] == sim["dataset"]
     runs = {r["algorithm"]: r for r in summary["runs"]}
     assert set(runs) == {"fedavg", "fedper"}

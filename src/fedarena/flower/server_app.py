@@ -439,11 +439,14 @@ def stand_in(config: cfg.Config, clients: list[Described], details: Mapping[str,
 
 
 def dataset_details(config: cfg.Config) -> dict[str, Any]:
-    """`FederatedData.details` as the loaders set them, from the config alone."""
+    """`FederatedData.details` as the loaders set them, from the config alone. Of the validation split it holds
+    `val_fraction` only: how each node drew its validation rows (`val_split`: stratified or random, which depends
+    on the node's labels) is not reported to the server."""
     from fedarena.data.spec import partition_details, synthetic_details
 
     name = config.data.name
+    val = {"val_fraction": config.data.val_fraction} if config.data.val_fraction > 0 else {}
     if name.startswith("npz-dir:"):
-        return {"path": str(Path(name.removeprefix("npz-dir:")).expanduser())}
+        return {"path": str(Path(name.removeprefix("npz-dir:")).expanduser()), **val}
     details = synthetic_details(config.synthetic) if name == "synthetic" else partition_details(config.data)
-    return {**details, "test_fraction": config.data.test_fraction}
+    return {**details, "test_fraction": config.data.test_fraction, **val}

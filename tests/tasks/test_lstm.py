@@ -132,7 +132,7 @@ def test_per_sample_gradients_for_dp_sgd():
 
 def test_flower_stand_in_features_are_indices():
     from fedarena import config as cfg
-    from fedarena.flower.server_app import Described, stand_in
+    from fedarena.flower.described import Described, stand_in
 
     config = dataclasses.replace(cfg.Config(), model=cfg.ModelConfig(name="lstm"))
     described = [Described(i, str(i), i, 3, 2, VOCAB, (1, 2), (SEQ,)) for i in range(2)]

@@ -27,7 +27,8 @@ from fedarena.core.types import FedarenaError, FederatedData, Params
 from fedarena.experiments.checks import NO_SNAPSHOTS
 from fedarena.experiments.compare import Prepared, Trained, run_experiment
 from fedarena.flower import common
-from fedarena.flower.server_app import FlowerClients, Link, Settings, dataset_details, stand_in
+from fedarena.flower.described import dataset_details, stand_in
+from fedarena.flower.server_app import FlowerClients, Link, Settings
 from fedarena.sim.engine import select_new_clients
 from fedarena.tasks import Task
 

@@ -20,7 +20,21 @@ from typing import Any
 
 import tomli_w
 
-from fedarena.core.space import Space, spaces
+from fedarena.config.privacy import PrivacyConfig, check_secagg_capacity, privacy_checks
+from fedarena.config.tune import (
+    QUICK_TRIALS,
+    TRAIN_SEARCHED,
+    TRAIN_SPACES,
+    TUNE_OBJECTIVES,
+    TUNE_PRUNERS,
+    TUNED_SEEDS,
+    TuneConfig,
+    check_fixed_values,
+    declared_spaces,
+    search_ranges,
+    tune_checks,
+)
+from fedarena.core.device import valid_device
 from fedarena.core.types import FedarenaError
 
 # [data], [synthetic] and [shakespeare] are the data layer's own specs (fedarena/data/spec.py), re-exported here
@@ -39,6 +53,9 @@ __all__ = [
     "PrivacyConfig", "RunConfig", "ShakespeareConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml",
     "hyperparameters", "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_num_clients",
     "resolved_partition", "to_tree", "validate", "with_clients_per_round",
+    # config/tune.py (the [tune] section and the search spaces), re-exported
+    "QUICK_TRIALS", "TRAIN_SEARCHED", "TRAIN_SPACES", "TUNED_SEEDS", "TUNE_OBJECTIVES", "TUNE_PRUNERS", "TuneConfig",
+    "declared_spaces", "search_ranges",
 ]
 
 MODELS = ("mlr", "mlp", "cnn", "lstm")  # lstm: int64 character indices in (tasks.INTEGER_INPUTS)
@@ -70,6 +87,7 @@ class RunConfig:
     target: float | None = None  # None: automatic, see docs/summary.md
     engine: str = "vectorized"  # reference: the sequential ground truth; vectorized: clients batched
     seeds: int = 1  # the comparison is run for seeds seed, seed+1, ..., seed+seeds-1
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (core/device.py): where data, models and parameters live
 
 
 @dataclass(frozen=True)
@@ -82,55 +100,8 @@ class ForgetConfig:
     probe_fraction: float = 0.5  # share of the probe client's training samples that carry the trigger
 
 
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """Secure aggregation and differential privacy (src/fedarena/privacy/round.py); all off by default."""
-
-    dp_clip: float = 0.0  # C: L2 clip of each client update; 0 = DP off
-    dp_noise: float = 0.0  # z: noise multiplier (std = z * C)
-    dp_delta: float = 1e-5
-    dp_mode: str = "central"  # central (trusted server adds noise) | local (each client adds noise)
-    target_epsilon: float | None = None  # stop before the first round that would exceed it
-    sampling: str = "poisson"  # poisson (DP-FedAvg) | fixed (clients_per_round each round)
-    accountant: str = "rdp"  # rdp | pld (dp-accounting)
-    secure_noise: bool = False  # True: noise from the OS's secure generator; False: seeded (simulation only)
-    secagg: bool = False
-    secagg_threshold: int = 0  # t of n survivors needed; 0 = n // 2 + 1
-    secagg_neighbours: int = 0  # SecAgg+ graph degree k (even); 0 = complete graph (SecAgg)
-    secagg_bits: int = 32  # modulus 2^bits of the masked sum
-    secagg_clip: float = 10.0  # fixed-point range of each update coordinate (values beyond are clipped)
-    sgd_noise: float = 0.0  # DP-SGD's sigma (sample-level DP of local training, privacy/dpsgd.py); 0 = off
-    sgd_clip: float = 0.0  # DP-SGD's per-sample L2 clip C (> 0 when sgd_noise > 0)
-
-
-TUNE_OBJECTIVES = ("mean", "worst10")  # validation personal accuracy: sample-weighted mean | worst-10% mean
-TUNE_PRUNERS = ("hyperband", "halving", "none")
-QUICK_TRIALS = 8  # `--tune quick`: trials per algorithm (docs/tuning.md)
-TUNED_SEEDS = 3  # run.seeds when tuning and no seeds were given: the chosen configuration's final runs
 # keys every algorithm section takes beside its hyperparameters: its own local training (overrides [train]'s)
 ALGORITHM_KEYS = {"lr": float, "local_epochs": int, "batch_size": int}
-# The comparison's local-training settings tuning may search. lr is always searched (a log range covering the
-# learning rates of the papers fedarena cites: 0.005 (pFedMe's runs for every algorithm), 0.01-0.1 (FedAvg's
-# MNIST grid, Ditto, FedRep), LEAF's Shakespeare 0.8); local_epochs and batch_size are the comparison's (equal
-# local work for every algorithm) unless the user adds a range (`--set tune.train.local_epochs=[1,5]`).
-TRAIN_SPACES = {
-    "lr": Space(low=1e-3, high=1.0, log=True, source=(
-        "covers McMahan et al. 2017's MNIST grid, Ditto's and FedRep's 0.01-0.1, the pFedMe paper's 0.005 and "
-        "LEAF's Shakespeare 0.8")),
-    "local_epochs": Space(low=1, high=100, integer=True, source="user-widened only (equal local work by default)"),
-    "batch_size": Space(low=1, high=100_000, integer=True, source="user-widened only (equal local work by default)"),
-}
-TRAIN_SEARCHED = ("lr",)  # the TRAIN_SPACES searched without a user's range
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """`--tune`: each algorithm's hyperparameters searched on validation data (experiments/tune.py); off by default.
-    Search ranges narrowed or widened by `[tune.ALGORITHM]` / `[tune.train]` tables live in `Config.tune_spaces`."""
-
-    trials: int = 0  # trials per algorithm; 0 = nothing tuned ("untuned defaults")
-    objective: str = "mean"  # one of TUNE_OBJECTIVES
-    pruner: str = "hyperband"  # one of TUNE_PRUNERS; rounds are the fidelity
 
 
 @dataclass(frozen=True)
@@ -265,32 +236,6 @@ def apply(config: Config, tree: Mapping[str, Mapping[str, Any]]) -> Config:
     return validate(dataclasses.replace(config, **changes, algorithms=algos, tune_spaces=ranges))
 
 
-def declared_spaces(name: str) -> dict[str, Space]:
-    """What `[tune.NAME]` may narrow: an algorithm's declared spaces and its `lr`, or (`train`) TRAIN_SPACES."""
-    from fedarena.algorithms import REGISTRY
-
-    if name == "train":
-        return dict(TRAIN_SPACES)
-    if name not in REGISTRY:
-        raise FedarenaError(f"unknown config section 'tune.{name}'; valid: tune.train, tune.ALGORITHM "
-                            f"({', '.join(REGISTRY)})")
-    return {**spaces(REGISTRY[name]), **TRAIN_SPACES}
-
-
-def search_ranges(name: str, values: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """A user's `[tune.NAME]` ranges, each checked against the declared space (an unknown key, low > high, or a
-    range outside the declared one is refused naming the key)."""
-    declared = declared_spaces(name)
-    out = {}
-    for key, value in values.items():
-        if key not in declared:
-            valid = ", ".join(declared) or "(none)"
-            raise FedarenaError(f"unknown search space 'tune.{name}.{key}'; searchable keys: {valid}")
-        declared[key].narrowed(f"tune.{name}.{key}", value)
-        out[key] = list(value)
-    return out
-
-
 def parse_sets(pairs: list[str]) -> dict[str, dict[str, Any]]:
     tree: dict[str, dict[str, Any]] = {}
     for pair in pairs:
@@ -337,76 +282,23 @@ def validate(config: Config) -> Config:
         (r.target is None or 0 < r.target <= 1, f"run.target must be in (0, 1], got {r.target}"),
         (r.seeds >= 1, f"run.seeds must be >= 1, got {r.seeds}"),
         (r.engine in ENGINES, f"unknown engine '{r.engine}'; valid: {', '.join(ENGINES)}"),
+        (valid_device(r.device), f"unknown run.device '{r.device}'; valid: cpu, cuda, cuda:N, auto"),
         (len(r.algorithms) >= 1, "run.algorithms must name at least one algorithm"),
-        (config.privacy.dp_clip >= 0 and config.privacy.dp_noise >= 0,
-         "privacy.dp_clip and privacy.dp_noise must be >= 0"),
-        (config.privacy.dp_clip > 0 or config.privacy.dp_noise == 0,
-         "privacy.dp_noise needs privacy.dp_clip > 0 (the noise is calibrated to the clip)"),
-        (0 < config.privacy.dp_delta < 1, f"privacy.dp_delta must be in (0, 1), got {config.privacy.dp_delta}"),
-        (config.privacy.dp_mode in ("central", "local"), "privacy.dp_mode must be central or local"),
-        (config.privacy.sampling in ("poisson", "fixed"), "privacy.sampling must be poisson or fixed"),
-        (config.privacy.accountant in ("rdp", "pld"), "privacy.accountant must be rdp or pld"),
-        (not (config.privacy.sampling == "fixed" and config.privacy.accountant == "pld"),
-         "privacy.accountant=pld cannot account fixed-size sampling; use rdp"),
-        (config.privacy.target_epsilon is None or config.privacy.target_epsilon > 0,
-         "privacy.target_epsilon must be > 0"),
-        (config.privacy.target_epsilon is None or config.privacy.dp_clip > 0,
-         "privacy.target_epsilon needs DP on (privacy.dp_clip > 0)"),
-        (not config.privacy.secagg or t.clients_per_round is None or t.clients_per_round >= 3,
-         "privacy.secagg needs train.clients_per_round >= 3 (a sum of fewer reveals too much)"),
-        (config.privacy.secagg_bits in (16, 24, 32, 48, 64) or 8 <= config.privacy.secagg_bits <= 64,
-         "privacy.secagg_bits must be in [8, 64]"),
-        (config.privacy.secagg_clip > 0, "privacy.secagg_clip must be > 0"),
-        (config.privacy.secagg_neighbours >= 0 and config.privacy.secagg_neighbours % 2 == 0,
-         "privacy.secagg_neighbours must be an even number >= 0 (SecAgg+ Harary graph)"),
-        (config.privacy.secagg_threshold >= 0, "privacy.secagg_threshold must be >= 0"),
-        (t.clients_per_round is None or config.privacy.secagg_threshold <= t.clients_per_round,
-         (f"privacy.secagg_threshold ({config.privacy.secagg_threshold}) exceeds train.clients_per_round "
-          f"({t.clients_per_round})")),
-        (not config.privacy.secagg_neighbours or config.privacy.secagg_threshold <= config.privacy.secagg_neighbours + 1,
-         "privacy.secagg_threshold must be <= secagg_neighbours + 1 (a client's SecAgg+ neighbourhood)"),
-        (config.privacy.sgd_noise >= 0 and config.privacy.sgd_clip >= 0,
-         "privacy.sgd_noise and privacy.sgd_clip must be >= 0"),
-        (config.privacy.sgd_noise == 0 or config.privacy.sgd_clip > 0,
-         "privacy.sgd_noise (DP-SGD) needs privacy.sgd_clip > 0 (the noise is calibrated to the per-sample clip)"),
-        (config.privacy.sgd_clip == 0 or config.privacy.sgd_noise > 0,
-         "privacy.sgd_clip needs privacy.sgd_noise > 0 (DP-SGD is on when its noise is)"),
         (config.forget.keep in ("none", "server", "all"),
          f"unknown forget.keep '{config.forget.keep}'; valid: none, server, all"),
         (0 < config.forget.probe_fraction <= 1,
          f"forget.probe_fraction must be in (0, 1], got {config.forget.probe_fraction}"),
-        (config.tune.trials >= 0, f"tune.trials (--tune) must be >= 1 trial per algorithm, or 0 (off), got "
-                                  f"{config.tune.trials}"),
-        (config.tune.objective in TUNE_OBJECTIVES,
-         f"unknown tune.objective '{config.tune.objective}'; valid: {', '.join(TUNE_OBJECTIVES)}"),
-        (config.tune.pruner in TUNE_PRUNERS, f"unknown tune.pruner '{config.tune.pruner}'; valid: {', '.join(TUNE_PRUNERS)}"),
-        (not config.tune.trials or not (config.privacy.dp_clip or config.privacy.sgd_noise),
-         "tune.trials: tuning on the clients' data spends privacy the DP accountant does not count (Papernot and "
-         "Steinke, ICLR 2022); tune without DP (or on proxy data), then run the chosen config.toml with DP"),
-        (not config.tune.trials or r.engine != "flower-sim",
-         "tune.trials: tuning runs in this process (--engine reference or vectorized); deploy the tuned config.toml"),
     ]
-    for ok, message in checks:
+    for ok, message in [*checks, *privacy_checks(config), *tune_checks(config)]:
         if not ok:
             raise FedarenaError(message)
-    if config.privacy.secagg and d.num_clients is not None:  # the masked sum of every client must fit the modulus
-        from fedarena.privacy.fixedpoint import check_capacity
-
-        check_capacity(d.num_clients, max(config.privacy.secagg_clip, 1.0), config.privacy.secagg_bits)
     for name in r.algorithms:
         if name not in REGISTRY:
             raise FedarenaError(f"unknown algorithm '{name}'; valid: {', '.join(REGISTRY)}")
     if len(set(r.algorithms)) != len(r.algorithms):
         raise FedarenaError("run.algorithms lists an algorithm twice")
-    if config.tune.trials:  # a value the user fixes must lie in the space tuning searches
-        for name in r.algorithms:
-            declared = declared_spaces(name)
-            for key, value in config.algorithms.get(name, {}).items():
-                if key in declared and not declared[key].contains(value):
-                    s = declared[key]
-                    where = f"choices {list(s.choices)}" if s.choices else f"range [{s.low}, {s.high}]"
-                    raise FedarenaError(f"{name}.{key} = {value} is outside its declared search {where}; "
-                                        "tuning compares algorithms within their declared spaces")
+    check_secagg_capacity(config)
+    check_fixed_values(config)
     return config
 
 

@@ -201,7 +201,7 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
     for _ in range(first.epochs):
         # each client's epoch order from its own generator, gathered once per epoch into one padded
         # [clients, longest, ...] tensor; step s reads columns s*B:(s+1)*B
-        perms = [torch.randperm(n_k, generator=r.rng) for r, n_k in zip(reqs, n)]
+        perms = [torch.randperm(n_k, generator=r.rng).to(r.x.device) for r, n_k in zip(reqs, n)]
         xs = _padded([r.x[p] for r, p in zip(reqs, perms)], longest)
         ys = _padded([r.y[p] for r, p in zip(reqs, perms)], longest)
         for s in range(math.ceil(longest / size)):
@@ -212,21 +212,22 @@ def batched_local_sgd(reqs: list[SGDRequest]) -> list[tuple[Params, float, int]]
                     groups[b].append(client)
             for b, members in sorted(groups.items()):
                 everyone = len(members) == len(reqs)
-                index = torch.tensor(members)
+                index = torch.tensor(members, device=xs.device)
                 xb, yb = xs[:, s * size : s * size + b], ys[:, s * size : s * size + b]
                 if not everyone:
                     xb, yb = xb.index_select(0, index), yb.index_select(0, index)
                 sub = stacked if everyone else {k: v.index_select(0, index) for k, v in stacked.items()}
                 kw = flat_bound if everyone else _select(flat_bound, index, shared)
                 grads, value = step({k: sub[k] for k in trainable}, {k: sub[k] for k in frozen}, kw, xb, yb)
-                with torch.no_grad():
-                    for k in trainable:  # the reference's add(g, alpha=-lr), in place when every client steps
-                        if everyone:
-                            g = grads[k]  # once: keep w in its (dense) gradient's layout, w's own dtype
+                with torch.no_grad():  # the reference's add(g, alpha=-lr)
+                    if everyone:  # in place, one fused call over every trainable tensor
+                        for k in trainable:  # once: keep w in its (dense) gradient's layout, w's own dtype
+                            g = grads[k]
                             if stacked[k].stride() != g.stride() and _dense(g):
                                 stacked[k] = torch.empty_like(g, dtype=stacked[k].dtype).copy_(stacked[k])
-                            stacked[k].add_(grads[k], alpha=-lr)
-                        else:
+                        torch._foreach_add_([stacked[k] for k in trainable], [grads[k] for k in trainable], alpha=-lr)
+                    else:
+                        for k in trainable:
                             stacked[k] = stacked[k].index_copy(0, index, sub[k].add(grads[k], alpha=-lr))
                 for client, v in zip(members, value.tolist()):
                     losses[client].append(v)

@@ -10,6 +10,8 @@ Models are used functionally: one stateless template module per task, parameters
 - ``cnn``: the CNN of McMahan et al. 2017 (AISTATS, arXiv 1602.05629, Sec. 3): two 5x5
   convolutions (32 and 64 channels) each followed by 2x2 max pooling, a 512-unit fully connected
   layer and a softmax head. Convolutions use padding 2 so the network fits small inputs (8x8 digits).
+  ``hidden`` sets the fully connected layer's width when it is given (:func:`cnn_width`; 512 at its default):
+  ``hidden=2048`` on 28x28x1 images with 62 classes is LEAF's FEMNIST CNN (Caldas et al. 2018, arXiv 1812.01097).
 - ``lstm``: LEAF's Shakespeare model (next character; ``tasks/lstm.py``): an 8-dimensional embedding, two LSTM
   layers of ``hidden`` units (256 unless ``hidden`` is given: :func:`lstm_width`) and a linear head to the
   vocabulary (``num_classes``). Inputs are int64 character indices shaped (N, seq_len): ``input_shape`` is
@@ -40,6 +42,7 @@ from fedarena.tasks.lstm import HIDDEN as LSTM_HIDDEN
 from fedarena.tasks.lstm import LSTMBody, LSTMLayer
 
 DEFAULT_HIDDEN = 200  # `hidden`'s default (config's model.hidden): mlp's width
+CNN_HIDDEN = 512  # the cnn's fully connected width when `hidden` is left at its default (McMahan et al. 2017)
 INTEGER_INPUTS = frozenset({"lstm"})  # models whose inputs are int64 indices, not float features
 
 
@@ -123,6 +126,13 @@ def lstm_width(hidden: int) -> int:
     return LSTM_HIDDEN if hidden == DEFAULT_HIDDEN else hidden
 
 
+def cnn_width(hidden: int) -> int:
+    """The cnn's fully connected width for `hidden` (model.hidden): FedAvg's 512 when `hidden` is left at its
+    default (200, mlp's width), else `hidden` itself (2048: LEAF's FEMNIST CNN). As for the lstm, a cnn of exactly
+    200 units cannot be asked for; the default keeps every existing cnn at 512."""
+    return CNN_HIDDEN if hidden == DEFAULT_HIDDEN else hidden
+
+
 def input_dtype(model: str) -> torch.dtype:
     """What the model's inputs are: int64 indices (lstm) or float32 features (the others)."""
     return torch.int64 if model in INTEGER_INPUTS else torch.float32
@@ -151,9 +161,10 @@ def build_module(
         if flat == 0:
             raise FedarenaError(f"model cnn needs images of at least 4x4, got {h}x{w}")
         convs = _layers("conv", [(c, 32), (32, 64)], norm)
-        fc = _layers("fc", [(flat, 512)], norm, start=3)
+        width = cnn_width(hidden)
+        fc = _layers("fc", [(flat, width)], norm, start=3)
         body = nn.Sequential(OrderedDict([*convs, ("flatten", nn.Flatten()), *fc]))
-        return Net(body, nn.Linear(512, num_classes))
+        return Net(body, nn.Linear(width, num_classes))
     if model == "lstm":
         if norm != "none":
             raise FedarenaError("model lstm has no normalization layers; use model.norm=none")

@@ -2,7 +2,8 @@
 
 from fedarena.core.types import SGD
 from fedarena.experiments import bench
-from fedarena.experiments.bench import WORKLOADS, _macs_per_sample, _quantile, _speedups, flower_sim_status
+from fedarena.experiments.bench import _macs_per_sample, _quantile, _speedups, flower_sim_status
+from fedarena.experiments.bench_workloads import QUICK_FLOWER_SIM, WORKLOADS
 from fedarena.tasks import make_task
 
 
@@ -31,7 +32,8 @@ def test_speedups_and_quantile():
 
 
 def test_default_workloads_are_the_documented_ones():
-    assert [w.name for w in WORKLOADS] == ["mlr-10", "mlr-100", "mlp-10", "mlp-100", "cnn-digits"]
+    assert [w.name for w in WORKLOADS] == ["mlr-10", "mlr-100", "mlp-10", "mlp-100", "cnn-digits", "cnn-28",
+                                          "lstm-shakespeare"]
 
 
 def test_flower_sim_status_names_missing_ray(monkeypatch):
@@ -73,9 +75,9 @@ def test_quick_bench_runs_flower_sim_on_the_smallest_workload_only(monkeypatch):
     monkeypatch.setattr(bench, "flower_sim_status", lambda: None)
     result = bench.run_bench(quick=True, rounds=None, threads=1)
     flower = [c["workload"]["name"] for c in calls if c.get("engine") == "flower-sim"]
-    assert flower == [bench.QUICK_FLOWER_SIM]
+    assert flower == [QUICK_FLOWER_SIM]
     by_name = {w["name"]: w for w in result["workloads"]}
-    assert by_name[bench.QUICK_FLOWER_SIM]["speedup"]["vectorized_vs_flower_sim"] == 20.0
+    assert by_name[QUICK_FLOWER_SIM]["speedup"]["vectorized_vs_flower_sim"] == 20.0
     assert by_name["mlp-100"]["engines"]["flower-sim"]["skipped"] is True
 
 

@@ -254,10 +254,29 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         out.print(f"preset {p.name} ({p.where}): {p.use_case}", highlight=False, soft_wrap=True)
 
 
+def _bench_rounds_help() -> str:
+    from fedarena.experiments.bench_workloads import DEFAULT_ROUNDS, QUICK_ROUNDS, WORKLOADS
+
+    own = ", ".join(f"{w.name} {w.rounds}" for w in WORKLOADS if w.rounds)
+    return (f"Rounds per engine and workload (default {DEFAULT_ROUNDS}, except the slow workloads' own: {own}; "
+            f"--quick: {QUICK_ROUNDS}). Given, it applies to every workload.")
+
+
+def _bench_workloads_help() -> str:
+    from fedarena.experiments.bench_workloads import QUICK_WORKLOADS, WORKLOADS
+
+    return (f"Comma-separated workloads to run (default: all; --quick: {','.join(QUICK_WORKLOADS)}). "
+            f"Valid: {', '.join(w.name for w in WORKLOADS)}.")
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="About a minute: 3 rounds of the 100-client workloads."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Rounds per engine and workload (default 20)."),
+    workloads: Optional[str] = typer.Option(None, "--workloads", help=_bench_workloads_help()),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help=_bench_rounds_help()),
+    repeat: int = typer.Option(1, "--repeat", help="Runs of each (workload, engine), each in a fresh process; "
+                               "the times reported are medians over the runs (ms/round: median of their medians)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto: where the runs train (run.device)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for bench.json (absent or empty)."),
 ) -> None:
@@ -265,15 +284,24 @@ def bench(
     import datetime as dt
     import os
 
+    from fedarena.core.device import resolve_device
     from fedarena.experiments.bench import run_bench, write
+    from fedarena.experiments.bench_workloads import select
     from fedarena.experiments.rundir import check_out_dir
 
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-bench"
     _guard(check_out_dir, target)
+    _guard(select, workloads, quick)
     if rounds is not None and rounds < 2:
         _fail(2, "--rounds must be >= 2 (the first round is timed apart)")
+    if repeat < 1:
+        _fail(2, f"--repeat must be >= 1, got {repeat}")
+    if device not in ("cpu", "cuda", "auto"):
+        _fail(2, f"--device must be cpu, cuda or auto, got '{device}'")
+    _guard(resolve_device, device)
     with err.status("benchmarking (each engine in its own process)..."):
-        result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1)
+        result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1, workloads=workloads, repeat=repeat,
+                        device=device)
     path = write(result, target)
     out.print(_bench_table(result))
     mem = result.get("memory")

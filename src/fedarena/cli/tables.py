@@ -48,10 +48,21 @@ def _forget_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _bench_table(result: dict[str, Any]) -> Table:
+def _bench_title(result: dict[str, Any]) -> str:
+    """Rounds (one number, or each workload's when they differ), repeats, threads, device and matmul peak."""
     m = result["machine"]
-    table = Table(title=f"{result['rounds']} rounds · {m['torch_threads']} torch threads · "
-                        f"matmul peak {m['matmul_peak_gflops']:.1f} GFLOP/s")
+    rounds = {w["name"]: w["rounds"] for w in result["workloads"]}
+    counts = set(rounds.values())
+    said = f"{counts.pop()} rounds" if len(counts) == 1 else "rounds " + ", ".join(f"{k} {v}" for k, v in rounds.items())
+    repeat = result.get("repeat", 1)
+    repeats = f" · median of {repeat} repeats" if repeat > 1 else ""
+    device = m.get("device_name") or m.get("device", "cpu")
+    return (f"{said}{repeats} · {m['torch_threads']} torch threads · {device} · "
+            f"matmul peak {m['matmul_peak_gflops']:.1f} GFLOP/s")
+
+
+def _bench_table(result: dict[str, Any]) -> Table:
+    table = Table(title=_bench_title(result))
     for col in ("workload", "engine", "first round s", "ms/round median", "p90", "peak RSS MB", "GFLOP/s",
                 "% of peak", "final acc %", "speed-up"):
         table.add_column(col, justify="left" if col in ("workload", "engine") else "right")

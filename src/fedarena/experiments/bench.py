@@ -5,6 +5,12 @@ so that its peak RSS is its own; the matmul peak is measured in a child too, in 
 Timings are training time per round (broadcast, local work, upload, aggregation; evaluation runs
 once, after the last round, and is not timed). GFLOP/s counts the model's forward+backward
 multiply-adds (3 x 2 x MACs per sample, MACs from the layer shapes) over the samples trained.
+The workloads, their selection and generated data are in :mod:`fedarena.experiments.bench_workloads`.
+
+`repeat` runs each (workload, engine) K times, each in a fresh child; within a workload the engines take turns
+(repeat 1 of every engine, then repeat 2, ...), so a slow spell of the machine falls on all of them. The K results
+are combined by :func:`aggregate_repeats` (medians over repeats). `device` is the runs' `run.device`; the matmul
+peak is measured on that device.
 
 `flower-sim` runs the workload through `fedarena.experiments.flower_sim.simulate` (a `--simulation`
 SuperLink, `flwr run`, Ray actors; Ray gets `threads` CPUs, one per virtual client, so `threads`
@@ -28,54 +34,31 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from fedarena.experiments.bench_workloads import (
+    MEMORY_WORKLOAD,
+    QUICK_FLOWER_SIM,
+    QUICK_FLOWER_SIM_NOTE,
+    Workload,
+    config_flags,
+    data_name,
+    rounds_for,
+    select,
+)
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("reference", "vectorized", "flower-sim")
 
 
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    data: str
-    model: str
-    num_clients: int
-    clients_per_round: int
-    samples_per_client: int = 267  # synthetic: 200 train + 67 test after the 25% test split
-    batch_size: int = 20
-    local_epochs: int = 1
-    lr: float = 0.05
-
-
-WORKLOADS = (
-    Workload("mlr-10", "synthetic", "mlr", 100, 10),
-    Workload("mlr-100", "synthetic", "mlr", 100, 100),
-    Workload("mlp-10", "synthetic", "mlp", 100, 10),
-    Workload("mlp-100", "synthetic", "mlp", 100, 100),
-    Workload("cnn-digits", "digits", "cnn", 20, 10, batch_size=10),
-)
-# Ray start-up and the describe step cost ~30-40 s per flower-sim run on 2 cores: --quick runs it once
-QUICK_FLOWER_SIM = "mlr-100"
-QUICK_FLOWER_SIM_NOTE = f"--quick runs flower-sim on {QUICK_FLOWER_SIM} only (Ray start-up ~30-40 s per run)"
-MEMORY_WORKLOAD = Workload("fedavg-1000-clients", "synthetic", "mlp", 1000, 100)
-
-
-def _config(w: Workload, seed: int, rounds: int = 1, engine: str = "reference"):
+def _config(w: Workload, data: str, spec: dict[str, Any]):
+    """The run config of a worker's `spec` (its rounds, seed, engine and device) for `w` on data `data`."""
     from fedarena import config as cfg
 
-    flags = {
-        "data": {"name": w.data, "num_clients": w.num_clients},
-        "synthetic": {"samples_per_client": w.samples_per_client},
-        "model": {"name": w.model},
-        "train": {"clients_per_round": w.clients_per_round, "batch_size": w.batch_size,
-                  "local_epochs": w.local_epochs, "lr": w.lr, "rounds": rounds, "eval_every": rounds},
-        "run": {"seed": seed, "algorithms": ["fedavg"], "engine": engine},
-        "forget": {"keep": "none"},  # no checkpoint encoding inside the timed rounds
-    }
-    return cfg.build(None, flags, [])
+    return cfg.build(None, config_flags(w, data, spec["seed"], spec["rounds"], spec["engine"], spec["device"]), [])
 
 
 def _macs_per_sample(task, input_shape) -> int:
@@ -112,31 +95,51 @@ def _macs_per_sample(task, input_shape) -> int:
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Runs in the child: one workload on one engine (or the matmul peak)."""
+    """Runs in the child: one workload on one engine (or the matmul peak, or the import baseline)."""
+    import tempfile
+
     import torch
 
     torch.set_num_threads(spec["threads"])
     if spec["kind"] == "peak":
-        return {"matmul_peak_gflops": _matmul_peak()}
+        facts = device_facts(spec["device"])
+        return facts | {"matmul_peak_gflops": _matmul_peak(torch.device(facts["device"]))}
     if spec["kind"] == "baseline":
         from fedarena.experiments import compare  # noqa: F401  (imports torch and what a worker imports)
 
         return {"peak_rss_mb": _peak_rss_mb()}
+    w = Workload(**spec["workload"])
+    with tempfile.TemporaryDirectory(prefix="fedarena-bench-data-") as tmp:  # a generated workload's clients
+        return _run(_config(w, data_name(w, spec["seed"], Path(tmp)), spec), spec["engine"], spec["threads"])
+
+
+def _run(conf, engine: str, threads: int) -> dict[str, Any]:
+    """One FedAvg run of `conf` on `engine`: its timings, memory and final accuracy."""
     from fedarena.experiments.compare import prepare, train_algorithm
 
-    w = Workload(**spec["workload"])
-    conf = _config(w, spec["seed"], spec["rounds"], spec["engine"])
-    in_process = spec["engine"] != "flower-sim"
-    p = prepare(conf, spec["engine"] if in_process else "reference")  # the comparison's own clients and task
+    in_process = engine != "flower-sim"
+    p = prepare(conf, engine if in_process else "reference")  # the comparison's own clients and task
     if not in_process:
-        return _flower_sim(conf, spec["threads"], p.data, p.task)
+        return _flower_sim(conf, threads, p.data, p.task)
     _, run = train_algorithm(conf, p, "fedavg")
-    data, task = p.data, p.task
-    return _timings(run.train_seconds, run.sampled, data, task, w.local_epochs) | {
+    return _timings(run.train_seconds, run.sampled, p.data, p.task, conf.train.local_epochs) | {
         "peak_rss_mb": _peak_rss_mb(),
         "final_acc": run.evaluations[-1].personal_acc_mean,
         "notes": run.engine.get("notes", []),
     }
+
+
+def device_facts(name: str) -> dict[str, str]:
+    """The resolved `run.device` (`str(torch.device)`) and, for a CUDA device, its name."""
+    import torch
+
+    from fedarena.core.device import resolve_device
+
+    device = resolve_device(name)
+    facts = {"device": str(device)}
+    if device.type == "cuda":
+        facts["device_name"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 def _timings(cumulative: list[float], sampled: list[list[int]], data, task, local_epochs: int) -> dict[str, Any]:
@@ -245,15 +248,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _matmul_peak(n: int = 1024, repeats: int = 10) -> float:
+def _matmul_peak(device: Any = "cpu", repeats: int = 10) -> float:
+    """Best of `repeats` fp32 n x n matmuls on `device` in GFLOP/s (n = 1024 on a CPU, 8192 on a GPU, which a
+    1024 matmul leaves mostly idle)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    device = torch.device(device)
+    n = 8192 if device.type == "cuda" else 1024
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
@@ -278,52 +288,97 @@ def flower_sim_status() -> str | None:
     return ray_missing()
 
 
-def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, timeout: float = 900) -> dict[str, Any]:
-    rounds = rounds or (3 if quick else 20)
-    workloads = [w for w in WORKLOADS if not quick or w.name in ("mlr-100", "mlp-100")]
+def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, timeout: float = 3600,
+              workloads: str | None = None, repeat: int = 1, device: str = "cpu",
+              engines: tuple[str, ...] = ENGINES) -> dict[str, Any]:
+    """Every selected workload on every engine, `repeat` times each (see the module docstring); bench.json's dict.
+
+    `workloads`: comma-separated names (None: all, or the quick ones under `quick`); `rounds`: None for each
+    workload's default (`bench_workloads.rounds_for`); `engines`: a subset of ENGINES, in that order. A child that
+    runs past `timeout` seconds (an hour: 5 reference rounds of lstm-shakespeare and its final evaluation with the
+    membership measure take ~15 min on a busy 2-core CPU) leaves its engine unavailable, with the reason."""
+    from fedarena.core.device import resolve_device
+    from fedarena.core.types import FedarenaError
+
+    chosen = select(workloads, quick)
+    if repeat < 1:
+        raise FedarenaError(f"--repeat must be >= 1, got {repeat}")
+    resolve_device(device)  # a device this machine lacks exits 2 before anything runs
     machine = {
         "torch_threads": threads,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        **_child({"kind": "peak", "threads": threads}, timeout),
+        **_child({"kind": "peak", "threads": threads, "device": device}, timeout),
         "baseline_rss_mb": _child({"kind": "baseline", "threads": threads}, timeout)["peak_rss_mb"],
     }
     import torch
 
     machine["torch"] = torch.__version__
-    result: dict[str, Any] = {"machine": machine, "rounds": rounds, "quick": quick, "workloads": []}
+    result: dict[str, Any] = {
+        "machine": machine, "rounds": rounds, "quick": quick, "repeat": repeat,
+        "selected_workloads": [w.name for w in chosen], "device": device,
+        "repeat_aggregation": "each number is the median over the repeats (ms_per_round_median: the median of the "
+                              "repeats' medians); ms_per_round_repeats lists each repeat's median",
+        "workloads": [],
+    }
     unavailable = flower_sim_status()
-    for w in workloads:
-        engines: dict[str, Any] = {}
-        for engine in ENGINES:
-            if engine == "flower-sim" and unavailable:
-                engines[engine] = {"available": False, "reason": unavailable}
-                continue
-            if engine == "flower-sim" and quick and w.name != QUICK_FLOWER_SIM:
-                engines[engine] = {"available": False, "skipped": True, "reason": QUICK_FLOWER_SIM_NOTE}
-                continue
-            log.info("bench %s on %s", w.name, engine)
-            spec = {"kind": "run", "workload": asdict(w), "engine": engine, "rounds": rounds, "seed": seed,
-                    "threads": threads}
-            try:
-                r = _child(spec, timeout)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                engines[engine] = {"available": False, "reason": str(exc)}
-                continue
-            r["peak_fraction"] = r["gflops"] / machine["matmul_peak_gflops"]
-            engines[engine] = {"available": True, **r}
+    for w in chosen:
+        n = rounds_for(w, rounds, quick)
+        log.info("bench %s: %d rounds, %d repeat(s)", w.name, n, repeat)
+        spec = {"kind": "run", "workload": asdict(w), "rounds": n, "seed": seed, "threads": threads, "device": device}
+        out = {e: _skipped(e, w, quick, unavailable) for e in engines}
+        runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+        for _ in range(repeat):
+            for engine in (e for e in engines if out[e] is None):
+                try:
+                    runs[engine].append(_child({**spec, "engine": engine}, timeout))
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    out[engine] = {"available": False, "reason": str(exc)}
+        for engine in engines:
+            if out[engine] is None:
+                r = aggregate_repeats(runs[engine])
+                out[engine] = {"available": True, **r, "peak_fraction": r["gflops"] / machine["matmul_peak_gflops"]}
         result["workloads"].append({"name": w.name, "model": w.model, "data": w.data, "num_clients": w.num_clients,
-                                    "clients_per_round": w.clients_per_round, "engines": engines,
-                                    "speedup": _speedups(engines)})
-    if not quick:
-        spec = {"kind": "run", "workload": asdict(MEMORY_WORKLOAD), "engine": "vectorized", "rounds": 3,
-                "seed": seed, "threads": threads}
-        mem = _child(spec, timeout)
+                                    "clients_per_round": w.clients_per_round, "rounds": n, "engines": out,
+                                    "speedup": _speedups(out)})
+    if not quick and workloads is None:
+        mem = _child({"kind": "run", "workload": asdict(MEMORY_WORKLOAD), "engine": "vectorized", "rounds": 3,
+                      "seed": seed, "threads": threads, "device": device}, timeout)
         result["memory"] = {"workload": MEMORY_WORKLOAD.name, "engine": "vectorized", "num_clients": 1000,
                             "clients_per_round": 100, "peak_rss_mb": mem["peak_rss_mb"],
                             "baseline_rss_mb": machine["baseline_rss_mb"], "target_mb": 512}
     return result
+
+
+def _skipped(engine: str, w: Workload, quick: bool, unavailable: str | None) -> dict[str, Any] | None:
+    """Why `engine` does not run `w` in this bench (bench.json's entry), or None when it runs."""
+    if engine == "flower-sim" and unavailable:
+        return {"available": False, "reason": unavailable}
+    if engine == "flower-sim" and quick and w.name != QUICK_FLOWER_SIM:
+        return {"available": False, "skipped": True, "reason": QUICK_FLOWER_SIM_NOTE}
+    return None
+
+
+def aggregate_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's repeats (each a worker's result) as one: every number is the median over the repeats, so
+    ``ms_per_round_median`` is the median of the repeats' medians (statistics.median: the mean of the middle two
+    for an even count); a number equal in every repeat (rounds, a seeded final accuracy) is kept as it is.
+    ``ms_per_round_repeats`` lists each repeat's median; ``final_acc_repeats`` each final accuracy, only when they
+    differ (a seeded run should not). Other fields (notes) are the first repeat's."""
+    if not results:
+        raise ValueError("aggregate_repeats needs at least one result")
+    out = dict(results[0])
+    for key, first in results[0].items():
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            values = [r[key] for r in results]
+            out[key] = first if all(v == first for v in values) else statistics.median(values)
+    out["ms_per_round_repeats"] = [r["ms_per_round_median"] for r in results]
+    accs = [r.get("final_acc") for r in results]
+    if any(a != accs[0] for a in accs):
+        out["final_acc_repeats"] = accs
+    out["repeats"] = len(results)
+    return out
 
 
 def _speedups(engines: dict[str, Any]) -> dict[str, float | None]:

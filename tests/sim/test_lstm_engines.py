@@ -76,13 +76,13 @@ def test_summary_engine_entry_names_the_engine_that_trained(chars, one_torch_thr
     data, task = chars
     kw = dict(rounds=1, clients_per_round=3, eval_every=1, seed=4)
     vec = run_loop(REGISTRY["fedavg"](), task, data, engine="vectorized", **kw)
-    assert engine_entry(vec.engine, "vectorized") == {"name": "vectorized", "fallback": None}
+    assert engine_entry(vec.engine, "vectorized") == {"name": "vectorized", "fallback": None, "device": "cpu"}
     ref = run_loop(REGISTRY["fedavg"](), task, data, engine="reference", **kw)
-    assert engine_entry(ref.engine, "vectorized") == {"name": "reference", "fallback": None}
+    assert engine_entry(ref.engine, "vectorized") == {"name": "reference", "fallback": None, "device": "cpu"}
     private = run_loop(REGISTRY["fedavg"](), task, data, engine="vectorized", dpsgd=SampleLevel(DPSGD(1.0, 1.0)), **kw)
     entry = engine_entry(private.engine, "vectorized")
     assert entry["name"] == "reference" and "DP-SGD" in entry["fallback"]
     private_ref = run_loop(REGISTRY["fedavg"](), task, data, engine="reference", dpsgd=SampleLevel(DPSGD(1.0, 1.0)),
                            **kw)
     assert all(torch.equal(private.server.params[k], private_ref.server.params[k]) for k in private.server.params)
-    assert engine_entry({"runtime": "flower"}, "flower-sim") == {"name": "flower-sim", "fallback": None}
+    assert engine_entry({"runtime": "flower"}, "flower-sim") == {"name": "flower-sim", "fallback": None, "device": None}

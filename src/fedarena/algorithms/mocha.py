@@ -112,11 +112,11 @@ def relationships(server: ServerState) -> tuple[list[int], torch.Tensor]:
 def _sdca(loss_fn: LossFn, feats: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, k_row: float,
           gamma: float, order: list[int]) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """SDCA passes over `order` on the local subproblem; returns (alpha, dv, mean loss, steps).
-    numpy float64 inside: the loop is sequential, one sample at a time, where torch's per-op overhead
-    dominates."""
+    numpy float64 inside, on the CPU whatever the run's device: the loop is sequential, one sample at a time, where
+    torch's per-op overhead dominates."""
     grad_of = _ce_grad if loss_fn is cross_entropy else partial(_autograd_grad, loss_fn)
-    f, a, y_np = feats.numpy(), alpha.numpy().copy(), y.numpy()
-    view, dv, n, losses = w.numpy().copy(), np.zeros(tuple(w.shape)), f.shape[0], []
+    f, a, y_np = feats.cpu().numpy(), alpha.cpu().numpy().copy(), y.cpu().numpy()
+    view, dv, n, losses = w.cpu().numpy().copy(), np.zeros(tuple(w.shape)), f.shape[0], []
     steps = gamma / (gamma + k_row * (f * f).sum(1) / n)
     for i in order:
         grad, loss = grad_of(view @ f[i], y_np[i])
@@ -126,7 +126,9 @@ def _sdca(loss_fn: LossFn, feats: torch.Tensor, y: torch.Tensor, alpha: torch.Te
         dv += change
         view += k_row * change  # the local view w_t + sigma' K_tt dv (eq. 4's gradient)
         losses.append(loss)
-    return torch.from_numpy(a), torch.from_numpy(dv), float(np.mean(losses)) if losses else float("nan"), len(losses)
+    back = feats.device
+    return (torch.from_numpy(a).to(back), torch.from_numpy(dv).to(back), float(np.mean(losses)) if losses else float("nan"),
+            len(losses))
 
 
 def _ce_grad(z: Array, label: int) -> tuple[Array, float]:
@@ -268,13 +270,13 @@ def _features(task: Task, state: ClientState, x: torch.Tensor) -> tuple[torch.Te
     with a constant 1 appended when the head has a bias; float64."""
     if not isinstance(task.module.head, torch.nn.Linear):
         raise FedarenaError(f"mocha needs a linear head (model.name=mlr); {task.name}'s is {type(task.module.head)}")
-    body = copy.deepcopy(cast(torch.nn.Module, task.module.body)).eval()  # nn.Module attributes type as Tensor | Module
+    body = copy.deepcopy(cast(torch.nn.Module, task.module.body)).to(x.device).eval()  # attributes type as Tensor | Module
     body.load_state_dict({k[5:]: v for k, v in state.params.items() if k.startswith("body.")}, strict=False)
     with torch.no_grad():
         f = body(x).reshape(x.shape[0], -1).double()
     keys = [k for k in HEAD if k in dict(task.module.named_parameters())]
     if "head.bias" in keys:
-        f = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype)], dim=1)
+        f = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype, device=f.device)], dim=1)
     return f, keys
 
 
@@ -283,7 +285,7 @@ def _local_model(task: Task, broadcast: Broadcast, state: ClientState,
     """(features, head keys, alpha, w_t = K_tt v_t + coupling as one outputs x features[+1] matrix)."""
     feats, keys = _features(task, state, data.x_train)
     head = cast(torch.nn.Linear, task.module.head)  # `_features` refused any other head
-    zeros = torch.zeros(feats.shape[0], head.out_features, dtype=torch.float64)
+    zeros = torch.zeros(feats.shape[0], head.out_features, dtype=torch.float64, device=feats.device)
     alpha = state.extra.get("alpha", zeros)
     w = broadcast.extra["k_tt"] * (alpha.T @ feats) / feats.shape[0]
     if "coupling/head.weight" in broadcast.extra:

@@ -92,7 +92,7 @@ class PFedMe:
         w = theta = broadcast.params
         size, losses, steps = task.sgd.batch_size, [], 0
         for _ in range(task.sgd.epochs):
-            order = torch.randperm(data.num_train, generator=rng)
+            order = torch.randperm(data.num_train, generator=rng).to(data.x_train.device)
             for start in range(0, data.num_train, size):
                 idx = order[start : start + size]
                 solve = partial(self.inner_objective, task, broadcast=broadcast, state=state, anchor=w)

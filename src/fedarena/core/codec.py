@@ -26,7 +26,7 @@ WIRE_DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.uin
 def _tensors(message: Broadcast | Upload) -> dict[str, torch.Tensor]:
     out = {f"params/{k}": v for k, v in message.params.items()}
     out.update({f"extra/{k}": v for k, v in message.extra.items()})
-    return {k: v.detach().contiguous() for k, v in out.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}  # the wire carries CPU bytes (core/device.py)
 
 
 def _meta(message: Broadcast | Upload) -> dict[str, str]:

@@ -6,7 +6,8 @@ The objective is called as ``objective(params, batch=(x, y))`` and must be a pur
 what differs between clients, which is what lets an engine stack clients and vmap one objective.
 
 An epoch is one pass over the client's train split in an order drawn from the client's generator
-(`torch.randperm`); the last batch may be smaller (PyTorch's ``drop_last=False``); each step is
+(`torch.randperm` on the CPU, moved to the data's device); the last batch may be smaller (PyTorch's
+``drop_last=False``); each step is
 ``w <- w + (-lr) * grad`` (one ``add`` with ``alpha=-lr``, the kernel the vectorized engine uses
 too) on the batch-mean objective for the trainable keys only (buffers such as
 BatchNorm statistics are carried along and updated by the forward pass itself).
@@ -62,7 +63,7 @@ def local_sgd(
     n = int(y.shape[0])
     losses = []
     for _ in range(sgd.epochs if epochs is None else epochs):
-        order = torch.randperm(n, generator=rng)
+        order = torch.randperm(n, generator=rng).to(x.device)  # drawn on the CPU (the same on every device)
         for start in range(0, n, sgd.batch_size):
             idx = order[start : start + sgd.batch_size]
             leaves = {k: work[k].requires_grad_(True) for k in trainable}

@@ -46,7 +46,7 @@ def weighted_mean(params_list: Sequence[Params], weights: Sequence[float]) -> Pa
     keys = params_list[0].keys()
     out: Params = {}
     for k in keys:
-        acc = torch.zeros(params_list[0][k].shape, dtype=torch.float64)
+        acc = torch.zeros(params_list[0][k].shape, dtype=torch.float64, device=params_list[0][k].device)
         for p, w in zip(params_list, weights):
             acc.add_(p[k], alpha=float(w) / total)  # computed in float64 (acc's dtype), no temporaries
         out[k] = acc.to(params_list[0][k].dtype)

@@ -47,9 +47,9 @@ def init_moments(shared_params: Params, v0: float | None = None) -> Params:
     extra: Params = {}
     for k, x in shared_params.items():
         if x.is_floating_point():
-            extra[M + k] = torch.zeros(x.shape, dtype=torch.float64)
+            extra[M + k] = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
             if v0 is not None:
-                extra[V + k] = torch.full(x.shape, v0, dtype=torch.float64)
+                extra[V + k] = torch.full(x.shape, v0, dtype=torch.float64, device=x.device)
     return extra
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from fedarena import config as cfg
+from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.data import load_federated
 from fedarena.experiments.checks import check_privacy
@@ -94,7 +95,9 @@ class InProcess:
 
 
 def prepare(config: cfg.Config, engine: str = "reference") -> Prepared:
-    """A seed's clients in this process; `fedarena forget` and `continue` rebuild a run's clients with it."""
+    """A seed's clients in this process, trained on `run.device` (resolved here: a device this machine lacks is
+    refused before the data is loaded); `fedarena forget` and `continue` rebuild a run's clients with it."""
+    device = resolve_device(config.run.device)
     data = load_federated(config.data, seed=config.run.seed, synthetic=config.synthetic, shakespeare=config.shakespeare)
     f = config.forget
     if f.probe:
@@ -103,7 +106,7 @@ def prepare(config: cfg.Config, engine: str = "reference") -> Prepared:
         data = probe.plant(data, data.client_ids.index(f.probe), f.probe_fraction, f.probe_target, config.run.seed)
     task = cfg.make_config_task(config, data.input_shape, data.num_classes)
     new_clients = select_new_clients(config.run.seed, data.num_clients, config.data.new_clients)
-    return Prepared(data, task, new_clients, local_runtime(engine))
+    return Prepared(data, task, new_clients, local_runtime(engine, device))
 
 
 def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
@@ -181,8 +184,10 @@ def run_experiment(config: cfg.Config, platform: Platform, out: Path,
 def run_compare(config: cfg.Config, out: Path, on_round: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """`fedarena compare`: the comparison described by `config` for each of its `run.seeds` seeds, in this
     process or (``run.engine = "flower-sim"``) on Flower's simulation runtime, whose ServerApp runs
-    :func:`run_experiment` on the virtual SuperNodes and writes `out`."""
+    :func:`run_experiment` on the virtual SuperNodes and writes `out`. A `run.device` this machine lacks is refused
+    first, before anything is written."""
     check_out_dir(out)
+    resolve_device(config.run.device)
     if config.run.engine == "flower-sim":
         from fedarena.experiments.flower_sim import simulate
 

@@ -113,12 +113,12 @@ def save_models(mdir: Path, algo: Any, server: ServerState | None, states: dict[
     mdir.mkdir(parents=True)
     g = algo.global_model(server)
     if g is not None:
-        save_file({k: v.contiguous() for k, v in g.items()}, mdir / "global.safetensors")
+        save_file({k: v.cpu().contiguous() for k, v in g.items()}, mdir / "global.safetensors")
     for c, state in states.items():
         tensors = {f"params/{k}": v for k, v in state.params.items()}
         tensors |= {f"extra/{k}": v for k, v in state.extra.items()}
         if tensors and algo.federated:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, mdir / f"client-{client_ids[c]}.safetensors")
+            save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, mdir / f"client-{client_ids[c]}.safetensors")
 
 
 def write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summary: dict[str, Any],

@@ -45,9 +45,12 @@ def hyperparameters(algo: Any) -> dict[str, Any]:
 def engine_entry(runtime: dict[str, Any], engine: str) -> dict[str, Any]:
     """`runs[].engine`: the engine that actually trained the run, from its runtime's `summary()` (`engine`: the
     comparison's engine, for runtimes that do not name theirs, e.g. Flower's). A vectorized run that fell
-    back client by client (BatchNorm, DP-SGD) is named `reference`, with the logged reason in `fallback`."""
+    back client by client (BatchNorm, DP-SGD) is named `reference`, with the logged reason in `fallback`. `device`:
+    where the clients computed (run.device resolved: cpu, cuda, cuda:N), or None where the runtime does not know
+    (a Flower run: each SuperNode resolves run.device itself)."""
     fallback = runtime.get("fallback")
-    return {"name": "reference" if fallback else str(runtime.get("name") or engine), "fallback": fallback}
+    return {"name": "reference" if fallback else str(runtime.get("name") or engine), "fallback": fallback,
+            "device": runtime.get("device")}
 
 
 def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, target: float,

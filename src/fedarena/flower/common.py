@@ -48,8 +48,8 @@ def state_path(state_dir: Path, run_id: int, seed: int, algorithm: str, client_i
 
 def state_to_bytes(state: ClientState) -> bytes:
     """A client state as safetensors bytes (`params/<key>`, `extra/<key>`)."""
-    tensors = {f"params/{k}": v.detach().contiguous() for k, v in state.params.items()}
-    tensors |= {f"extra/{k}": v.detach().contiguous() for k, v in state.extra.items()}
+    tensors = {f"params/{k}": v.detach().cpu().contiguous() for k, v in state.params.items()}
+    tensors |= {f"extra/{k}": v.detach().cpu().contiguous() for k, v in state.extra.items()}
     return save_bytes(tensors)
 
 

@@ -32,8 +32,8 @@ KEEP = ("none", "server", "all")
 
 
 def encode_state(state: ServerState | ClientState, **meta: str) -> bytes:
-    tensors = {f"params/{k}": v.detach().contiguous() for k, v in state.params.items()}
-    tensors |= {f"extra/{k}": v.detach().contiguous() for k, v in state.extra.items()}
+    tensors = {f"params/{k}": v.detach().cpu().contiguous() for k, v in state.params.items()}
+    tensors |= {f"extra/{k}": v.detach().cpu().contiguous() for k, v in state.extra.items()}
     if not tensors:
         tensors = {"empty": torch.zeros(0)}  # safetensors needs a tensor; marks an empty state
     return st_save(tensors, metadata=meta or None)

@@ -56,6 +56,7 @@ import torch
 
 from fedarena.core.algorithm import task_loss
 from fedarena.core.batched import SGDRequest
+from fedarena.core.device import CPU, to_device
 from fedarena.core.local_train import PRIVATE_SGD
 from fedarena.core.types import SGD, Broadcast, ClientData, ClientState, FedarenaError, Params, Upload
 from fedarena.privacy import accountant as acc
@@ -125,12 +126,24 @@ def poisson_lots(n: int, batch_size: int, generator: torch.Generator) -> Any:
 def dp_sgd(task: Any, params: Params, trainable: frozenset[str], x: torch.Tensor, y: torch.Tensor, sgd: SGD,
            epochs: int, settings: DPSGD, lots: torch.Generator, noise: torch.Generator) -> tuple[Params, float, int]:
     """`epochs` epochs of DP-SGD (module docstring) on `task.loss_fn` from `params` (buffers included), training
-    the `trainable` keys only; returns (new params, mean loss over non-empty lots, steps) like `local_sgd`."""
+    the `trainable` keys only; returns (new params, mean loss over non-empty lots, steps) like `local_sgd`.
+
+    It computes on the CPU whatever the run's device (the result goes back to the device of `x`): Opacus draws its
+    noise on the parameters' device from the given generator, and these generators are CPU ones, so that a seed
+    gives the same noise on every machine."""
+    device = x.device
+    params, x, y = to_device(params, CPU), x.cpu(), y.cpu()
+    out, loss, steps = _dp_sgd(task, params, trainable, x, y, sgd, epochs, settings, lots, noise)
+    return to_device(out, device), loss, steps
+
+
+def _dp_sgd(task: Any, params: Params, trainable: frozenset[str], x: torch.Tensor, y: torch.Tensor, sgd: SGD,
+            epochs: int, settings: DPSGD, lots: torch.Generator, noise: torch.Generator) -> tuple[Params, float, int]:
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     n = int(y.shape[0])
-    model = copy.deepcopy(task.module)
+    model = copy.deepcopy(task.module).to(x.device)
     model.load_state_dict(params)
     model.train()
     train = []

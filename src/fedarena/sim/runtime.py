@@ -8,10 +8,15 @@ and client), so every runtime computes the same numbers.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import torch
+
 from fedarena.core.codec import Ledger
+from fedarena.core.device import CPU, to_device
 from fedarena.core.params import same_params
 from fedarena.core.rng import torch_rng
 from fedarena.core.types import Broadcast, ClientData, ClientState, FederatedData, Params, Upload
@@ -113,14 +118,25 @@ def evaluate_client(task: Task, personal: Params, global_params: Params | None, 
 
 def onboard_client(algo: Any, task: Task, b: Broadcast, initial: Params, d: ClientData, seed: int,
                    client: int) -> OnboardEval:
-    """A new client starts from the initial model with the downloaded shared params and adapts locally."""
-    result = algo.onboard(task, b, algo.init_client({**initial, **b.params}), d, torch_rng(seed, "onboard", client))
+    """A new client starts from the initial model with the downloaded shared params and adapts locally (on the
+    device of its data: a state `init_client` makes on the CPU is moved there)."""
+    state = to_device(algo.init_client({**initial, **b.params}), d.x_train.device)
+    result = algo.onboard(task, b, state, d, torch_rng(seed, "onboard", client))
     return OnboardEval(accuracy(task, result.before, d)[0], accuracy(task, result.after, d)[0], result.steps)
 
 
 def initial_model(task: Task, seed: int) -> Params:
-    """The run's initial model: the same for every algorithm of a comparison and on every runtime."""
-    return task.init_params(torch_rng(seed, "init"))
+    """The run's initial model: the same for every algorithm of a comparison and on every runtime (on the CPU,
+    drawn from a CPU generator, whatever device the task's template is on)."""
+    return to_device(task.init_params(torch_rng(seed, "init")), CPU)
+
+
+def task_on(task: Task, device: torch.device) -> Task:
+    """`task` with its model template on `device`: a copy (the task itself stays where it is, for the code that
+    computes on the CPU); on the CPU, `task` itself."""
+    if device.type == "cpu":
+        return task
+    return dataclasses.replace(task, module=copy.deepcopy(task.module).to(device))
 
 
 def accuracy(task: Task, params: Params, d: ClientData) -> tuple[float, float]:
@@ -136,4 +152,4 @@ def validation_accuracy(task: Task, params: Params, d: ClientData) -> float | No
 
 
 __all__ = ["ClientEval", "OnboardEval", "Runtime", "RuntimeFactory", "accuracy", "evaluate_client", "initial_model",
-           "onboard_client", "personal_model", "train_client", "validation_accuracy"]
+           "onboard_client", "personal_model", "task_on", "train_client", "validation_accuracy"]

@@ -31,7 +31,6 @@ import torch
 from fedarena.core.types import SGD, FedarenaError, ServerState
 from fedarena.experiments.forget.source import Outcome, Source
 from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.local import local_runtime
 
 INTERVAL = 2  # Delta_t
 RATIO = 0.5  # r = E_cali / E
@@ -66,8 +65,9 @@ def federaser(src: Source, name: str, interval: int = INTERVAL, ratio: float = R
     own = src.task_of(name)
     sgd = own.sgd
     task = dataclasses.replace(own, sgd=SGD(max(1, math.floor(ratio * sgd.epochs)), sgd.batch_size, sgd.lr))
-    clients = local_runtime(src.engine)(algo, task, src.data, src.remaining, src.initial, src.seed,
-                                        SampleLevel.build(src.config.privacy))  # calibration trains as the run trained
+    # calibration trains as the run trained: on its engine and device (the runtime `prepare` built for the run)
+    clients = src.prepared.runtime(algo, task, src.data, src.remaining, src.initial, src.seed,
+                                   SampleLevel.build(src.config.privacy))
     ledger = clients.ledger
     calibrated_rounds = 0
     try:

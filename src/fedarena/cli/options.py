@@ -35,6 +35,7 @@ Tune = Annotated[Optional[str], typer.Option(
 TuneObjective = Annotated[Optional[str], typer.Option(
     "--tune-objective", help="mean (validation personal accuracy, sample-weighted; default) | worst10")]
 Target = Annotated[Optional[float], typer.Option("--target", help="Target personal accuracy (fraction).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu (default) | cuda | cuda:N | auto")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run directory (must be absent or empty).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE override, repeatable.")]
 

@@ -16,6 +16,7 @@ from fedarena.cli.options import (
     ClientsPerRound,
     ConfigFile,
     Data,
+    Device,
     Model,
     Rounds,
     Seed,
@@ -43,6 +44,7 @@ def sweep(
     clients_per_round: ClientsPerRound = None,
     rounds: Rounds = None,
     model: Model = None,
+    device: Device = None,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory; rerun with the same --out to resume."),
     set_: Sets = None,
 ) -> None:
@@ -61,7 +63,7 @@ def sweep(
         "train": _given(clients_per_round=clients_per_round, rounds=rounds),
         "model": _given(name=model),
         "run": _given(algorithms=algorithms or ",".join(sw.default_algorithms()), seed=seed,
-                      seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS)),
+                      seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS), device=device),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     if epsilons:

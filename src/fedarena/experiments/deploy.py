@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
+from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.rundir import check_out_dir
@@ -75,9 +76,11 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
     `workdir` (default: a temporary directory, removed afterwards unless the run failed) holds
     FLWR_HOME, logs, TLS files and each node's state directory `nodes/<i>/state`. `node_extra(i,
     node_dir)` adds node config entries (e.g. `wire-log`); `on_started(federation)` is called once
-    the processes are up (fault tests use it)."""
+    the processes are up (fault tests use it). The SuperNodes run here: a `run.device` this machine lacks is refused
+    before any starts."""
     check_out_dir(out)
     check_before_start(config)
+    resolve_device(config.run.device)
     nodes = node_clients(config)
     config = cfg.with_clients_per_round(config, len(nodes))  # unset: min(10, training clients)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-deploy-"))

@@ -22,14 +22,17 @@ of :mod:`fedarena.flower.processes` and is stopped afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
+from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.deploy import Timeouts, run_config, run_local
@@ -48,6 +51,8 @@ class Resources:
 
     client_cpus: int = 1  # CPUs one virtual client's ClientApp asks for (it trains with 1 torch thread)
     num_cpus: int | None = None  # Ray's CPUs on this machine; None: Ray's default (all CPUs, or a cluster)
+    client_gpus: float = 0.0  # the share of a GPU one virtual client asks for (Ray hides the GPUs from an actor
+    # that asks for none); `simulate` sets it where run.device is cuda (`gpu_share`)
 
 
 def ray_missing() -> str | None:
@@ -63,10 +68,25 @@ def federation_config(num_nodes: int, resources: Resources) -> str:
         raise FedarenaError(f"flower-sim resources: client_cpus={resources.client_cpus} must be >= 1 and <= "
                             f"num_cpus={resources.num_cpus}")
     parts = [f"num-supernodes={num_nodes}", 'backend="ray"', f"client-resources-num-cpus={resources.client_cpus}",
-             "client-resources-num-gpus=0.0"]
+             f"client-resources-num-gpus={resources.client_gpus}"]
     if resources.num_cpus is not None:
         parts.append(f"init-args-num-cpus={resources.num_cpus}")
     return " ".join(parts)
+
+
+def gpu_share(config: cfg.Config, resources: Resources) -> Resources:
+    """`resources` with each virtual client's share of a GPU where `run.device` resolves to cuda here (refused, naming
+    the problem, where this machine has none): one CPU's share (`client_cpus` / CPUs), so that the CPUs, not the
+    GPU, bound how many clients run at once. Ray then shows each actor the GPU it was given as cuda:0, so the nodes
+    are given `cuda`, not `cuda:N`. Untested on a GPU (docs/device.md)."""
+    device = resolve_device(config.run.device)
+    if device.type != "cuda" or resources.client_gpus > 0:
+        return resources
+    if device.index:
+        raise FedarenaError(f"run.device={config.run.device}: on {ENGINE} Ray gives each virtual client its own GPU, "
+                            "which it sees as cuda:0; use --device cuda")
+    share = round(resources.client_cpus / (resources.num_cpus or os.cpu_count() or 1), 4)
+    return dataclasses.replace(resources, client_gpus=max(share, 0.0001))
 
 
 def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(), timeouts: Timeouts = Timeouts(),
@@ -81,6 +101,7 @@ def simulate(config: cfg.Config, out: Path, *, resources: Resources = Resources(
         raise FedarenaError(f"--secagg is not supported on {ENGINE} yet (its virtual nodes keep no secrets between "
                             "the protocol's stages); use fedarena deploy --secagg, or the in-process engines")
     check_before_start(config)
+    resources = gpu_share(config, resources)
     reason = ray_missing()
     if reason:
         raise FedarenaError(f"--engine {ENGINE} cannot run: {reason}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedarena import config as cfg
+from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError
 from fedarena.experiments.compare import run_compare
 from fedarena.report.sweep import SIMILARITY_RULE, Cell, cell_result, crossover, similarity_verdict
@@ -43,7 +44,10 @@ def cell_config(base: cfg.Config, cell: Cell) -> cfg.Config:
 
 
 def _comparable(tree: dict[str, Any]) -> str:
-    return json.dumps(tree, sort_keys=True)
+    """The config as the reuse of a cell compares it: without `run.device` (where a cell trained is not what it
+    computes; a cell written before run.device existed has none)."""
+    run = {k: v for k, v in tree.get("run", {}).items() if k != "device"}
+    return json.dumps({**tree, "run": run}, sort_keys=True)
 
 
 def run_cell(config: cfg.Config, cell_dir: Path, on_round: Callable[[str, int], None] | None) -> tuple[dict, bool]:
@@ -68,6 +72,7 @@ def run_sweep(base: cfg.Config, cells: list[Cell], out: Path,
                             f"{base.data.name}); --epsilons sweeps privacy budgets on any data")
     if len({c.name for c in cells}) != len(cells):
         raise FedarenaError("a sweep cell is listed twice")
+    resolve_device(base.run.device)  # a device this machine lacks is refused before the sweep directory is made
     base = cfg.with_clients_per_round(base, base.data.num_clients)  # digits: its clients are data.num_clients
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -26,6 +26,11 @@ before and after) and, on flower-sim's virtual nodes only, ``query.state`` (the 
 computes with the same functions as the in-process runtime (`train_client`, `personal_model`,
 `evaluate_client`, `onboard_client` of `fedarena.sim.runtime`), whose random
 streams derive from (seed, round, client), so a deployment computes the simulator's numbers.
+
+Each node computes on the run config's `run.device` as it resolves it itself (`auto`: its own GPU if it has one): its
+client's data, the model and what a message brings are moved there, and what it sends or keeps (the upload, the
+state) is moved back to the CPU first. A node without the device refuses every message, its describe first, naming
+the problem (core/device.py).
 """
 
 from __future__ import annotations
@@ -45,13 +50,13 @@ from flwr.clientapp import ClientApp
 
 from fedarena import config as cfg
 from fedarena.core.codec import encode
+from fedarena.core.device import CPU, resolve_device, to_device
 from fedarena.core.params import nbytes
-from fedarena.core.rng import torch_rng
 from fedarena.core.types import ClientData, ClientState, FedarenaError, FederatedData
 from fedarena.flower import common, records, secagg_stages
 from fedarena.flower import messages as m
 from fedarena.privacy.dpsgd import SampleLevel
-from fedarena.sim.runtime import evaluate_client, initial_model, onboard_client, personal_model, train_client
+from fedarena.sim.runtime import evaluate_client, initial_model, onboard_client, personal_model, task_on, train_client
 
 log = logging.getLogger(__name__)
 STATE_FIELD = "safetensors"  # a virtual node's state record holds the state's safetensors bytes here
@@ -114,7 +119,9 @@ class Node:
         self.node_config = context.node_config
         self.context = context
         self.run_id = int(context.run_id)
-        self.client_id, self.index, self.data, self.num_classes = self._load()
+        self.device = resolve_device(self.config.run.device)  # refused here, naming the problem, on every message
+        self.client_id, self.index, data, self.num_classes = self._load()
+        self.data = to_device(data, self.device)
 
     def _load(self) -> tuple[str, int, ClientData, int]:
         nc = self.node_config
@@ -151,10 +158,13 @@ class Node:
         return stems[i], -1, data, max_label + 1
 
     def task(self):
-        """The model task, with the algorithm's own learning rate where the config gives one."""
+        """The model task, with the algorithm's own learning rate where the config gives one, on the node's device."""
         task = cfg.make_config_task(self.config, tuple(self.data.x_train.shape[1:]),
                                     int(records.number(self.record, m.NUM_CLASSES)))
-        return cfg.algorithm_task(self.config, str(self.record[m.ALGORITHM]), task)
+        return task_on(cfg.algorithm_task(self.config, str(self.record[m.ALGORITHM]), task), self.device)
+
+    def on_device(self, value: Any) -> Any:
+        return to_device(value, self.device)
 
     def algorithm(self) -> Any:
         return cfg.hyperparameters(self.config, str(self.record[m.ALGORITHM]))
@@ -181,7 +191,7 @@ class Node:
             saved = common.load_state(self.state_file())
         if saved is not None:
             return saved
-        return algo.init_client(task.init_params(torch_rng(self.config.run.seed, "init")))
+        return algo.init_client(initial_model(task, self.config.run.seed))
 
     def save(self, state: ClientState) -> None:
         """Keep the state on this node: its state directory, or a virtual node's `context.state`."""
@@ -195,7 +205,7 @@ class Node:
 def describe(msg: Message, context: Context) -> Message:
     node = Node(msg, context)
     d = node.data
-    counts = np.bincount(d.y_train.numpy(), minlength=node.num_classes).tolist()
+    counts = np.bincount(d.y_train.cpu().numpy(), minlength=node.num_classes).tolist()
     return Message(records.content({
         m.CLIENT_ID: node.client_id, m.INDEX: node.index, m.NUM_TRAIN: d.num_train, m.NUM_TEST: d.num_test,
         m.NUM_CLASSES: node.num_classes, m.LABEL_COUNTS: [int(c) for c in counts],
@@ -251,8 +261,8 @@ def _train(msg: Message, context: Context, private: bool) -> Message:
     broadcast = records.decode_broadcast(records.payload(node.record))
     # DP-SGD on the node, its noise and lots seeded from the OS as every deployment's noise is
     dpsgd = SampleLevel.build(dataclasses.replace(node.config.privacy, secure_noise=True))
-    upload, state = train_client(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed,
-                                 rnd, client, dpsgd)
+    upload, state = to_device(train_client(algo, task, node.on_device(broadcast), node.on_device(node.state(algo, task)),
+                                           node.data, node.config.run.seed, rnd, client, dpsgd), CPU)
     node.save(state)
     log.info("client %s trained round %d", node.client_id, rnd)
     stored = nbytes(state.params) + nbytes(state.extra)
@@ -273,8 +283,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     algo, task = node.algorithm(), node.task()
     rnd, client = int(records.number(node.record, m.ROUND)), int(records.number(node.record, m.CLIENT))
     broadcast = records.decode_broadcast(records.payload(node.record))
-    personal = personal_model(algo, task, broadcast, node.state(algo, task), node.data, node.config.run.seed, rnd, client)
-    result = evaluate_client(task, personal, records.decode_params(records.payload(node.record, m.GLOBAL)), node.data)
+    personal = personal_model(algo, task, node.on_device(broadcast), node.on_device(node.state(algo, task)), node.data,
+                              node.config.run.seed, rnd, client)
+    global_params = node.on_device(records.decode_params(records.payload(node.record, m.GLOBAL)))
+    result = evaluate_client(task, personal, global_params, node.data)
     out = {m.ROUND: rnd, m.CLIENT: client, m.ACC: result.acc, m.LOSS: result.loss, m.NUM_TEST: result.num_test,
            m.NUM_VAL: result.num_val, m.COMPUTE_S: time.perf_counter() - t0}
     if result.global_acc is not None:
@@ -293,7 +305,8 @@ def onboard(msg: Message, context: Context) -> Message:
     algo, task = node.algorithm(), node.task()
     client, seed = int(records.number(node.record, m.CLIENT)), node.config.run.seed
     broadcast = records.decode_broadcast(records.payload(node.record))
-    result = onboard_client(algo, task, broadcast, initial_model(task, seed), node.data, seed, client)
+    result = onboard_client(algo, task, node.on_device(broadcast), node.on_device(initial_model(task, seed)), node.data,
+                            seed, client)
     return Message(records.content({m.CLIENT: client, m.BEFORE: result.before, m.AFTER: result.after,
                                     m.STEPS: result.steps, m.COMPUTE_S: time.perf_counter() - t0}), reply_to=msg)
 

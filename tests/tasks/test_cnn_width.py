@@ -23,3 +23,14 @@ def test_hidden_2048_is_leafs_femnist_cnn():
 def test_hidden_sets_the_width_of_the_normalized_cnn_too():
     s = shapes(make_task("cnn", (1, 8, 8), 10, SGD(), hidden=64, norm="bn"))
     assert s["body.fc3.weight"] == (64, 256) and s["body.norm3.weight"] == (64,) and s["head.weight"] == (10, 64)
+
+
+def test_summary_width_of_the_cnn_is_the_width_it_is_built_with():
+    """summary.json's model.hidden (config.model_width) names the cnn's real dense width: 512 at the default."""
+    from fedarena import config as cfg
+
+    default = cfg.build(None, {"model": {"name": "cnn"}}, [])
+    wide = cfg.build(None, {"model": {"name": "cnn", "hidden": 2048}}, [])
+    assert cfg.model_width(default) == 512
+    assert cfg.model_width(wide) == 2048
+    assert cfg.model_width(cfg.build(None, {"model": {"name": "mlp"}}, [])) == 200

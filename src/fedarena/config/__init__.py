@@ -414,8 +414,10 @@ def make_config_task(config: Config, input_shape: tuple[int, ...], num_classes: 
 
 
 def model_width(config: Config) -> int:
-    """The hidden width the model of `config` is built with: ``model.hidden``, except for the lstm, whose width is
-    LEAF's 256 when ``model.hidden`` is left at its default (tasks.lstm_width). summary.json's ``model.hidden``."""
-    from fedarena.tasks import lstm_width
+    """The hidden width the model of `config` is built with: ``model.hidden``, except for the lstm and the cnn, whose
+    widths are LEAF's 256 and FedAvg's 512 when ``model.hidden`` is left at its default (tasks.lstm_width,
+    tasks.cnn_width). summary.json's ``model.hidden``."""
+    from fedarena.tasks import cnn_width, lstm_width
 
-    return lstm_width(config.model.hidden) if config.model.name == "lstm" else config.model.hidden
+    width = {"lstm": lstm_width, "cnn": cnn_width}.get(config.model.name)
+    return width(config.model.hidden) if width else config.model.hidden

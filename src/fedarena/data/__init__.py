@@ -154,10 +154,7 @@ def _load(spec: DataConfig, seed: int, synthetic: SyntheticConfig | None,
     spec = dataclasses.replace(spec, num_clients=spec.resolved_num_clients())  # unset: 20
     if name == "synthetic":
         s = (synthetic or SyntheticConfig()).validate()
-        per_client = generate_synthetic(s, spec.num_clients or 0, seed)
-        x = np.concatenate([cx for cx, _ in per_client])
-        y = np.concatenate([cy for _, cy in per_client])
-        bounds = _offsets([cy for _, cy in per_client])
+        x, y, bounds = generate_synthetic(s, spec.num_clients or 0, seed)
         clients = [np.arange(a, b, dtype=np.int64) for a, b in itertools.pairwise(bounds)]
         return _assemble(spec, seed, x, y, clients, s.num_classes, partition, synthetic_details(s))
     x, y = load_digits()  # validate() admits only digits here

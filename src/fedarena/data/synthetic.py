@@ -42,13 +42,18 @@ def _feature_std(num_features: int) -> np.ndarray:
     return np.arange(1, num_features + 1, dtype=np.float64) ** -0.6
 
 
+def _client_size(cfg: SyntheticConfig, rng: np.random.Generator) -> int:
+    # Drawn always (the stream's first draw), so that samples_per_client changes only the size, never the model
+    # or v_k.
+    lognormal_size = int(rng.lognormal(4, 2)) + 50
+    return cfg.samples_per_client if cfg.samples_per_client > 0 else lognormal_size
+
+
 def synthetic_client(cfg: SyntheticConfig, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Client ``k``'s samples: ``x`` float32 (n, num_features) and ``y`` int64 (n,)."""
     d, c = cfg.num_features, cfg.num_classes
     rng = numpy_rng(seed, "synthetic", k)
-    # Drawn always, so that samples_per_client changes only the size, never the model or v_k.
-    lognormal_size = int(rng.lognormal(4, 2)) + 50
-    n = cfg.samples_per_client if cfg.samples_per_client > 0 else lognormal_size
+    n = _client_size(cfg, rng)
     if cfg.iid:
         shared = numpy_rng(seed, "synthetic:shared")
         w = shared.normal(0.0, 1.0, (d, c))
@@ -65,6 +70,15 @@ def synthetic_client(cfg: SyntheticConfig, k: int, seed: int) -> tuple[np.ndarra
     return x.astype(np.float32), y
 
 
-def generate_synthetic(cfg: SyntheticConfig, num_clients: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(x, y)`` of clients ``0 .. num_clients-1``; see the module docstring."""
-    return [synthetic_client(cfg, k, seed) for k in range(num_clients)]
+def generate_synthetic(cfg: SyntheticConfig, num_clients: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Clients ``0 .. num_clients-1`` concatenated: ``x`` float32, ``y`` int64 and the offsets of each client's rows
+    (client k: rows ``offsets[k]:offsets[k+1]``); see the module docstring. The arrays are allocated once at
+    their final size (the sizes are each stream's first draw) and filled client by client, so generating 10,000
+    clients holds one copy of the data, not a list of per-client arrays beside their concatenation."""
+    sizes = [_client_size(cfg, numpy_rng(seed, "synthetic", k)) for k in range(num_clients)]
+    offsets = [0, *np.cumsum(sizes, dtype=np.int64).tolist()]
+    x = np.empty((offsets[-1], cfg.num_features), dtype=np.float32)
+    y = np.empty(offsets[-1], dtype=np.int64)
+    for k in range(num_clients):
+        x[offsets[k] : offsets[k + 1]], y[offsets[k] : offsets[k + 1]] = synthetic_client(cfg, k, seed)
+    return x, y, offsets

@@ -19,7 +19,7 @@ import numpy as np
 
 from fedarena.core.codec import Ledger
 from fedarena.core.params import in_client_order, nbytes, split
-from fedarena.core.rng import derive_seed, numpy_rng
+from fedarena.core.rng import derive_seeds, numpy_rng
 from fedarena.core.types import ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
 from fedarena.data.spec import new_client_count
 from fedarena.privacy import leakage
@@ -41,8 +41,9 @@ def sample_clients(
     if per_round >= len(clients):
         chosen = list(clients)
     else:
-        priority = {c: derive_seed(seed, "sample", rnd, c) for c in clients}
-        chosen = sorted(clients, key=lambda c: (priority[c], c))[:per_round]
+        ids = np.asarray(clients, dtype=np.int64)
+        priority = derive_seeds(seed, "sample", rnd, last=ids)  # derive_seed(seed, "sample", rnd, c), all at once
+        chosen = ids[np.lexsort((ids, priority))[:per_round]].tolist()  # by (priority, client)
     drop = set(exclude)
     return sorted(c for c in chosen if c not in drop)
 

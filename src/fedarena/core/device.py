@@ -1,8 +1,9 @@
 """Where tensors live: `run.device` (`--device cpu|cuda|cuda:N|auto`) resolved to a torch device.
 
-Every engine keeps the clients' data, the model and every parameter on this device; random streams stay on the CPU
-(`core.rng`: a CPU generator gives the same draws on any machine) and their indices are moved to the device, and
-what leaves the process (checkpoints, Flower messages, summaries) is copied back to the CPU first.
+The clients' work (local training, personalization, evaluation) runs on this device; the server's step stays on the
+CPU (below). Random streams stay on the CPU (`core.rng`: a CPU generator gives the same draws on any machine) and
+their indices are moved to the device; what leaves the process (checkpoints, Flower messages, summaries) is on the
+CPU.
 
 Where the copies happen (`to_device`): a runtime moves the clients' data and the model template to the device once
 per run, and a client's inputs (the broadcast, its state) to it for each piece of client work (training,

@@ -51,7 +51,7 @@ from fedarena.cli.options import (
     _privacy_flags,
     tune_trials,
 )
-from fedarena.cli.tables import _bench_table, _forget_table, _table
+from fedarena.cli.tables import _bench_table, _forget_table, _scale_table, _table
 
 
 @app.command()
@@ -280,9 +280,13 @@ def bench(
                                "the times reported are medians over the runs (ms/round: median of their medians)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto: where the runs train (run.device)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)."),
+    scale: bool = typer.Option(False, "--scale", help="Instead of the workloads: FedAvg and FedPer with 100 to 10,000 "
+                               "clients (100 or 1,000 per round) on the vectorized engine only, 5 rounds unless --rounds; "
+                               "combines with --repeat and --device, not with --quick or --workloads."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for bench.json (absent or empty)."),
 ) -> None:
-    """Time the engines side by side on the same workloads; writes bench.json."""
+    """Time the engines side by side on the same workloads (or, with --scale, the vectorized engine at up to
+    10,000 clients); writes bench.json."""
     import datetime as dt
     import os
 
@@ -293,6 +297,8 @@ def bench(
 
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-bench"
     _guard(check_out_dir, target)
+    if scale and (quick or workloads is not None):
+        _fail(2, "--scale runs its own FedAvg/FedPer sizes; it does not combine with --quick or --workloads")
     _guard(select, workloads, quick)
     if rounds is not None and rounds < 2:
         _fail(2, "--rounds must be >= 2 (the first round is timed apart)")
@@ -302,10 +308,15 @@ def bench(
         _fail(2, f"--device must be cpu, cuda or auto, got '{device}'")
     _guard(resolve_device, device)
     with err.status("benchmarking (each engine in its own process)..."):
-        result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1, workloads=workloads, repeat=repeat,
-                        device=device)
+        if scale:
+            from fedarena.experiments.bench_scale import run_scale_bench
+
+            result = _guard(run_scale_bench, rounds, threads or os.cpu_count() or 1, repeat=repeat, device=device)
+        else:
+            result = _guard(run_bench, quick, rounds, threads or os.cpu_count() or 1, workloads=workloads,
+                            repeat=repeat, device=device)
     path = write(result, target)
-    out.print(_bench_table(result))
+    out.print(_scale_table(result) if scale else _bench_table(result))
     mem = result.get("memory")
     if mem:
         out.print(f"memory: {mem['workload']} peak RSS {mem['peak_rss_mb']:.0f} MB "

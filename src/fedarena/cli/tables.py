@@ -83,3 +83,34 @@ def _bench_table(result: dict[str, Any]) -> Table:
     if notes:
         table.caption = "; ".join(sorted(notes))
     return table
+
+
+def _scale_table(result: dict[str, Any]) -> Table:
+    """`fedarena bench --scale`: one row per (algorithm, clients, clients per round), memory beside the timings."""
+    s, m = result["scale"], result["machine"]
+    repeats = f" · median of {s['repeat']} repeats" if s["repeat"] > 1 else ""
+    device = m.get("device_name") or m.get("device", "cpu")
+    table = Table(title=f"scale · {s['engine']} · {s['rounds']} rounds{repeats} · {m['torch_threads']} torch threads · "
+                        f"{device} · target peak RSS {s['target_peak_rss_mb']} MB")
+    for col in ("algorithm", "clients", "per round", "first round s", "ms/round median", "ms/client", "peak RSS MB",
+                "before eval MB", "after prepare MB", "data MB", "import MB", "final acc %"):
+        table.add_column(col, justify="left" if col == "algorithm" else "right")
+    notes: set[str] = set()
+
+    def mb(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    for r in s["runs"]:
+        head = (r["algorithm"], f"{r['num_clients']:,}", f"{r['clients_per_round']:,}")
+        if not r.get("available"):
+            table.add_row(*head, *["-"] * 8, "unavailable")
+            notes.add(f"{r['algorithm']} {r['num_clients']}x{r['clients_per_round']}: {r['reason']}")
+            continue
+        table.add_row(*head, f"{r['first_round_s']:.2f}", f"{r['ms_per_round_median']:.0f}",
+                      f"{r['ms_per_sampled_client']:.2f}", mb(r["peak_rss_mb"]), mb(r["peak_rss_before_eval_mb"]),
+                      mb(r["rss_after_prepare_mb"]), mb(r["data_mb"]), mb(r["import_rss_mb"]),
+                      f"{100 * r['final_acc']:.1f}")
+    said = [f"import baseline (own child) {mb(s['baseline_rss_mb'])} MB", "ms/client: ms/round median / clients per round",
+            "after prepare: RSS once the data is prepared", "peak RSS includes the final evaluation", *sorted(notes)]
+    table.caption = "; ".join(said)
+    return table

@@ -10,7 +10,8 @@ The workloads, their selection and generated data are in :mod:`fedarena.experime
 `repeat` runs each (workload, engine) K times, each in a fresh child; within a workload the engines take turns
 (repeat 1 of every engine, then repeat 2, ...), so a slow spell of the machine falls on all of them. The K results
 are combined by :func:`aggregate_repeats` (medians over repeats). `device` is the runs' `run.device`; the matmul
-peak is measured on that device.
+peak is measured on that device. `fedarena bench --scale` is :mod:`fedarena.experiments.bench_scale`, built on this
+module (its children run that module's worker).
 
 `flower-sim` runs the workload through `fedarena.experiments.flower_sim.simulate` (a `--simulation`
 SuperLink, `flwr run`, Ray actors; Ray gets `threads` CPUs, one per virtual client, so `threads`
@@ -268,8 +269,9 @@ def _matmul_peak(device: Any = "cpu", repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "fedarena.experiments.bench", "worker", json.dumps(spec)]
+def _child(spec: dict[str, Any], timeout: float, module: str = "fedarena.experiments.bench") -> dict[str, Any]:
+    """`spec` run by `python -m MODULE worker SPEC` in a fresh process; the JSON of its last stdout line."""
+    cmd = [sys.executable, "-m", module, "worker", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -297,24 +299,12 @@ def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, time
     workload's default (`bench_workloads.rounds_for`); `engines`: a subset of ENGINES, in that order. A child that
     runs past `timeout` seconds (an hour: 5 reference rounds of lstm-shakespeare and its final evaluation with the
     membership measure take ~15 min on a busy 2-core CPU) leaves its engine unavailable, with the reason."""
-    from fedarena.core.device import resolve_device
     from fedarena.core.types import FedarenaError
 
     chosen = select(workloads, quick)
     if repeat < 1:
         raise FedarenaError(f"--repeat must be >= 1, got {repeat}")
-    resolve_device(device)  # a device this machine lacks exits 2 before anything runs
-    machine = {
-        "torch_threads": threads,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **_child({"kind": "peak", "threads": threads, "device": device}, timeout),
-        "baseline_rss_mb": _child({"kind": "baseline", "threads": threads}, timeout)["peak_rss_mb"],
-    }
-    import torch
-
-    machine["torch"] = torch.__version__
+    machine = machine_facts(threads, device, timeout)
     result: dict[str, Any] = {
         "machine": machine, "rounds": rounds, "quick": quick, "repeat": repeat,
         "selected_workloads": [w.name for w in chosen], "device": device,
@@ -349,6 +339,25 @@ def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, time
                             "clients_per_round": 100, "peak_rss_mb": mem["peak_rss_mb"],
                             "baseline_rss_mb": machine["baseline_rss_mb"], "target_mb": 512}
     return result
+
+
+def machine_facts(threads: int, device: str, timeout: float) -> dict[str, Any]:
+    """bench.json's ``machine``: threads, CPUs, platform, versions, the matmul peak on `device` and the import
+    baseline, each measured in its own child. A `device` this machine lacks raises FedarenaError first."""
+    import torch
+
+    from fedarena.core.device import resolve_device
+
+    resolve_device(device)  # a device this machine lacks exits 2 before anything runs
+    return {
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **_child({"kind": "peak", "threads": threads, "device": device}, timeout),
+        "baseline_rss_mb": _child({"kind": "baseline", "threads": threads}, timeout)["peak_rss_mb"],
+        "torch": torch.__version__,
+    }
 
 
 def _skipped(engine: str, w: Workload, quick: bool, unavailable: str | None) -> dict[str, Any] | None:

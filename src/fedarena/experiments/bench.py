@@ -411,9 +411,14 @@ def write(result: dict[str, Any], out: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":
+def worker_main(run: Any, module: str, command: str) -> None:
+    """A child's entry point: `python -m MODULE worker SPEC_JSON` prints `run(spec)` as JSON."""
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        print(json.dumps(run(json.loads(sys.argv[2]))))
     else:
-        sys.exit("usage: python -m fedarena.experiments.bench worker SPEC_JSON (use `fedarena bench`)")
+        sys.exit(f"usage: python -m {module} worker SPEC_JSON (use `{command}`)")
+
+
+if __name__ == "__main__":
+    worker_main(worker, "fedarena.experiments.bench", "fedarena bench")

@@ -27,10 +27,8 @@ On a CUDA device RSS is host memory only; ``cuda_peak_allocated_mb`` adds torch'
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +176,4 @@ def run_scale(rounds: int | None, threads: int, seed: int, timeout: float, repea
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "worker":
-        logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
-    else:
-        sys.exit("usage: python -m fedarena.experiments.bench_scale worker SPEC_JSON (use `fedarena bench --scale`)")
+    bench.worker_main(worker, "fedarena.experiments.bench_scale", "fedarena bench --scale")

@@ -46,7 +46,7 @@ def test_flower_sim_status_names_missing_ray(monkeypatch):
 
 
 def _fake_child(calls):
-    def child(spec, timeout):
+    def child(spec, timeout, module="fedarena.experiments.bench"):
         calls.append(spec)
         if spec["kind"] == "peak":
             return {"matmul_peak_gflops": 10.0}

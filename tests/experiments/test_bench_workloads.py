@@ -83,7 +83,7 @@ def test_repeats_run_each_engine_in_its_own_child_taking_turns(monkeypatch):
     calls = []
     medians = iter([100.0, 50.0, 300.0, 70.0, 200.0, 60.0])  # reference, vectorized, reference, ...
 
-    def child(spec, timeout):
+    def child(spec, timeout, module="fedarena.experiments.bench"):
         calls.append(spec)
         if spec["kind"] == "peak":
             return {"device": "cpu", "matmul_peak_gflops": 10.0}
@@ -111,7 +111,7 @@ def test_repeats_run_each_engine_in_its_own_child_taking_turns(monkeypatch):
 def test_flower_sim_runs_on_every_workload_outside_quick(monkeypatch):
     calls = []
 
-    def child(spec, timeout):
+    def child(spec, timeout, module="fedarena.experiments.bench"):
         calls.append(spec)
         return {"matmul_peak_gflops": 1.0, "peak_rss_mb": 1.0, "first_round_s": 1.0, "ms_per_round_median": 1.0,
                 "ms_per_round_p90": 1.0, "gflops": 1.0, "final_acc": 0.5, "rounds": 1}

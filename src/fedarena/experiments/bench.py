@@ -53,6 +53,8 @@ from fedarena.experiments.bench_workloads import (
 log = logging.getLogger(__name__)
 
 ENGINES = ("reference", "vectorized", "flower-sim")
+REPEAT_AGGREGATION = ("each number is the median over the repeats (ms_per_round_median: the median of the repeats' "
+                      "medians); ms_per_round_repeats lists each repeat's median")
 
 
 def _config(w: Workload, data: str, spec: dict[str, Any]):
@@ -307,9 +309,7 @@ def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, time
     machine = machine_facts(threads, device, timeout)
     result: dict[str, Any] = {
         "machine": machine, "rounds": rounds, "quick": quick, "repeat": repeat,
-        "selected_workloads": [w.name for w in chosen], "device": device,
-        "repeat_aggregation": "each number is the median over the repeats (ms_per_round_median: the median of the "
-                              "repeats' medians); ms_per_round_repeats lists each repeat's median",
+        "selected_workloads": [w.name for w in chosen], "device": device, "repeat_aggregation": REPEAT_AGGREGATION,
         "workloads": [],
     }
     unavailable = flower_sim_status()
@@ -318,13 +318,8 @@ def run_bench(quick: bool, rounds: int | None, threads: int, seed: int = 0, time
         log.info("bench %s: %d rounds, %d repeat(s)", w.name, n, repeat)
         spec = {"kind": "run", "workload": asdict(w), "rounds": n, "seed": seed, "threads": threads, "device": device}
         out = {e: _skipped(e, w, quick, unavailable) for e in engines}
-        runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
-        for _ in range(repeat):
-            for engine in (e for e in engines if out[e] is None):
-                try:
-                    runs[engine].append(_child({**spec, "engine": engine}, timeout))
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    out[engine] = {"available": False, "reason": str(exc)}
+        runs, failed = run_in_turns({e: {**spec, "engine": e} for e in engines if out[e] is None}, repeat, timeout)
+        out |= {e: {"available": False, "reason": reason} for e, reason in failed.items()}
         for engine in engines:
             if out[engine] is None:
                 r = aggregate_repeats(runs[engine])
@@ -358,6 +353,24 @@ def machine_facts(threads: int, device: str, timeout: float) -> dict[str, Any]:
         "baseline_rss_mb": _child({"kind": "baseline", "threads": threads}, timeout)["peak_rss_mb"],
         "torch": torch.__version__,
     }
+
+
+def run_in_turns(specs: dict[Any, dict[str, Any]], repeat: int, timeout: float,
+                 module: str = "fedarena.experiments.bench") -> tuple[dict[Any, list[dict[str, Any]]], dict[Any, str]]:
+    """Each spec run `repeat` times, each run a fresh child (`_child`), the specs taking turns (the first run of
+    every spec, then the second, ...), so that a slow spell of the machine falls on all of them. A spec whose child
+    fails or runs past `timeout` seconds is not run again. Returns each key's results and the failed keys' reasons."""
+    results: dict[Any, list[dict[str, Any]]] = {key: [] for key in specs}
+    failed: dict[Any, str] = {}
+    for _ in range(repeat):
+        for key, spec in specs.items():
+            if key in failed:
+                continue
+            try:
+                results[key].append(_child(spec, timeout, module))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                failed[key] = str(exc)
+    return results, failed
 
 
 def _skipped(engine: str, w: Workload, quick: bool, unavailable: str | None) -> dict[str, Any] | None:

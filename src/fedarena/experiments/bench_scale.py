@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +131,7 @@ def run_scale_bench(rounds: int | None, threads: int, seed: int = 0, timeout: fl
         raise FedarenaError(f"--repeat must be >= 1, got {repeat}")
     machine = bench.machine_facts(threads, device, timeout)
     return {"machine": machine, "rounds": rounds, "quick": False, "repeat": repeat, "selected_workloads": [],
-            "device": device, "repeat_aggregation": "each number is the median over the repeats (ms_per_round_median: "
-            "the median of the repeats' medians); ms_per_round_repeats lists each repeat's median", "workloads": [],
+            "device": device, "repeat_aggregation": bench.REPEAT_AGGREGATION, "workloads": [],
             "scale": run_scale(rounds, threads, seed, timeout, repeat, device, machine["baseline_rss_mb"])}
 
 
@@ -144,18 +142,10 @@ def run_scale(rounds: int | None, threads: int, seed: int, timeout: float, repea
     `timeout` seconds leaves its entry unavailable, with the reason."""
     n = rounds or SCALE_ROUNDS
     keys = [(a, total, k) for a in SCALE_ALGORITHMS for total, k in SCALE_SIZES]
-    results: dict[tuple[str, int, int], list[dict[str, Any]]] = {key: [] for key in keys}
-    failed: dict[tuple[str, int, int], str] = {}
-    for _ in range(repeat):
-        for key in (key for key in keys if key not in failed):
-            algorithm, total, k = key
-            log.info("bench --scale %s: %d clients, %d per round, %d rounds", algorithm, total, k, n)
-            spec = {"kind": "scale", "algorithm": algorithm, "num_clients": total, "clients_per_round": k,
-                    "rounds": n, "seed": seed, "threads": threads, "device": device}
-            try:
-                results[key].append(bench._child(spec, timeout, module="fedarena.experiments.bench_scale"))
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                failed[key] = str(exc)
+    log.info("bench --scale: %d runs of %d rounds, %d repeat(s)", len(keys), n, repeat)
+    specs = {(a, total, k): {"kind": "scale", "algorithm": a, "num_clients": total, "clients_per_round": k,
+                             "rounds": n, "seed": seed, "threads": threads, "device": device} for a, total, k in keys}
+    results, failed = bench.run_in_turns(specs, repeat, timeout, module="fedarena.experiments.bench_scale")
     runs = []
     for key in keys:
         algorithm, total, k = key

@@ -6,10 +6,10 @@
   forgotten client's training samples (members) from its own test samples (non-members, same
   distribution, never trained on): 0.5 = no membership signal left.
 - Backdoor probe (`--forget-probe ID`): a fixed trigger (the last `TRIGGER_FEATURES` input features set to
-  their maximum over the training data) is planted, with the target label, in a fraction of client ID's
-  training samples before training. Attack success = the share of triggered test samples of the other
-  clients, whose true label is not the target, that the model assigns to the target label. A model that
-  forgot the client should lose the backdoor.
+  their maximum over the training data; data/backdoor.py, shared with the poisoning attacks of sim/attacks.py)
+  is planted, with the target label, in a fraction of client ID's training samples before training. Attack
+  success = the share of triggered test samples of the other clients, whose true label is not the target, that
+  the model assigns to the target label. A model that forgot the client should lose the backdoor.
 """
 
 from __future__ import annotations
@@ -18,24 +18,10 @@ import dataclasses
 
 import torch
 
-from fedarena.core.rng import torch_rng
-from fedarena.core.types import FedarenaError, FederatedData, Params
+from fedarena.core.types import FedarenaError, FederatedData
+from fedarena.data import backdoor
+from fedarena.data.backdoor import TRIGGER_FEATURES, add_trigger, backdoor_success, trigger_value  # noqa: F401  (re-exported)
 from fedarena.privacy.leakage import auc, mia_auc, sample_losses  # noqa: F401  (re-exported: the forget probes use them)
-from fedarena.tasks import Task
-
-TRIGGER_FEATURES = 4
-
-
-def trigger_value(data: FederatedData) -> torch.Tensor:
-    """The trigger's feature values: the maxima of the last features over all training data."""
-    flat = data.x_train.reshape(data.x_train.shape[0], -1)
-    return flat[:, -TRIGGER_FEATURES:].max(dim=0).values
-
-
-def add_trigger(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    flat = x.reshape(x.shape[0], -1).clone()
-    flat[:, -TRIGGER_FEATURES:] = value
-    return flat.reshape(x.shape)
 
 
 def plant(data: FederatedData, client: int, fraction: float, target: int, seed: int) -> FederatedData:
@@ -53,17 +39,4 @@ def plant(data: FederatedData, client: int, fraction: float, target: int, seed: 
 
 def planted_rows(data: FederatedData, client: int, fraction: float, seed: int) -> torch.Tensor:
     """The rows of `x_train` that carry the trigger (the same every time for the same seed)."""
-    a, b = data.train_offsets[client], data.train_offsets[client + 1]
-    n = max(1, round(fraction * (b - a)))
-    return a + torch.randperm(b - a, generator=torch_rng(seed, "forget-probe", client))[:n]
-
-
-@torch.no_grad()
-def backdoor_success(task: Task, params: Params, x: torch.Tensor, y: torch.Tensor, target: int,
-                     value: torch.Tensor) -> float | None:
-    """Share of triggered non-target samples classified as `target` (None without such samples)."""
-    keep = y != target
-    if not bool(keep.any()):
-        return None
-    predicted = task.forward(params, add_trigger(x[keep], value)).argmax(dim=1)
-    return float((predicted == target).double().mean())
+    return backdoor.planted_rows(data, client, fraction, seed, "forget-probe")

@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from fedarena.config.privacy import PrivacyConfig, check_secagg_capacity, privacy_checks
+from fedarena.config.robust import AttackConfig, RobustConfig, robust_checks
 from fedarena.config.tune import (
     QUICK_TRIALS,
     TRAIN_SEARCHED,
@@ -49,7 +50,7 @@ from fedarena.data.spec import (
 )
 
 __all__ = [
-    "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "SECTIONS", "Config", "DataConfig", "ForgetConfig", "ModelConfig",
+    "AttackConfig", "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "RobustConfig", "SECTIONS", "Config", "DataConfig", "ForgetConfig", "ModelConfig",
     "PrivacyConfig", "RunConfig", "ShakespeareConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml",
     "hyperparameters", "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_num_clients",
     "resolved_partition", "to_tree", "validate", "with_clients_per_round",
@@ -115,6 +116,8 @@ class Config:
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     # algorithm name -> hyperparameter overrides (validated against the algorithm's dataclass; `lr` too)
     algorithms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # "train" or an algorithm name -> {key: [low, high] or [choices...]}: the user's search ranges (`[tune.X]`)
@@ -289,7 +292,7 @@ def validate(config: Config) -> Config:
         (0 < config.forget.probe_fraction <= 1,
          f"forget.probe_fraction must be in (0, 1], got {config.forget.probe_fraction}"),
     ]
-    for ok, message in [*checks, *privacy_checks(config), *tune_checks(config)]:
+    for ok, message in [*checks, *privacy_checks(config), *tune_checks(config), *robust_checks(config)]:
         if not ok:
             raise FedarenaError(message)
     for name in r.algorithms:
@@ -358,6 +361,8 @@ def to_tree(config: Config) -> dict[str, Any]:
     for section in SECTIONS:
         if section == "shakespeare" and config.data.name != "shakespeare":
             continue  # read for shakespeare only; other runs' config.toml and summary.json stay as they were
+        if section in ("attack", "robust") and getattr(config, section) == getattr(Config(), section):
+            continue  # no attack, the plain mean: written only where set, so other runs' files stay as they were
         values = dataclasses.asdict(getattr(config, section))
         if section == "data" and not config.data.name.startswith(HF_PREFIX):
             values = {k: v for k, v in values.items() if k not in HF_FIELDS}  # other runs' config.toml unchanged

@@ -68,6 +68,11 @@ def in_client_order(uploads: dict[int, Upload]) -> dict[int, Upload]:
     return dict(sorted(uploads.items()))
 
 
+def finite(params: Params) -> bool:
+    """Whether every floating-point value of `params` is finite (a diverged model has NaN or Inf)."""
+    return all(bool(torch.isfinite(v).all()) for v in params.values() if v.is_floating_point())
+
+
 def same_params(a: Params, b: Params) -> bool:
     """The same keys holding equal tensors (the same tensor objects, or equal values, dtypes and shapes)."""
     return a.keys() == b.keys() and all(

@@ -20,7 +20,15 @@ def check_before_start(config: cfg.Config) -> None:
     client-state snapshots (`forget.keep = all`), which would have to leave the nodes."""
     if config.forget.keep == "all":
         raise FedarenaError(NO_SNAPSHOTS)
+    check_no_attack(config, "on Flower")
     check_privacy(config, [n for n in config.run.algorithms if common.federates(cfg.hyperparameters(config, n))])
+
+
+def check_no_attack(config: cfg.Config, where: str) -> None:
+    """Attacks are simulated in this process (sim/attacks.py): a deployment's nodes run honest clients only."""
+    if config.attack.on:
+        raise FedarenaError(f"attack.kind={config.attack.kind} is simulated by the in-process engines (reference, "
+                            f"vectorized) only, not {where}; robust.aggregator works everywhere")
 
 
 NO_SNAPSHOTS = ("forget.keep=all keeps every client's state after every round; on Flower those states stay on the "

@@ -18,7 +18,8 @@ from fedarena import config as cfg
 from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.data import load_federated
-from fedarena.experiments.checks import check_privacy
+from fedarena.experiments import attack
+from fedarena.experiments.checks import check_no_attack, check_privacy
 from fedarena.experiments.rundir import check_out_dir, write_run_dir
 from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget import probe
@@ -40,6 +41,7 @@ class Trained:
     seed: int
     data: FederatedData
     runs: dict[str, tuple[Any, AlgorithmRun]]
+    malicious: list[int] = dataclasses.field(default_factory=list)  # the seed's malicious clients (indices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Prepared:
     task: Any
     new_clients: list[int]
     runtime: RuntimeFactory
+    malicious: list[int] = dataclasses.field(default_factory=list)  # clients running `[attack]` (experiments/attack.py)
 
 
 class Platform(Protocol):
@@ -106,7 +109,8 @@ def prepare(config: cfg.Config, engine: str = "reference") -> Prepared:
         data = probe.plant(data, data.client_ids.index(f.probe), f.probe_fraction, f.probe_target, config.run.seed)
     task = cfg.make_config_task(config, data.input_shape, data.num_classes)
     new_clients = select_new_clients(config.run.seed, data.num_clients, config.data.new_clients)
-    return Prepared(data, task, new_clients, local_runtime(engine, device))
+    data, malicious = attack.choose(config, data, new_clients)
+    return Prepared(data, task, new_clients, local_runtime(engine, device), malicious)
 
 
 def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
@@ -119,14 +123,15 @@ def privacy_for(config: cfg.Config, algo: Any, p: Prepared) -> Any:
 
 def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callable[[str, int], None] | None = None,
                     *, resume: Any = None, checkpoint: Checkpoint | None = None, exclude: tuple[int, ...] = (),
-                    record: Recorder | None = None,
-                    on_evaluation: Callable[[Evaluation], None] | None = None) -> tuple[Any, AlgorithmRun]:
+                    record: Recorder | None = None, on_evaluation: Callable[[Evaluation], None] | None = None,
+                    on_checkpoint: Callable[[int, AlgorithmRun], None] | None = None) -> tuple[Any, AlgorithmRun]:
     """One algorithm's run on the prepared clients.
 
     `resume` (continuation.Resume) continues a finished run: its checkpoint, privacy state and kept forget
     material; the returned run covers the new rounds only. `checkpoint` restarts from a checkpoint with a fresh
     privacy state and `exclude`d clients taking no part (`fedarena forget`'s retrain); `record` replaces the
-    recorder of the run's forget material; `on_evaluation` sees every evaluation (tuning's pruner)."""
+    recorder of the run's forget material; `on_evaluation` sees every evaluation (tuning's pruner); `on_checkpoint`
+    sees the run after every round, its privacy state and forget material included (a deployment's resume state)."""
     config = cfg.with_clients_per_round(config, p.data.num_clients)  # a no-op where run_experiment resolved it
     algo = cfg.hyperparameters(config, name)
     t = config.train
@@ -145,21 +150,32 @@ def train_algorithm(config: cfg.Config, p: Prepared, name: str, on_round: Callab
                 raise FedarenaError("the run's state has no DP-SGD step counts; its epsilon would restart from zero")
             dpsgd.restore(resume.sample_level)
     spec = RunSpec(rounds=t.rounds, clients_per_round=t.clients_per_round, eval_every=t.eval_every,
-                   seed=config.run.seed, new_clients=tuple(p.new_clients), exclude=tuple(exclude))
+                   seed=config.run.seed, new_clients=tuple(p.new_clients), exclude=tuple(exclude),
+                   malicious=tuple(p.malicious))
+
+    def checkpointed(rnd: int, run: AlgorithmRun) -> None:
+        run.privacy, run.sample_dp, run.kept = privacy, dpsgd, recorder.all_files()
+        on_checkpoint(rnd, run)  # type: ignore[misc]
+
     hooks = Hooks(on_start=recorder.start, record=recorder,
-                  on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, on_evaluation=on_evaluation)
+                  on_round=(lambda r, n=name: on_round(n, r)) if on_round else None, on_evaluation=on_evaluation,
+                  on_checkpoint=checkpointed if on_checkpoint else None)
     task = cfg.algorithm_task(config, name, p.task)  # the algorithm's own lr, epochs and batch size where set
     run = run_algorithm(algo, task, p.data, spec, p.runtime, privacy=privacy, dpsgd=dpsgd, resume=checkpoint,
-                        hooks=hooks)
+                        hooks=hooks, poison=attack.poison(config, p.malicious), combine=attack.combine(config, algo))
     run.kept = recorder.all_files()
+    run.attack_success = attack.success(config, algo, task, p.data, run) if p.malicious else None
     return algo, run
 
 
 def run_experiment(config: cfg.Config, platform: Platform, out: Path,
-                   on_round: Callable[[str, int], None] | None = None, tuning: Any = None) -> dict[str, Any]:
+                   on_round: Callable[[str, int], None] | None = None, tuning: Any = None,
+                   train: Callable[..., tuple[Any, AlgorithmRun]] = train_algorithm) -> dict[str, Any]:
     """Every (algorithm, seed) of `config` on `platform`; writes the run directory `out`, returns the summary.
     `on_round(algorithm, n)` counts rounds across seeds. `tuning` (experiments/tune.Tuning): how `config`'s
-    hyperparameters were chosen, recorded in the summary and tuning.parquet."""
+    hyperparameters were chosen, recorded in the summary and tuning.parquet. `train(config, prepared, name,
+    on_round)` trains one (algorithm, seed): `train_algorithm`, or a deployment's resume journal
+    (experiments/deploy_resume.Journal.train)."""
     check_out_dir(out)
     names = platform.algorithms(config)
     if not names:
@@ -174,7 +190,8 @@ def run_experiment(config: cfg.Config, platform: Platform, out: Path,
         p = platform.prepare(cfg.with_seed(ran, config.run.seed + i))
         ran = cfg.with_clients_per_round(ran, p.data.num_clients)  # unset: min(10, training clients)
         seeded = cfg.with_seed(ran, config.run.seed + i)
-        trained.append(Trained(seeded.run.seed, p.data, {n: train_algorithm(seeded, p, n, counted) for n in names}))
+        trained.append(Trained(seeded.run.seed, p.data, {n: train(seeded, p, n, counted) for n in names},
+                               p.malicious))
     summary = build_summary(ran, trained, target_for(config, trained), platform.engine, tuning)
     files = platform.finish(ran, trained, summary) | (tuning.files() if tuning is not None else {})
     write_run_dir(out, ran, trained, summary, files)
@@ -191,6 +208,7 @@ def run_compare(config: cfg.Config, out: Path, on_round: Callable[[str, int], No
     if config.run.engine == "flower-sim":
         from fedarena.experiments.flower_sim import simulate
 
+        check_no_attack(config, "on flower-sim")
         return simulate(config, out)
     platform = InProcess(config.run.engine)
     if not config.tune.trials:

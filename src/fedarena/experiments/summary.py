@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import fedarena
 from fedarena import config as cfg
+from fedarena.config.robust import rule as robust_rule
 from fedarena.core.types import FederatedData
 from fedarena.data.heterogeneity import summarize
 from fedarena.experiments.rundir import finite
@@ -109,6 +110,9 @@ def summarize_run(name: str, algo: Any, run: AlgorithmRun, data: FederatedData, 
         "privacy": privacy_block(run.privacy.summary(rounds) if run.privacy else None, run.sample_dp, rounds),
         "new_clients": run.new_clients,
         "membership": run.membership,
+        "diverged": run.diverged is not None,  # NaN/Inf in the server's model: training stopped, accuracy 0
+        "diverged_round": run.diverged,
+        "attack_success": run.attack_success,
     }
 
 
@@ -123,6 +127,19 @@ def tuning_block(config: cfg.Config, tuning: Any) -> dict[str, Any]:
                      or cfg.algorithm_train(config, n) != shared for n in config.run.algorithms)
     return {"status": "untuned",
             "label": "untuned (hyperparameters as configured)" if configured else "untuned defaults"}
+
+
+def attack_block(config: cfg.Config, trained: list[Trained]) -> dict[str, Any] | None:
+    """summary.json's `attack`: the simulated attack and the server's aggregation rule (null without either)."""
+    if not config.attack.on and not config.robust.on:
+        return None
+    return {
+        "kind": config.attack.kind,
+        "malicious_fraction": config.attack.malicious if config.attack.on else 0.0,
+        "malicious_per_seed": {str(t.seed): len(t.malicious) for t in trained},
+        "aggregator": dataclasses.asdict(robust_rule(config)),
+        "evaluated": "benign clients only" if config.attack.on else "every training client",
+    }
 
 
 def build_summary(config: cfg.Config, trained: list[Trained], target: float, engine: str | None = None,
@@ -153,8 +170,11 @@ def build_summary(config: cfg.Config, trained: list[Trained], target: float, eng
         "target_rule": TARGET_RULE,
         "seeds": [t.seed for t in trained],
         "tuning": tuning_block(config, tuning),
+        "malicious_clients": [data.client_ids[c] for c in trained[0].malicious],  # the first seed's (attack only)
+        "attack": attack_block(config, trained),
         "runs": [summarize_run(n, *t.runs[n], t.data, target, engine, cfg.algorithm_train(config, n))
-                 | {"seed": t.seed, "tuning": tuning.run_entry(n) if tuning is not None else None}
+                 | {"seed": t.seed, "tuning": tuning.run_entry(n) if tuning is not None else None,
+                    "malicious_clients": [t.data.client_ids[c] for c in t.malicious]}
                  for n in config.run.algorithms for t in trained],
         "aggregate": None,
     }

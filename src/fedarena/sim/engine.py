@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fedarena.core.codec import Ledger
-from fedarena.core.params import in_client_order, nbytes, split
+from fedarena.core.params import finite, in_client_order, nbytes, split
 from fedarena.core.rng import derive_seeds, numpy_rng
-from fedarena.core.types import ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
+from fedarena.core.types import Broadcast, ClientState, FedarenaError, FederatedData, Params, ServerState, Upload
 from fedarena.data.spec import new_client_count
 from fedarena.privacy import leakage
 from fedarena.sim.runtime import ClientEval, OnboardEval, Runtime, RuntimeFactory, initial_model
@@ -131,6 +131,8 @@ class AlgorithmRun:
     privacy: Any = None  # privacy/round.Privacy of the run, or None
     membership: dict[str, Any] | None = None  # privacy/leakage.membership of the final models (in-process runs)
     sample_dp: Any = None  # privacy/dpsgd.SampleLevel of the run (DP-SGD's per-client steps), or None
+    diverged: int | None = None  # the round after which the server's model had NaN/Inf values (training stopped)
+    attack_success: float | None = None  # a targeted attack's success on the benign clients (experiments/attack.py)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class RunSpec:
     `eval_every` rounds and at the last one, every random stream derived from `seed`. `new_clients` never
     train (and are not in `centralized`'s pool); after the last round they are onboarded with the
     algorithm's `onboard` step and reported separately. `exclude`d clients take no part at all (neither
-    trained nor evaluated): a run that never had them."""
+    trained nor evaluated): a run that never had them. `malicious` clients train (their uploads go through
+    the run's `poison`) but every evaluation is over the benign training clients only."""
 
     rounds: int
     clients_per_round: int
@@ -147,9 +150,14 @@ class RunSpec:
     seed: int
     new_clients: tuple[int, ...] = ()
     exclude: tuple[int, ...] = ()
+    malicious: tuple[int, ...] = ()  # training clients that run an attack (`poison`): trained, never evaluated
 
 
 Record = Callable[[int, ServerState, ServerState, dict[int, Upload], dict[int, ClientState]], None]
+# poison(round, uploads, broadcasts): the uploads as the malicious clients of a simulated attack replace theirs
+Poison = Callable[[int, dict[int, Upload], dict[int, Broadcast]], dict[int, Upload]]
+# combine(server, uploads): what the algorithm's `aggregate` is handed in their place (a robust rule's one upload)
+Combine = Callable[[ServerState, dict[int, Upload]], dict[int, Upload]]
 
 
 @dataclass(frozen=True)
@@ -158,23 +166,30 @@ class Hooks:
     server_after, uploads, states)` after every round (the states of the round's clients, where the runtime
     sees them) — it may keep what `fedarena forget` needs; `on_round(round)` after every round;
     `on_evaluation(evaluation)` after every evaluation (tuning reports it to its pruner, which may stop the run by
-    raising)."""
+    raising); `on_checkpoint(round, run)` after every round and its evaluation, before `on_round`, with the run so far
+    (its `server`, `states`, `engine` and `wall_seconds` as of this round): what a restart continues from (a
+    deployment's resume state, experiments/deploy_resume.py)."""
 
     on_start: Callable[[ServerState], None] | None = None
     record: Record | None = None
     on_round: Callable[[int], None] | None = None
     on_evaluation: Callable[[Evaluation], None] | None = None
+    on_checkpoint: Callable[[int, AlgorithmRun], None] | None = None
 
 
 def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, runtime: RuntimeFactory, *,
                   privacy: Any = None, dpsgd: Any = None, resume: Checkpoint | None = None,
-                  hooks: Hooks = Hooks(), initial: Params | None = None) -> AlgorithmRun:
+                  hooks: Hooks = Hooks(), initial: Params | None = None, poison: Poison | None = None,
+                  combine: Combine | None = None) -> AlgorithmRun:
     """Train `algo` on `data` as `spec` says, its client work on `runtime` (`sim.local.local_runtime(engine)`
     in this process, or a Flower runtime); see the module docstring.
 
     `privacy` (privacy/round.Privacy) makes every round private; `dpsgd` (privacy/dpsgd.SampleLevel) makes the
     clients' local SGD DP-SGD, accounted per client. `resume` continues from a checkpoint (rounds before it
-    are not rerun, not evaluated and not counted). `initial` replaces the run's initial model."""
+    are not rerun, not evaluated and not counted). `initial` replaces the run's initial model. `poison` simulates the
+    malicious clients' attack on the uploads; `combine` is a robust server step's rule (neither with `privacy`: the
+    experiment layer refuses it). A server model with NaN/Inf values ends training: the run is `diverged` and its
+    last evaluation gives every client accuracy 0."""
     start = time.perf_counter()
     seed, rounds = spec.seed, spec.rounds
     # the same initial model for every algorithm of a comparison
@@ -183,6 +198,7 @@ def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, run
     held_out = set(spec.new_clients)
     eligible = [c for c in range(data.num_clients) if c not in held_out]
     training = [c for c in eligible if c not in set(spec.exclude)]
+    benign = [c for c in training if c not in set(spec.malicious)]  # evaluated (every training client without attack)
     out = AlgorithmRun()
     clients: Runtime = runtime(algo, task, data, training, full, seed, dpsgd)
     out.ledger = clients.ledger
@@ -210,7 +226,9 @@ def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, run
                 uploads, server = privacy.train_and_aggregate(algo, server, clients, rnd, broadcasts)  # round aborts
             else:
                 uploads = in_client_order(clients.train(rnd, broadcasts))
-                server = algo.aggregate(server, uploads)
+                if poison is not None:
+                    uploads = poison(rnd, uploads, broadcasts)
+                server = algo.aggregate(server, combine(server, uploads) if combine is not None else uploads)
             for c, upload in uploads.items():
                 out.train_loss[(rnd, c)] = float(upload.metrics.get("train_loss", float("nan")))
             if hooks.record:
@@ -218,19 +236,28 @@ def run_algorithm(algo: Any, task: Task, data: FederatedData, spec: RunSpec, run
             train_time += time.perf_counter() - t0
             out.train_seconds.append(train_time)
             out.sampled.append([] if clients.pooled else sorted(uploads))
+            if not finite(server.params):
+                log.warning("%s diverged in round %d (NaN/Inf in the server's model): training stops", algo.name, rnd)
+                out.diverged = rnd
+                out.evaluations.append(_diverged(rnd, benign, data, algo.global_model(server) is not None))
+                break
             if rnd % spec.eval_every == 0 or rnd == rounds:
                 g = algo.global_model(server)
-                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in training}, g, membership=rnd == rounds)
-                out.evaluations.append(_evaluation(rnd, training, results, g is not None))
+                results = clients.evaluate(rnd, {c: algo.broadcast(server, c) for c in benign}, g, membership=rnd == rounds)
+                out.evaluations.append(_evaluation(rnd, benign, results, g is not None))
                 if hooks.on_evaluation:
                     hooks.on_evaluation(out.evaluations[-1])
                 measured = [r for r in results.values() if r.member_auc is not None]
                 if rnd == rounds and measured:  # (a Flower runtime's clients do not measure it)
                     out.membership = leakage.summarize([r.member_auc for r in measured],
                                                        [r.global_member_auc for r in measured])
+            if hooks.on_checkpoint:
+                out.server, out.states, out.engine = server, clients.states, clients.summary()
+                out.wall_seconds = time.perf_counter() - start
+                hooks.on_checkpoint(rnd, out)
             if hooks.on_round:
                 hooks.on_round(rnd)
-        if held_out:
+        if held_out and out.diverged is None:
             news = sorted(held_out)
             onboarded = clients.onboard({c: algo.broadcast(server, c) for c in news}, full)
             out.new_clients = _onboarding(data, news, onboarded, clients.onboard_bytes)
@@ -257,6 +284,14 @@ def _evaluation(rnd: int, clients: list[int], results: dict[int, ClientEval], ha
     global_acc = sum(a * n for a, n in zip(global_accs, sizes)) / sum(sizes) if has_global else None
     return Evaluation(rnd, global_acc, list(clients), [e.acc for e in r], [e.loss for e in r], sizes, global_accs,
                       [e.val_acc for e in r], [e.num_val for e in r])
+
+
+def _diverged(rnd: int, clients: list[int], data: FederatedData, has_global: bool) -> Evaluation:
+    """A diverged model's evaluation: accuracy 0 (and infinite loss) for every client, the model not run."""
+    sizes = [data.client(c).num_test for c in clients]
+    zeros = [0.0] * len(clients)
+    return Evaluation(rnd, 0.0 if has_global else None, list(clients), zeros, [math.inf] * len(clients), sizes,
+                      zeros if has_global else None)
 
 
 def _onboarding(data: FederatedData, new_clients: list[int], results: dict[int, OnboardEval], down: int) -> dict[str, Any]:

@@ -134,3 +134,18 @@ def test_the_cli_exits_2_naming_the_rule(tmp_path):
 def test_check_names_the_condition():
     with pytest.raises(FedarenaError, match=r"n >= 2f \+ 3"):
         robust.check(robust.RobustRule("krum", f=2), 6)
+
+
+def test_the_report_puts_the_measurement_beside_dittos_claim(tmp_path, clean):
+    from fedarena.report.claims import Verdict, claim_table
+
+    s = summary_of(make("attack.kind=sign-flip", "attack.malicious=0.3", "robust.aggregator=median",
+                        algorithms="fedavg,ditto"), tmp_path / "run")
+    row = next(r for r in claim_table(s).rows if r.key == "robustness")
+    assert "Ditto" in row.pfl_claim and row.verdict is not Verdict.NOT_MEASURED
+    assert row.measured.startswith("sign-flip by 30% of the clients, median aggregation: ditto")
+    by = {r["algorithm"]: r["final"]["personal_acc_mean"] for r in s["runs"]}
+    expected = Verdict.HOLDS if by["ditto"] > by["fedavg"] else Verdict.FAILS
+    assert row.verdict is expected
+    clean_row = next(r for r in claim_table(clean).rows if r.key == "robustness")
+    assert clean_row.verdict is Verdict.NOT_MEASURED and "no attack in this run" in clean_row.measured

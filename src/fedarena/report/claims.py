@@ -22,48 +22,24 @@ Every verdict rests on the run's hyperparameters: the table carries summary.json
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable
 
 from fedarena.report import measures as m
 from fedarena.report import tuning
 from fedarena.report.format import pct, signed_pp, signed_rel, size, with_spread
 from fedarena.report.measures import Run, Stat
+from fedarena.report.verdicts import (  # noqa: F401  (re-exported: the report's modules read them here)
+    Row,
+    Sides,
+    Verdict,
+    onboarding_verdict,
+    range_verdict,
+    storage_verdict,
+    target_verdict,
+)
 
 PERSONALIZED_BASELINES = ("fedavg-ft",)  # baselines that federate and then personalize: pFL side
-
-
-class Verdict(str, Enum):
-    HOLDS = "holds"
-    PARTLY = "partly"
-    FAILS = "does not hold"
-    NOISE = "within noise"
-    NOT_MEASURED = "not measured"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the measured claims table."""
-
-    key: str
-    topic: str
-    pfl_claim: str  # the common claim's "Personalized FL" cell
-    global_claim: str  # its "Global model FL" cell
-    tested: str  # the exact statement tested, in numbers
-    measured: str  # the measured value, best pFL vs best global
-    verdict: Verdict
-    note: str = ""  # e.g. "noise unknown (1 seed)"
-    details: tuple[tuple[str, str], ...] = ()  # (algorithm, its value) for every algorithm
-
-
-@dataclass(frozen=True)
-class Sides:
-    pfl: str | None
-    glob: str | None
-    pfl_candidates: tuple[str, ...]
-    global_candidates: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -80,53 +56,6 @@ def _noise_note(q: Stat, noisy: bool) -> str:
     if noisy and q.n == 1:
         return "noise unknown: 1 seed; compare --seeds 3 measures the spread"
     return ""
-
-
-# ------------------------------------------------------------------ verdict rules
-
-
-def range_verdict(q: Stat, low: float, high: float = math.inf) -> Verdict:
-    """The table's rule for a quantity q (> 0 = the claimed direction) claimed to lie in [low, high]."""
-    if q.n == 0:
-        return Verdict.NOT_MEASURED
-    if q.within_noise:
-        return Verdict.NOISE
-    if q.mean <= 0:
-        return Verdict.FAILS
-    return Verdict.HOLDS if low <= q.mean <= high else Verdict.PARTLY
-
-
-def storage_verdict(pfl_bytes: int, global_bytes: int) -> Verdict:
-    """"pFL: required, global: none": holds when pFL keeps client state and the global algorithm keeps
-    none; partly when both keep some; does not hold when pFL keeps none."""
-    if pfl_bytes <= 0:
-        return Verdict.FAILS
-    return Verdict.HOLDS if global_bytes == 0 else Verdict.PARTLY
-
-
-def onboarding_verdict(adaptation: Stat, vs_global: Stat) -> Verdict:
-    """"pFL: continuous, on-device; global: requires re-federation". `adaptation` is pFL's new-client
-    accuracy after minus before on-device adaptation, `vs_global` pFL's after minus the global model's
-    (which new clients use as downloaded). Holds when adaptation helps and beats the global model;
-    partly when it helps but does not beat it (or that difference is within noise); does not hold when
-    adaptation does not help; within noise when the adaptation gain is."""
-    adapts = range_verdict(adaptation, 0.0)  # not measured, within noise, does not hold or holds
-    if adapts is not Verdict.HOLDS:
-        return adapts
-    return Verdict.HOLDS if range_verdict(vs_global, 0.0) is Verdict.HOLDS else Verdict.PARTLY
-
-
-def target_verdict(q: Stat, pfl_reached: bool, global_reached: bool, low: float, high: float) -> Verdict:
-    """Rows measured at the target: `q` over the seeds where both sides reached it. When no seed has
-    both: pFL never reaching it while global does is the claimed direction of unknown size (partly);
-    global never reaching it while pFL does is the opposite (does not hold); neither: not measured."""
-    if q.n:
-        return range_verdict(q, low, high)
-    if global_reached and not pfl_reached:
-        return Verdict.PARTLY
-    if pfl_reached and not global_reached:
-        return Verdict.FAILS
-    return Verdict.NOT_MEASURED
 
 
 # ------------------------------------------------------------------ sides
@@ -189,6 +118,10 @@ CLAIMS: dict[str, tuple[str, str, str, str]] = {
     "privacy": (
         "Privacy cost", "-", "-",
         "accuracy lost to the same privacy protection (secure aggregation, DP) on each side"),
+    "robustness": (
+        "Robustness to poisoning", "robust: personalization limits what poisoned updates do to each client "
+        "(Ditto, Li et al., ICML 2021)", "one poisoned model for every client unless the server aggregates robustly",
+        "under the run's attack, best pFL's per-client accuracy on the benign clients is above best global's"),
 }
 
 
@@ -403,6 +336,25 @@ def _row_privacy(c: _Ctx) -> Row:
                 "the cost against no privacy is measured by fedarena sweep --epsilons (privacy_sweep.md)")
 
 
+def _row_robustness(c: _Ctx) -> Row:
+    """Benign clients' accuracy under the run's simulated attack (summary.json's `attack`), best pFL against best
+    global; a clean baseline and every attack side by side are in docs/results/robustness.md."""
+    a = c.summary.get("attack")
+    if not a or a["kind"] == "none":
+        return _row("robustness", "not measured: no attack in this run (fedarena compare --attack KIND --malicious 0.2 "
+                    "measures one; docs/results/robustness.md measures each attack and aggregator)", Verdict.NOT_MEASURED)
+    q = m.paired(c.p, c.g, _diff(m.acc_mean))
+    pm, gm = c.means(m.acc_mean)
+    hit = {name: m.over_seeds(c.groups[name], lambda r: r.get("attack_success")).mean for name in (c.sides.pfl, c.sides.glob)}
+    success = "" if hit[c.sides.glob] is None else (
+        f"; backdoor success {c.sides.pfl} {pct(hit[c.sides.pfl])} vs {c.sides.glob} {pct(hit[c.sides.glob])}")
+    diverged = sorted({r["algorithm"] for rs in c.groups.values() for r in rs if r.get("diverged")})
+    return _row("robustness", f"{a['kind']} by {a['malicious_fraction']:.0%} of the clients, {a['aggregator']['name']} "
+                f"aggregation: {c.sides.pfl} {pct(pm)} vs {c.sides.glob} {pct(gm)}: {with_spread(q, signed_pp)}{success}"
+                + (f"; diverged: {', '.join(diverged)}" if diverged else ""),
+                range_verdict(q, 0.0), _noise_note(q, True), c.details(m.acc_mean, pct))
+
+
 def _membership(run: dict[str, Any]) -> str:
     """The membership-inference AUC of the model each client keeps and of the global model (0.5 = no signal)."""
     mb = run.get("membership")
@@ -415,6 +367,7 @@ def _membership(run: dict[str, Any]) -> str:
 ROWS: tuple[Callable[[_Ctx], Row], ...] = (
     _row_accuracy_mean, _row_accuracy_worst10, _row_global_objective, _row_similarity, _row_storage,
     _row_comm_per_round, _row_bandwidth, _row_rounds, _row_seconds, _row_onboarding, _row_forgetting, _row_privacy,
+    _row_robustness,
 )
 
 

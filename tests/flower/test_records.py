@@ -54,8 +54,8 @@ def test_valid_uploads_pass():
     assert set(_decode(scaffold).extra) == {"c/body.w"}
     ifca = _upload(extra={"cluster": torch.tensor(1)})
     assert int(_decode(ifca).extra["cluster"]) == 1
-    mocha = _upload(params={"head.b": torch.ones(2)})
-    assert set(_decode(mocha, uploads_personal=True).params) == {"head.b"}
+    mocha = _upload(params={"head.w": torch.ones(2, 3), "head.b": torch.ones(2)})
+    assert set(_decode(mocha, uploads_personal=True).params) == {"head.w", "head.b"}
 
 
 @pytest.mark.parametrize(("upload", "reason"), [
@@ -76,6 +76,18 @@ def test_bad_uploads_are_rejected_with_a_reason(upload, reason):
         _decode(upload)
 
 
+def test_an_upload_missing_a_key_is_refused():
+    """Found by fuzzing (tests/fuzz): an upload without one of the shared keys passed validation, and FedAvg's
+    weighted mean then raised KeyError, or dropped the key from the global model when that upload came first."""
+    with pytest.raises(FedarenaError, match=r"upload lacks params/body.w \(1 of the model's shared keys missing\)"):
+        _decode(_upload(params={}))
+    with pytest.raises(FedarenaError, match=r"upload lacks params/head.w"):  # MOCHA uploads every personal key
+        _decode(_upload(params={"head.b": torch.ones(2)}), uploads_personal=True)
+    with pytest.raises(FedarenaError, match=r"shared key params/body.w"):
+        _decode(_upload(params={"body.w": torch.ones(3, 2), "head.w": torch.ones(2, 3), "head.b": torch.ones(2)}),
+                uploads_personal=True)
+
+
 def test_garbage_and_pickles_are_refused():
     import pickle
 
@@ -86,6 +98,8 @@ def test_garbage_and_pickles_are_refused():
         records.payload({"payload": "text"})
     with pytest.raises(FedarenaError, match="finite int"):
         records.number({"round": True}, "round")
+    with pytest.raises(FedarenaError, match=r"'state-bytes' must be >= 0, got -1"):
+        records.number({"state-bytes": -1}, "state-bytes", least=0)
 
 
 def test_ledger_record_counts_by_direction():

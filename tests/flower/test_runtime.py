@@ -11,7 +11,7 @@ from flwr.app import Message
 
 from fedarena.algorithms import REGISTRY
 from fedarena.core.codec import encode
-from fedarena.core.types import Broadcast, ClientState, FedarenaError
+from fedarena.core.types import Broadcast, ClientState, FedarenaError, Upload
 from fedarena.flower import common, records
 from fedarena.flower import messages as m
 from fedarena.flower.server_app import FlowerClients
@@ -23,6 +23,7 @@ MODEL = {"body.weight": torch.ones(2, 3), "head.weight": torch.zeros(4, 2)}
 class _Node:
     client_id: str
     num_test: int = 5
+    num_train: int = 10
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,46 @@ def test_a_bad_final_state_is_refused_by_name(payload, match):
     runtime.exchanges.append({"kind": "train"})
     with pytest.raises(FedarenaError, match=match):
         runtime.close()
+
+
+def test_a_train_reply_with_a_negative_count_is_refused():
+    """Found by fuzzing (tests/fuzz): a negative state-bytes or compute-s was recorded as the node's storage and
+    compute time; such replies are now refused like any malformed reply, and the round goes on without them."""
+    upload = encode(Upload(params={"body.weight": torch.ones(2, 3)}, num_samples=4))
+    facts = {0: {m.STATE_BYTES: -1}, 1: {m.COMPUTE_S: -0.5}, 2: {}}
+    runtime = _runtime(lambda key, kind, r: ({m.ROUND: 1, m.CLIENT: key, m.COMPUTE_S: 0.1, m.STATE_BYTES: 48,
+                                              **facts[key]}, upload))
+    got = runtime.train(1, {c: Broadcast(params={}) for c in facts})
+    assert sorted(got) == [2] and torch.equal(got[2].params["body.weight"], torch.ones(2, 3))
+    assert [(r["client"], r["reason"]) for r in runtime.rejected] == [
+        ("c0", "record entry 'state-bytes' must be >= 0, got -1"), ("c1", "record entry 'compute-s' must be >= 0, got -0.5")]
+
+
+DESCRIBE = {m.CLIENT_ID: "c1", m.INDEX: 0, m.NUM_TRAIN: 6, m.NUM_TEST: 2, m.NUM_CLASSES: 3, m.LABEL_COUNTS: [1, 2, 3],
+            m.INPUT_SHAPE: [4]}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({m.LABEL_COUNTS: [-1, 4, 3]}, r"node 5: record entry 'label-counts' must be a list of integers in \[0, "),
+    ({m.LABEL_COUNTS: [1, 1, 1, 3]}, r"node 5 describes inconsistent sizes for client c1: 4 label counts"),
+    ({m.INPUT_SHAPE: [4, 0]}, r"node 5: record entry 'input-shape' must be a list of integers in \[1, "),
+    ({m.INPUT_SHAPE: []}, r"input shape \[\]"),
+    ({m.NUM_TRAIN: 2**40, m.LABEL_COUNTS: [2**40]}, r"'num-train' is 1099511627776, beyond 2147483647"),
+    ({m.NUM_CLASSES: 0}, r"node 5: record entry 'num-classes' must be >= 1, got 0"),
+    ({m.CLIENT_ID: "../c1"}, r"node 5: record entry 'client-id' must be a client name usable as a file name"),
+    ({m.CLIENT_ID: 7}, r"'client-id' must be a client name"),
+    ({m.CLIENT_ID: None}, r"'client-id' must be a client name"),
+    ({m.LABEL_COUNTS: b"\x03\x03"}, r"'label-counts' must be a list of integers"),
+])
+def test_a_bad_describe_reply_is_refused_by_node_and_entry(change, match):
+    """Found by fuzzing (tests/fuzz): negative label counts and more label counts than classes passed
+    `Described.parse`, then the server's stand-in data raised a torch RuntimeError; a zero or empty input shape,
+    bytes as label counts and a missing client id (read as 'None') were accepted; a missing entry raised
+    KeyError and a scalar where a list belongs TypeError."""
+    from fedarena.flower.described import Described
+
+    assert Described.parse(5, DESCRIBE).label_counts == (1, 2, 3)
+    with pytest.raises(FedarenaError, match=match):
+        Described.parse(5, {**DESCRIBE, **change})
+    with pytest.raises(FedarenaError, match=r"node 5: record entry 'input-shape' must be a list"):
+        Described.parse(5, {k: v for k, v in DESCRIBE.items() if k != m.INPUT_SHAPE})

@@ -14,6 +14,8 @@ from fedarena.core.types import FedarenaError, FederatedData
 from fedarena.flower import messages, records
 from fedarena.tasks import input_dtype
 
+MAX_COUNT = 2**31 - 1  # the largest count or dimension a describe reply may state
+
 
 @dataclass(frozen=True)
 class Described:
@@ -30,12 +32,39 @@ class Described:
 
     @classmethod
     def parse(cls, node_id: int, r: Mapping[str, Any]) -> "Described":
-        out = cls(node_id, str(r[messages.CLIENT_ID]), int(records.number(r, messages.INDEX)),
-                  int(records.number(r, messages.NUM_TRAIN)), int(records.number(r, messages.NUM_TEST)),
-                  int(records.number(r, messages.NUM_CLASSES)), tuple(int(c) for c in r[messages.LABEL_COUNTS]),
-                  tuple(int(s) for s in r[messages.INPUT_SHAPE]))
-        if out.num_train < 1 or out.num_test < 1 or sum(out.label_counts) != out.num_train:
-            raise FedarenaError(f"node {node_id} describes inconsistent sizes for client {out.client_id}")
+        """A describe reply, checked: FedarenaError naming the node and the entry when it is malformed. Counts
+        and dimensions must lie in [1, 2**31 - 1] (label counts and the index may be 0, the index -1 for an
+        npz-dir client), the label counts sum to the train size and fit the number of classes, and the client
+        id must be usable as a file name (flower-sim writes ``client-<id>.safetensors``)."""
+        def count(key: str, least: int) -> int:
+            try:
+                value = int(records.number(r, key, least=least))
+            except FedarenaError as exc:
+                raise FedarenaError(f"node {node_id}: {exc}") from None
+            if value > MAX_COUNT:
+                raise FedarenaError(f"node {node_id}: record entry {key!r} is {value}, beyond {MAX_COUNT}")
+            return value
+
+        def counts(key: str, least: int) -> tuple[int, ...]:
+            value = r.get(key)
+            if not isinstance(value, list) or not all(type(v) is int and least <= v <= MAX_COUNT for v in value):
+                raise FedarenaError(f"node {node_id}: record entry {key!r} must be a list of integers in [{least}, "
+                                    f"{MAX_COUNT}], got {value!r}")
+            return tuple(value)
+
+        client_id = r.get(messages.CLIENT_ID)
+        if (not isinstance(client_id, str) or client_id in ("", ".", "..")
+                or any(c in client_id for c in "/\\\0")):
+            raise FedarenaError(f"node {node_id}: record entry {messages.CLIENT_ID!r} must be a client name usable as a "
+                                f"file name, got {client_id!r}")
+        out = cls(node_id, client_id, count(messages.INDEX, -1), count(messages.NUM_TRAIN, 1),
+                  count(messages.NUM_TEST, 1), count(messages.NUM_CLASSES, 1), counts(messages.LABEL_COUNTS, 0),
+                  counts(messages.INPUT_SHAPE, 1))
+        if sum(out.label_counts) != out.num_train or len(out.label_counts) > out.num_classes or not out.input_shape:
+            raise FedarenaError(f"node {node_id} describes inconsistent sizes for client {out.client_id}: "
+                                f"{len(out.label_counts)} label counts summing to {sum(out.label_counts)} for "
+                                f"{out.num_train} train samples and {out.num_classes} classes, input shape "
+                                f"{list(out.input_shape)}")
         return out
 
 
@@ -45,7 +74,7 @@ def stand_in(config: cfg.Config, clients: list[Described], details: Mapping[str,
     counts (sorted) and features are a broadcast zero row, of the model's input dtype (int64 character indices
     for lstm, whose embedding takes no float)."""
     shape, k = clients[0].input_shape, max(d.num_classes for d in clients)
-    zero = torch.zeros((1, *shape), dtype=input_dtype(config.model.name))
+    zero = torch.zeros((), dtype=input_dtype(config.model.name))  # expanded below: no row is allocated
     counts = [torch.tensor(d.label_counts + (0,) * (k - len(d.label_counts))) for d in clients]
     y_train = torch.cat([torch.repeat_interleave(torch.arange(k), c) for c in counts])
     n_train, n_test = sum(d.num_train for d in clients), sum(d.num_test for d in clients)

@@ -9,14 +9,15 @@ ConfigRecord entries. Nothing is ever pickled or unpickled: safetensors, JSON an
 protobuf-based records only.
 
 Every upload a server receives is checked by :func:`validate_upload` before it can reach
-``aggregate``: known keys only, the model's exact shapes and dtypes, finite values (the codec),
-and a sample count no larger than the client's train split.
+``aggregate``: exactly the keys the algorithm uploads (every shared key; every personal key for an
+algorithm that uploads personal weights), the model's exact shapes and dtypes, finite values (the
+codec), and a sample count no larger than the client's train split.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -31,7 +32,7 @@ def content(fields: Mapping[str, Scalar], payload: bytes = b"", **payloads: byte
     """A Flower RecordDict with one ConfigRecord: `fields`, the main `payload` and named extra payloads."""
     from flwr.app import ConfigRecord, RecordDict
 
-    record: dict[str, Scalar] = dict(fields)
+    record: dict[str, Any] = dict(fields)
     if payload:
         record[PAYLOAD] = payload
     record.update({payload_entry(k): v for k, v in payloads.items() if v})
@@ -56,13 +57,15 @@ def payload(record: Mapping[str, Scalar], name: str = "") -> bytes:
     return value
 
 
-def number(record: Mapping[str, Scalar], key: str, kind: type = int) -> int | float:
-    """A required scalar entry, type-checked (bool is not a number)."""
+def number(record: Mapping[str, Scalar], key: str, kind: type = int, least: float | None = None) -> int | float:
+    """A required scalar entry, type-checked (bool is not a number), at least `least` where given."""
     value = record.get(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
-    if not ok or (kind is float and not math.isfinite(float(value))):
+    x = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if x is None or (kind is int and not isinstance(x, int)) or (kind is float and not math.isfinite(float(x))):
         raise FedarenaError(f"record entry {key!r} must be a finite {kind.__name__}, got {value!r}")
-    return kind(value)
+    if least is not None and x < least:
+        raise FedarenaError(f"record entry {key!r} must be >= {least}, got {value!r}")
+    return kind(x)
 
 
 def encode_broadcast(b: Broadcast) -> bytes:
@@ -86,18 +89,25 @@ def validate_upload(upload: Upload, model: Params, personal: KeyFilter, uploads_
                     max_samples: int) -> None:
     """Raise FedarenaError naming the first problem of a decoded upload.
 
-    `params` keys must be model keys (shared keys only, unless the algorithm uploads personal
-    weights) with the model's exact shape and dtype. `extra` keys must be either ``<prefix>/<model
-    key>`` with that key's shape (e.g. SCAFFOLD's control variates) or one-element tensors (e.g.
-    IFCA's cluster index). `num_samples` must lie in [1, max_samples] (the client's train size).
-    NaN/Inf and unknown dtypes are already refused by the codec.
+    `params` keys must be exactly the model's shared keys (its personal keys, for an algorithm that
+    uploads personal weights: MOCHA), each with the model's exact shape and dtype: a missing key would
+    fail the server's weighted mean, or drop that key from the global model. `extra` keys must be
+    either ``<prefix>/<model key>`` with that key's shape (e.g. SCAFFOLD's control variates) or
+    one-element tensors (e.g. IFCA's cluster index). `num_samples` must lie in [1, max_samples] (the
+    client's train size). NaN/Inf and unknown dtypes are already refused by the codec.
     """
     for key, tensor in upload.params.items():
         if key not in model:
             raise FedarenaError(f"upload has unknown key params/{key}")
         if personal(key) and not uploads_personal:
             raise FedarenaError(f"upload carries personal key params/{key}, which must stay on the client")
+        if uploads_personal and not personal(key):
+            raise FedarenaError(f"upload carries shared key params/{key}; this algorithm uploads its personal keys only")
         _check_like(f"params/{key}", tensor, model[key])
+    missing = [key for key in model if personal(key) == uploads_personal and key not in upload.params]
+    if missing:
+        raise FedarenaError(f"upload lacks params/{missing[0]} ({len(missing)} of the model's "
+                            f"{'personal' if uploads_personal else 'shared'} keys missing)")
     for key, tensor in upload.extra.items():
         _, sep, base = key.partition("/")
         if sep and base in model:

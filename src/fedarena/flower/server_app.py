@@ -246,8 +246,8 @@ class FlowerClients:
         """What a train reply reports beside its payload: the node's compute seconds (returned), the size of the
         state it keeps and, under DP-SGD, the steps it took and its sampling rate q (counted for its epsilon
         even if the upload is then rejected: its data was used)."""
-        compute = float(records.number(r, messages.COMPUTE_S, float))
-        self.state_bytes[c] = int(records.number(r, messages.STATE_BYTES))
+        compute = float(records.number(r, messages.COMPUTE_S, float, least=0))
+        self.state_bytes[c] = int(records.number(r, messages.STATE_BYTES, least=0))
         if self.dpsgd is not None:
             self.dpsgd.record(rnd, c, int(records.number(r, messages.DPSGD_STEPS)),
                               float(records.number(r, messages.DPSGD_RATE, float)))

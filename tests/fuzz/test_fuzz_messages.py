@@ -1,0 +1,571 @@
+"""Fuzzing the Flower reply path (issue #18, item 4): what a SuperNode sends the ServerApp.
+
+Targets: the upload codec and its validation (`records.decode_upload`: random bytes, mutated encodings,
+safetensors files built tensor by tensor with wrong names, dtypes, shapes, NaN/Inf and metadata), the record
+accessors (`records.fields`, `payload`, `number`), a node's describe reply (`Described.parse`, then the
+server's stand-in data built from it), the evaluate reply, and the one function that filters a round's train
+replies (`FlowerClients.train`, behind a fake link as in tests/flower/test_runtime.py): with valid and fuzzed
+replies mixed, exactly the valid ones come back and FedPer's server step averages exactly them.
+
+Property everywhere: a malformed input raises FedarenaError whose message names what is wrong (the entry,
+tensor, key or client: checked against an oracle of the defects each input carries), nothing else escapes,
+and every accepted input is well-formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from fuzzing import fuzz, sizes
+from hypothesis import strategies as st
+from safetensors.torch import save as st_save
+
+from fedarena import config as cfg
+from fedarena.algorithms import REGISTRY
+from fedarena.core.codec import WIRE_DTYPES, encode
+from fedarena.core.types import FedarenaError, KeyFilter, ServerState, Upload
+from fedarena.flower import messages as m
+from fedarena.flower import records
+from fedarena.flower.described import Described, stand_in
+from fedarena.flower.server_app import FlowerClients
+
+MODEL = {"body.w": torch.zeros(3, 2), "body.n": torch.zeros((), dtype=torch.int64),
+         "head.w": torch.zeros(2, 3), "head.b": torch.zeros(2)}
+PERSONAL = KeyFilter(("head.*",))  # FedPer's personal keys on this model
+SHARED = ("body.n", "body.w")
+MAX_SAMPLES = 10
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16, torch.int8,
+          torch.uint8, torch.bool)
+SPECIAL = (float("nan"), float("inf"), float("-inf"))
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower stamps messages with the process's task identity (set by its runtimes); set one here."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 7), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
+
+
+# ------------------------------------------------------------------------- strategies
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+
+
+@st.composite
+def tensor(draw, shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tensor of `shape` and `dtype` (drawn when None), finite or with a NaN/Inf somewhere."""
+    if shape is None:
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    dtype = dtype or draw(st.sampled_from(DTYPES))
+    n = math.prod(shape)
+    values = draw(st.lists(finite, min_size=n, max_size=n))
+    if n and dtype.is_floating_point and draw(st.integers(0, 4)) == 0:
+        values[draw(st.integers(0, n - 1))] = draw(st.sampled_from(SPECIAL))
+    return torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+
+
+@st.composite
+def honest(draw) -> Upload:
+    """A valid upload of a FedPer client on MODEL."""
+    values = draw(st.lists(finite, min_size=6, max_size=6))
+    return Upload(params={"body.w": torch.tensor(values, dtype=torch.float32).reshape(3, 2),
+                          "body.n": torch.tensor(draw(st.integers(0, 100)))},
+                  num_samples=draw(st.integers(1, MAX_SAMPLES)),
+                  metrics={"train_loss": draw(st.floats(0, 10)), "steps": float(draw(st.integers(1, 9)))})
+
+
+NAMES = st.sampled_from(["params/body.w", "params/body.n", "params/head.w", "params/head.b", "params/body.v",
+                         "params/", "params/a/b", "extra/c/body.w", "extra/c/head.w", "extra/cluster", "extra/",
+                         "extra/c/nothing", "body.w", "other/x", "junk"])
+
+
+@st.composite
+def like(draw, name: str) -> torch.Tensor:
+    """For a model key: mostly its own shape and dtype, sometimes another; otherwise anything."""
+    base = name.partition("/")[2].removeprefix("c/")
+    if base in MODEL and draw(st.integers(0, 3)):
+        ref = MODEL[base]
+        dtype = ref.dtype if draw(st.integers(0, 3)) else None
+        return draw(tensor(tuple(ref.shape), dtype))
+    return draw(tensor())
+
+
+text_numbers = st.one_of(st.integers(-10**20, 10**20).map(str),
+                         st.sampled_from(["", " 7 ", "1.5", "1e3", "0x5", "nan", "٣", "1_0"]),
+                         st.text(max_size=6))
+metric_values = st.one_of(finite, st.sampled_from(SPECIAL), st.sampled_from(["1.5", "inf", "nan", "x", "1_0"]),
+                          st.none(), st.booleans(), st.lists(st.integers(), max_size=2), st.integers(-10**400, 10**400))
+
+
+def metrics_text(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+metrics_meta = st.one_of(st.dictionaries(st.text(max_size=5), metric_values, max_size=3).map(metrics_text),
+                         st.lists(st.integers(), max_size=2).map(metrics_text), st.text(max_size=10))
+
+
+@st.composite
+def structured(draw) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An honest upload's tensors and metadata with 0..3 defects, or tensors and metadata drawn freely."""
+    if draw(st.booleans()):
+        up = draw(honest())
+        tensors = {f"params/{k}": v for k, v in up.params.items()}
+        meta = {"kind": "Upload", "num_samples": str(up.num_samples),
+                "metrics": json.dumps({k: f"{v:+.16e}" for k, v in up.metrics.items()})}
+        for _ in range(draw(st.integers(0, 3))):
+            what = draw(st.sampled_from(["add", "drop", "replace", "meta", "unmeta"]))
+            name = draw(NAMES)
+            if what in ("add", "replace"):
+                tensors[name if what == "add" else draw(st.sampled_from(sorted(tensors) or ["params/body.w"]))] = \
+                    draw(like(name))
+            elif what == "drop" and tensors:
+                del tensors[draw(st.sampled_from(sorted(tensors)))]
+            elif what == "meta":
+                key = draw(st.sampled_from(["kind", "num_samples", "metrics", "other"]))
+                meta[key] = draw({"kind": st.sampled_from(["Broadcast", "", "upload", "Upload "]),
+                                  "num_samples": text_numbers, "metrics": metrics_meta,
+                                  "other": st.text(max_size=5)}[key])
+            else:
+                meta.pop(draw(st.sampled_from(sorted(meta))), None)
+        return tensors, meta
+    names = draw(st.lists(NAMES, min_size=1, max_size=4, unique=True))
+    tensors = {name: draw(like(name)) for name in names}
+    meta = draw(st.fixed_dictionaries({}, optional={"kind": st.sampled_from(["Upload", "Broadcast", "x"]),
+                                                    "num_samples": text_numbers, "metrics": metrics_meta}))
+    return tensors, meta
+
+
+def reasons(tensors: dict[str, torch.Tensor], meta: dict[str, str], uploads_personal: bool = False) -> list[str]:
+    """What is wrong with an upload built from `tensors` and `meta` (empty: nothing), each as a phrase of the
+    message that names it. The codec and the validation stop at the first problem they meet: the message must
+    name one of these."""
+    out = []
+    if meta.get("kind") != "Upload":
+        out.append("expected a Upload payload")
+    sections: dict[str, dict[str, torch.Tensor]] = {"params": {}, "extra": {}}
+    for name, t in tensors.items():
+        section, _, key = name.partition("/")
+        if section not in sections or not key:
+            out.append(f"payload tensor {name!r} is not params/<key> or extra/<key>")
+        elif t.dtype not in WIRE_DTYPES:
+            out.append(f"payload tensor {name!r} has unsupported dtype")
+        elif t.is_floating_point() and not bool(t.isfinite().all()):
+            out.append(f"payload tensor {name!r} has NaN or Inf values")
+        else:
+            sections[section][key] = t
+    num_samples: int | None = None
+    try:
+        num_samples = int(meta.get("num_samples", "0"))
+        values = [float(str(v)) for v in json.loads(meta.get("metrics", "{}")).values()]
+        if num_samples < 0 or not all(math.isfinite(v) for v in values):
+            out.append("upload num_samples must be >= 0 and metrics finite")
+    except (ValueError, TypeError, AttributeError):
+        out.append("upload metadata is malformed")
+    for key, t in sections["params"].items():
+        if key not in MODEL:
+            out.append(f"upload has unknown key params/{key}")
+        elif PERSONAL(key) != uploads_personal:
+            out.append(f"personal key params/{key}" if PERSONAL(key) else f"shared key params/{key}")
+        elif tuple(t.shape) != tuple(MODEL[key].shape):
+            out.append(f"upload params/{key} has shape")
+        elif t.dtype != MODEL[key].dtype:
+            out.append(f"upload params/{key} has dtype")
+    expected = [k for k in MODEL if PERSONAL(k) == uploads_personal]
+    out += [f"upload lacks params/{k}" for k in expected if k not in sections["params"]]
+    for key, t in sections["extra"].items():
+        _, sep, base = key.partition("/")
+        if sep and base in MODEL:
+            if tuple(t.shape) != tuple(MODEL[base].shape):
+                out.append(f"upload extra/{key} has shape")
+            elif t.dtype != MODEL[base].dtype:
+                out.append(f"upload extra/{key} has dtype")
+        elif t.numel() != 1:
+            out.append(f"upload has unknown key extra/{key}")
+    if num_samples is not None and not 1 <= num_samples <= MAX_SAMPLES:
+        out.append(f"upload num_samples={num_samples} is outside [1, {MAX_SAMPLES}]")
+    return out
+
+
+def encoded(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta or None)
+
+
+def decode(data: bytes, uploads_personal: bool = False) -> Upload:
+    return records.decode_upload(data, MODEL, PERSONAL, uploads_personal, MAX_SAMPLES)
+
+
+def assert_well_formed(up: Upload) -> None:
+    """What every accepted upload satisfies, whatever bytes it came from."""
+    assert sorted(up.params) == list(SHARED)
+    for key, t in up.params.items():
+        assert t.shape == MODEL[key].shape and t.dtype == MODEL[key].dtype
+        assert not t.is_floating_point() or bool(t.isfinite().all())
+    for key, t in up.extra.items():
+        base = key.partition("/")[2]
+        assert (base in MODEL and t.shape == MODEL[base].shape) or t.numel() == 1
+    assert 1 <= up.num_samples <= MAX_SAMPLES and all(math.isfinite(v) for v in up.metrics.values())
+
+
+def decode_or_reason(data: bytes) -> None:
+    """Accepted and well-formed, or refused with FedarenaError saying something about the payload."""
+    try:
+        up = decode(data)
+    except FedarenaError as exc:
+        assert str(exc).startswith(("payload ", "upload ", "expected a Upload")), exc
+        return
+    assert_well_formed(up)
+
+
+# ------------------------------------------------------------------------- the codec and its validation
+
+
+@sizes(300, 2000)
+def test_built_uploads_are_accepted_exactly_when_valid_and_refused_naming_a_defect(n):
+    def check(case):
+        tensors, meta = case
+        expected = reasons(tensors, meta)
+        try:
+            up = decode(encoded(tensors, meta))
+        except FedarenaError as exc:
+            assert expected, f"a valid upload was refused: {exc}"
+            assert any(r in str(exc) for r in expected), f"{exc!s} names none of {expected}"
+            return
+        assert not expected, f"accepted an upload with defects {expected}"
+        assert_well_formed(up)
+
+    fuzz("messages.upload-built", n, structured(), check)
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    """An honest upload's encoding, cut, extended, overwritten, or with its JSON header rewritten."""
+    data = bytearray(canonical(encode(draw(honest()))))
+    for _ in range(draw(st.integers(1, 3))):
+        what = draw(st.sampled_from(["cut", "append", "flip", "insert", "length", "header"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if what == "cut":
+            del data[at:]
+        elif what == "append":
+            data += draw(st.binary(min_size=1, max_size=64))
+        elif what == "flip" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif what == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif what == "length":
+            value = draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(0, len(data) + 8)))
+            data[:8] = value.to_bytes(8, "little")
+        else:
+            data = bytearray(rewrite_header(draw, bytes(data)))
+    return bytes(data)
+
+
+def canonical(data: bytes) -> bytes:
+    """The same safetensors message with its JSON header's keys sorted: safetensors writes them in an order that
+    varies between calls, and a byte position must mean the same thing every time hypothesis replays an input."""
+    n = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+HEADER_VALUES = st.one_of(st.integers(-2**65, 2**65), st.text(max_size=6), st.none(), st.booleans(),
+                          st.lists(st.integers(-2**40, 2**40), max_size=4), st.floats())
+
+
+def rewrite_header(draw, data: bytes) -> bytes:
+    """Parse the safetensors JSON header (when it still parses) and change one thing in it."""
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8:8 + n])
+        assert isinstance(header, dict) and n <= len(data) - 8
+    except (ValueError, AssertionError):
+        return data
+    names = sorted(header)
+    name = draw(st.sampled_from(names)) if names else "__metadata__"
+    what = draw(st.sampled_from(["dtype", "shape", "data_offsets", "drop", "value", "add", "whole"]))
+    if what in ("dtype", "shape", "data_offsets") and isinstance(header.get(name), dict):
+        header[name][what] = draw(st.one_of(
+            HEADER_VALUES, st.sampled_from(["F32", "F64", "F16", "BF16", "I64", "I32", "I8", "U8", "BOOL", "F8_E4M3",
+                                            "C64", "U64", "X"])))
+    elif what == "drop":
+        header.pop(name, None)
+    elif what == "value":
+        header[name] = draw(HEADER_VALUES)
+    elif what == "add":
+        header[draw(NAMES)] = {"dtype": "F32", "shape": draw(st.lists(st.integers(0, 2**33), max_size=3)),
+                               "data_offsets": draw(st.lists(st.integers(0, 2**33), min_size=2, max_size=2))}
+    else:
+        header = draw(HEADER_VALUES)
+    text = json.dumps(header, allow_nan=True, sort_keys=True).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+@sizes(300, 2000)
+def test_mutated_encodings_are_refused_or_well_formed(n):
+    fuzz("messages.upload-mutated", n, mutated(), decode_or_reason)
+
+
+@sizes(100, 500)
+def test_random_bytes_are_refused(n):
+    header = st.builds(lambda text, rest: len(text).to_bytes(8, "little") + text + rest,
+                       st.text(max_size=40).map(str.encode), st.binary(max_size=40))
+    fuzz("messages.upload-bytes", n, st.one_of(st.binary(max_size=300), header), decode_or_reason)
+
+
+# ------------------------------------------------------------------------- record entries
+
+SCALARS = st.one_of(st.integers(-2**70, 2**70), st.floats(), st.text(max_size=5), st.binary(max_size=5), st.booleans(),
+                    st.lists(st.integers(-5, 5), max_size=3), st.lists(st.floats(), max_size=2),
+                    st.lists(st.text(max_size=2), max_size=2), st.lists(st.booleans(), max_size=2),
+                    st.lists(st.binary(max_size=2), max_size=2))
+KEYS = st.sampled_from([m.ROUND, m.CLIENT, m.COMPUTE_S, m.STATE_BYTES, m.PAYLOAD, f"{m.PAYLOAD}-{m.GLOBAL}", m.ACC,
+                        "other"])
+
+
+@sizes(200, 1000)
+def test_record_entries_are_typed_or_refused_by_name(n):
+    def check(record):
+        for key in (m.ROUND, m.COMPUTE_S):
+            for kind in (int, float):
+                try:
+                    value = records.number(record, key, kind)
+                except FedarenaError as exc:
+                    assert repr(key) in str(exc) and kind.__name__ in str(exc)
+                    continue
+                assert type(value) is kind and math.isfinite(value)
+                assert value == record[key] and not isinstance(record[key], bool)
+        for name in ("", m.GLOBAL):
+            try:
+                assert isinstance(records.payload(record, name), bytes)
+            except FedarenaError as exc:
+                assert m.payload_entry(name) in str(exc)
+        msg = _Received(records.content(record))
+        assert records.fields(msg) == record
+        with pytest.raises(FedarenaError, match="no content"):
+            records.fields(_Received(None))
+
+    fuzz("messages.record-entries", n, st.dictionaries(KEYS, SCALARS, max_size=6), check)
+
+
+class _Received:
+    """A received message as `records.fields` sees it."""
+
+    def __init__(self, content):
+        self.content, self.error = content, "lost"
+
+    def has_content(self) -> bool:
+        return self.content is not None
+
+
+# ------------------------------------------------------------------------- describe replies
+
+DESCRIBE_VALID = {m.CLIENT_ID: "c1", m.INDEX: 0, m.NUM_TRAIN: 6, m.NUM_TEST: 2, m.NUM_CLASSES: 3,
+                  m.LABEL_COUNTS: [1, 2, 3], m.INPUT_SHAPE: [4]}
+DESCRIBE_BAD = {
+    m.CLIENT_ID: st.one_of(st.text(max_size=6), st.integers(), st.sampled_from(["", "..", "a/b", "a\\b", "x\x00"])),
+    m.INDEX: st.one_of(st.integers(-3, 3), st.integers(-2**70, 2**70), SCALARS),
+    m.NUM_TRAIN: st.one_of(st.integers(-3, 8), st.integers(-2**70, 2**70), SCALARS),
+    m.NUM_TEST: st.one_of(st.integers(-3, 3), SCALARS),
+    m.NUM_CLASSES: st.one_of(st.integers(-3, 5), st.integers(2**40, 2**70), SCALARS),
+    m.LABEL_COUNTS: st.one_of(st.lists(st.integers(-3, 6), max_size=5), st.lists(st.integers(-2**70, 2**70), max_size=3),
+                              SCALARS),
+    m.INPUT_SHAPE: st.one_of(st.lists(st.integers(-2, 5), max_size=4), SCALARS),
+}
+
+
+@st.composite
+def describe_reply(draw) -> dict[str, Any]:
+    record = dict(DESCRIBE_VALID)
+    for key in draw(st.lists(st.sampled_from(sorted(DESCRIBE_BAD)), max_size=3, unique=True)):
+        if draw(st.integers(0, 5)):
+            record[key] = draw(DESCRIBE_BAD[key])
+        else:
+            del record[key]
+    if draw(st.integers(0, 5)) == 0:
+        record[draw(st.text(max_size=4))] = draw(SCALARS)
+    return record
+
+
+@sizes(300, 1500)
+def test_describe_replies_are_parsed_or_refused_naming_the_node(n):
+    config = cfg.Config()
+
+    def check(record):
+        try:
+            d = Described.parse(7, record)
+        except FedarenaError as exc:
+            assert "node 7" in str(exc), exc
+            return
+        assert d.num_train >= 1 and d.num_test >= 1 and d.num_classes >= 1 and d.client_id
+        assert all(c >= 0 for c in d.label_counts) and sum(d.label_counts) == d.num_train
+        assert len(d.label_counts) <= d.num_classes and d.input_shape and min(d.input_shape) >= 1
+        assert "/" not in d.client_id and d.client_id not in (".", "..")
+        data = stand_in(config, [d], {})  # what the server builds from it
+        assert data.num_clients == 1 and data.num_classes == d.num_classes and len(data.y_train) == d.num_train
+
+    fuzz("messages.describe", n, describe_reply(), check)
+
+
+# ------------------------------------------------------------------------- a round's train replies
+
+
+@dataclass(frozen=True)
+class _Node:
+    client_id: str
+    num_train: int = MAX_SAMPLES
+    num_test: int = 5
+
+
+@dataclass(frozen=True)
+class _Settings:
+    round_timeout: float = 1.0
+    eval_timeout: float = 1.0
+
+
+@dataclass
+class _Link:
+    """Answers each client with its scripted reply (None: no reply); the messages are real Flower records."""
+
+    replies: dict
+    settings: _Settings = field(default_factory=_Settings)
+    clients: dict = field(default_factory=dict)
+    deployment: str = ""
+
+    def exchange(self, msgs, timeout, follow_reconnects=False):
+        from flwr.app import Message
+
+        out = {}
+        for key, (kind, _) in msgs.items():
+            reply = self.replies.get(key)
+            if reply is not None:
+                out[key] = Message(reply, dst_node_id=key, message_type=kind)
+        return out, 0.01
+
+    def refresh(self):
+        return set()
+
+
+def train_fields(rnd: int, c: int) -> dict[str, Any]:
+    return {m.ROUND: rnd, m.CLIENT: c, m.COMPUTE_S: 0.25, m.STATE_BYTES: 48}
+
+
+BAD_FIELDS = {m.COMPUTE_S: st.one_of(st.sampled_from([-1.0, float("nan"), float("inf"), True]), SCALARS),
+              m.STATE_BYTES: st.one_of(st.sampled_from([-1, 2.5, False, "48"]), st.integers(-2**70, -1), SCALARS)}
+
+
+@st.composite
+def train_reply(draw, rnd: int, c: int) -> tuple[Any, Upload | None]:
+    """(the reply's content, the upload when the reply is valid); kinds: honest, a fuzzed payload, fuzzed fields,
+    a payload that is not bytes, no fedarena record."""
+    kind = draw(st.sampled_from(["honest", "honest", "built", "mutated", "fields", "not-bytes", "no-record"]))
+    up = draw(honest())
+    fields_ = train_fields(rnd, c)
+    if kind == "honest":
+        return records.content(fields_, encode(up)), up
+    if kind == "built":
+        tensors, meta = draw(structured())
+        data = encoded(tensors, meta)
+        return records.content(fields_, data), (decode(data) if not reasons(tensors, meta) else None)
+    if kind == "mutated":
+        data = draw(mutated())
+        try:
+            ok = decode(data)
+        except FedarenaError:
+            ok = None
+        return records.content(fields_, data), ok
+    if kind == "fields":
+        key = draw(st.sampled_from(sorted(BAD_FIELDS)))
+        if draw(st.booleans()):
+            del fields_[key]
+        else:
+            fields_[key] = draw(BAD_FIELDS[key])
+        valid = (key in fields_ and not isinstance(fields_[key], bool) and isinstance(fields_[key], (int, float))
+                 and math.isfinite(fields_[key]) and fields_[key] >= 0 and (key == m.COMPUTE_S or isinstance(fields_[key], int)))
+        return records.content(fields_, encode(up)), up if valid else None
+    if kind == "not-bytes":
+        return records.content({**fields_, m.PAYLOAD: draw(st.one_of(st.text(max_size=4), st.integers()))}), None
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({"other": ConfigRecord({m.PAYLOAD: encode(up)})}), None
+
+
+@st.composite
+def round_replies(draw) -> dict[int, tuple[Any, Upload | None]]:
+    clients = draw(st.integers(1, 6))
+    return {c: draw(train_reply(3, c)) for c in range(clients)}
+
+
+@sizes(150, 1500)
+def test_a_round_aggregates_exactly_its_valid_replies(n):
+    algo = REGISTRY["fedper"]()
+    server = ServerState(params={k: MODEL[k].clone() for k in SHARED})
+
+    def check(replies):
+        link = _Link({c: content for c, (content, _) in replies.items()}, clients={c: _Node(f"c{c}") for c in replies})
+        runtime = FlowerClients(link, algo, None, list(replies), MODEL, seed=3, num_classes=3)
+        valid = {c: up for c, (_, up) in replies.items() if up is not None}
+        try:
+            got = runtime.train(3, {c: algo.broadcast(server, c) for c in replies})
+        except FedarenaError as exc:
+            assert not valid and "no client sent a valid reply" in str(exc)
+        else:
+            assert sorted(got) == sorted(valid)
+            for c, up in got.items():
+                assert up.num_samples == valid[c].num_samples
+                assert all(torch.equal(up.params[k], valid[c].params[k]) for k in SHARED)
+            after = algo.aggregate(server, got)  # the round goes on over the valid replies
+            total = sum(up.num_samples for up in valid.values())
+            mean = sum(up.params["body.w"].double() * up.num_samples for up in valid.values()) / total
+            assert torch.allclose(after.params["body.w"].double(), mean, atol=1e-5, rtol=1e-6)
+        rejected = {r["client"]: r["reason"] for r in runtime.rejected}
+        assert sorted(rejected) == sorted(f"c{c}" for c in replies if c not in valid)
+        assert all(reason for reason in rejected.values())
+        assert {e["kind"]: e["replied"] for e in runtime.exchanges}.get("train", 0) == len(valid)
+
+    fuzz("messages.train-round", n, round_replies(), check)
+
+
+# ------------------------------------------------------------------------- evaluate replies
+
+EVAL_BAD = {m.ACC: st.one_of(st.floats(-1, 2), SCALARS), m.LOSS: st.one_of(st.floats(), SCALARS),
+            m.NUM_TEST: st.one_of(st.integers(-2, 7), SCALARS), m.NUM_VAL: st.one_of(st.integers(-2, 3), SCALARS),
+            m.VAL_ACC: st.one_of(st.floats(-1, 2), SCALARS), m.GLOBAL_ACC: st.one_of(st.floats(-1, 2), SCALARS),
+            m.COMPUTE_S: st.one_of(st.floats(-1, 1), SCALARS)}
+
+
+@st.composite
+def evaluate_reply(draw) -> dict[str, Any]:
+    record = {m.ROUND: 2, m.CLIENT: 0, m.ACC: 0.5, m.LOSS: 1.25, m.NUM_TEST: 5, m.NUM_VAL: 0, m.COMPUTE_S: 0.1}
+    for key in draw(st.lists(st.sampled_from(sorted(EVAL_BAD)), max_size=3, unique=True)):
+        if draw(st.integers(0, 4)):
+            record[key] = draw(EVAL_BAD[key])
+        else:
+            record.pop(key, None)
+    return record
+
+
+@sizes(150, 1000)
+def test_evaluate_replies_are_consistent_or_refused(n):
+    algo = REGISTRY["fedper"]()
+
+    def check(record):
+        link = _Link({0: records.content(record)}, clients={0: _Node("c0")})
+        runtime = FlowerClients(link, algo, None, [0], MODEL, seed=3, num_classes=3)
+        try:
+            got = runtime.evaluate(2, {0: algo.broadcast(ServerState(params={}), 0)}, None)
+        except FedarenaError as exc:
+            assert "c0" in str(exc) or "record entry" in str(exc), exc
+            return
+        e = got[0]
+        assert 0 <= e.acc <= 1 and math.isfinite(e.loss) and e.num_test == 5 and e.global_acc is None
+        assert e.num_val >= 0 and (e.val_acc is None) == (e.num_val == 0)
+
+    fuzz("messages.evaluate", n, evaluate_reply(), check)

@@ -7,6 +7,7 @@ import logging
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Global vs personalized federated learning, measured.")
 err = Console(stderr=True)
@@ -14,7 +15,8 @@ out = Console(width=None if Console().is_terminal else 140)
 
 
 def _fail(code: int, message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message naming `fedarena[track]` or a config section `[data]` is text, not rich markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -39,6 +39,7 @@ from fedarena.cli.options import (
     ShardsPerClient,
     Target,
     TargetEpsilon,
+    Track,
     _given,
     _privacy_flags,
 )
@@ -84,6 +85,7 @@ def deploy(
     secagg_neighbours: SecAggNeighbours = None,
     out_dir: RunOut = None,
     set_: Sets = None,
+    track: Track = None,
 ) -> None:
     """Run the comparison on Flower: SuperLink + SuperNodes, personal state kept on the nodes (--algorithms
     defaults to fedavg; algorithms with nothing to federate are skipped)."""
@@ -103,11 +105,13 @@ def deploy(
                                   secagg, secagg_threshold, secagg_neighbours),
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
+    from fedarena.experiments import tracking
     from fedarena.experiments.deploy import Timeouts, deploy_local, deploy_remote
     from fedarena.experiments.rundir import check_out_dir, default_out_dir
 
     target_dir = (out_dir or default_out_dir(conf)).resolve()
     _guard(check_out_dir, target_dir)
+    trackers = _guard(tracking.prepare, track or [], target_dir)
     timeouts = Timeouts(round=round_timeout, evaluate=eval_timeout)
     with err.status("deploying on Flower (SuperLink, SuperNodes, flwr run)..."):
         if local is not None:
@@ -117,3 +121,5 @@ def deploy(
                              insecure=insecure, expect_nodes=expect_nodes, timeouts=timeouts)
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
+    for line in _guard(tracking.track_run, trackers, target_dir):
+        out.print(line, highlight=False, soft_wrap=True)

@@ -38,6 +38,10 @@ Target = Annotated[Optional[float], typer.Option("--target", help="Target person
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu (default) | cuda | cuda:N | auto")]
 RunOut = Annotated[Optional[Path], typer.Option("--out", help="Run directory (must be absent or empty).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="SECTION.KEY=VALUE override, repeatable.")]
+Track = Annotated[Optional[list[str]], typer.Option(
+    "--track", help="mlflow[:URI] | tensorboard[:DIR], repeatable: log the finished run directory to MLflow (default "
+                    "sqlite:///<runs dir>/mlflow.db) or TensorBoard (default <run dir>/tensorboard); needs "
+                    "pip install 'fedarena[track]' (docs/tracking.md).")]
 
 # The privacy flags `compare` and `deploy` share (config section [privacy]).
 DpClip = Annotated[Optional[float], typer.Option("--dp-clip", help="DP: clip each client update to L2 norm C.")]

@@ -45,6 +45,7 @@ from fedarena.cli.options import (
     ShardsPerClient,
     Target,
     TargetEpsilon,
+    Track,
     Tune,
     TuneObjective,
     _given,
@@ -81,6 +82,7 @@ def compare(
     out_dir: RunOut = None,
     set_: Sets = None,
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
+    track: Track = None,
     dp_clip: DpClip = None,
     dp_noise: DpNoise = None,
     dp_delta: DpDelta = None,
@@ -115,11 +117,13 @@ def compare(
 
         config = _guard(preset_file, preset)
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
+    from fedarena.experiments import tracking
     from fedarena.experiments.compare import run_compare
     from fedarena.experiments.rundir import check_out_dir, default_out_dir
 
     target_dir = out_dir or default_out_dir(conf)
     _guard(check_out_dir, target_dir)
+    trackers = _guard(tracking.prepare, track or [], target_dir)
     rounds_total = conf.train.rounds * conf.run.seeds
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -138,6 +142,8 @@ def compare(
 
         paths = _guard(write_report, target_dir)
         out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
+    for line in _guard(tracking.track_run, trackers, target_dir):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

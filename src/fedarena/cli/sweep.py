@@ -22,6 +22,7 @@ from fedarena.cli.options import (
     Seed,
     Seeds,
     Sets,
+    Track,
     _given,
 )
 
@@ -47,6 +48,7 @@ def sweep(
     device: Device = None,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory; rerun with the same --out to resume."),
     set_: Sets = None,
+    track: Track = None,
 ) -> None:
     """Run the comparison over a heterogeneity grid and find where personalization stops paying off.
 
@@ -55,6 +57,7 @@ def sweep(
     import datetime as dt
 
     from fedarena.experiments import sweep as sw
+    from fedarena.experiments import tracking
     from fedarena.report.render import sweep_lines, write_sweep_report
     from fedarena.report.sweep import Cell
 
@@ -67,10 +70,11 @@ def sweep(
     }
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     if epsilons:
-        return _privacy_sweep(conf, epsilons, out_dir)
+        return _privacy_sweep(conf, epsilons, out_dir, track or [])
     names = cells.split(",") if cells else (sw.QUICK_CELLS if quick else sw.DEFAULT_CELLS)
     grid = [_guard(Cell.parse, n) for n in names]
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
+    trackers = _guard(tracking.prepare, track or [], target)
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         bar = progress.add_task("sweep cells", total=len(grid))
@@ -82,17 +86,21 @@ def sweep(
     out.print(f"ideal data similarity: {result['data_similarity_verdict']}; {result['crossover']['text']}",
               highlight=False, soft_wrap=True)
     out.print(f"sweep directory: {target} (report: {paths.html})", highlight=False, soft_wrap=True)
+    for line in _guard(tracking.track_sweep, trackers, target):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
-def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path]) -> None:
+def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path], track: list[str]) -> None:
     import datetime as dt
 
+    from fedarena.experiments import tracking
     from fedarena.experiments.privacy_sweep import run_privacy_sweep
     from fedarena.report import privacy_sweep as ps
     from fedarena.report.render import write_privacy_sweep_report
 
     budgets = [_guard(ps.parse_epsilon, e) for e in epsilons.split(",") if e.strip()]
     target = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-privacy-sweep"
+    trackers = _guard(tracking.prepare, track, target)
     with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         bar = progress.add_task("privacy budgets", total=len(budgets) + 1)
@@ -102,3 +110,5 @@ def _privacy_sweep(conf: cfg.Config, epsilons: str, out_dir: Optional[Path]) -> 
     for line in ps.lines(result):
         out.print(line, highlight=False, soft_wrap=True)
     out.print(f"privacy sweep directory: {target} (report: {paths.html})", highlight=False, soft_wrap=True)
+    for line in _guard(tracking.track_sweep, trackers, target):
+        out.print(line, highlight=False, soft_wrap=True)

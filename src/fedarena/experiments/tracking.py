@@ -47,7 +47,7 @@ SWEEP_RESULTS = ("sweep.json", "privacy_sweep.json")
 SWEEP_ARTIFACTS = ("sweep.html", "sweep.md", "privacy_sweep.html", "privacy_sweep.md")
 # mlflow.utils.validation: MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_METRICS_PER_BATCH
 PARAM_MAX, PARAMS_PER_BATCH, METRICS_PER_BATCH = 6000, 100, 1000
-# MLflow >= 3.7 refuses its filesystem store ("maintenance mode") unless this variable is true
+# MLflow 3.17 (the pinned release) refuses its filesystem store ("maintenance mode") unless this variable is true
 FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two characters at least: not a Windows drive letter
 

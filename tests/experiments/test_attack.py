@@ -124,7 +124,7 @@ def test_attacks_are_refused_on_flower_sim(tmp_path):
 
 def test_the_cli_exits_2_naming_the_rule(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--data", "digits", "--clients", "6", "--clients-per-round", "3",
-                                      "--rounds", "1", "--set", "robust.aggregator=bulyan", "--set", "robust.f=1",
+                                      "--rounds", "1", "--aggregator", "bulyan", "--set", "robust.f=1",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "bulyan tolerates f=1 attackers only with at least 7" in result.output
@@ -149,3 +149,15 @@ def test_the_report_puts_the_measurement_beside_dittos_claim(tmp_path, clean):
     assert row.verdict is expected
     clean_row = next(r for r in claim_table(clean).rows if r.key == "robustness")
     assert clean_row.verdict is Verdict.NOT_MEASURED and "no attack in this run" in clean_row.measured
+
+
+def test_the_cli_flags_set_the_attack_and_the_rule(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["compare", "--data", "digits", "--clients", "8", "--clients-per-round", "8",
+                                      "--rounds", "1", "--model", "mlr", "--algorithms", "fedavg", "--attack", "sign-flip",
+                                      "--malicious", "0.125", "--aggregator", "trimmed-mean", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["attack"]["kind"] == "sign-flip" and s["attack"]["aggregator"] == {
+        "name": "trimmed-mean", "f": 1, "beta": 0.2, "m": None, "tau": 100.0, "iterations": 1}
+    assert len(s["malicious_clients"]) == 1 and len(s["runs"][0]["final"]["personal_acc_per_client"]) == 7

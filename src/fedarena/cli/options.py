@@ -56,6 +56,12 @@ TargetEpsilon = Annotated[Optional[float], typer.Option(
     "--target-epsilon", help="DP: stop before the round that would exceed it.")]
 SecAgg = Annotated[bool, typer.Option(
     "--secagg", help="Secure aggregation between the clients and the server (SecAgg; SecAgg+ with --secagg-neighbours).")]
+Attack = Annotated[Optional[str], typer.Option(
+    "--attack", help="Simulate poisoning: label-flip | sign-flip | scale | gaussian | alie | backdoor (docs/robustness.md).")]
+Malicious = Annotated[Optional[float], typer.Option(
+    "--malicious", help="Share of the training clients that attack (default 0.2); metrics are over the benign ones.")]
+Aggregator = Annotated[Optional[str], typer.Option(
+    "--aggregator", help="Server rule: mean (default) | median | trimmed-mean | krum | multi-krum | bulyan | centered-clip.")]
 SecAggThreshold = Annotated[Optional[int], typer.Option("--secagg-threshold", help="Survivors needed (t of n).")]
 SecAggNeighbours = Annotated[Optional[int], typer.Option("--secagg-neighbours", help="SecAgg+ graph degree k.")]
 

@@ -14,8 +14,10 @@ from rich.table import Table
 from fedarena import config as cfg
 from fedarena.cli.app import _fail, _guard, app, err, out
 from fedarena.cli.options import (
+    Aggregator,
     Algorithms,
     Alpha,
+    Attack,
     BatchSize,
     Clients,
     ClientsPerRound,
@@ -30,6 +32,7 @@ from fedarena.cli.options import (
     DpSgdNoise,
     LocalEpochs,
     Lr,
+    Malicious,
     Model,
     NewClients,
     Partition,
@@ -93,6 +96,9 @@ def compare(
     secagg: SecAgg = False,
     secagg_threshold: SecAggThreshold = None,
     secagg_neighbours: SecAggNeighbours = None,
+    attack: Attack = None,
+    malicious: Malicious = None,
+    aggregator: Aggregator = None,
     forget_probe: Optional[str] = typer.Option(
         None, "--forget-probe",
         help="Client ID: plant a backdoor in its data, then forget it (retrain, federaser) into RUN/forget-ID/."),
@@ -109,6 +115,8 @@ def compare(
         "tune": _given(trials=_guard(tune_trials, tune), objective=tune_objective),
         "privacy": _privacy_flags(dp_clip, dp_noise, dp_delta, dp_mode, dp_sgd_noise, dp_sgd_clip, target_epsilon,
                                   secagg, secagg_threshold, secagg_neighbours),
+        "attack": _given(kind=attack, malicious=malicious),
+        "robust": _given(aggregator=aggregator),
     }
     if preset and config:
         _fail(2, "give --preset or --config, not both (a preset is a config file: copy it to change it)")

@@ -240,3 +240,11 @@ def test_deploy_is_tracked_from_its_run_directory(tmp_path, monkeypatch):
     events = EventAccumulator(str(tmp_path / "tb" / "deployed" / "fedavg" / "seed-0"))
     events.Reload()
     assert [e.step for e in events.Scalars("personal_acc_mean")] == [h["round"] for h in entry["history"]]
+
+
+def test_track_is_declared_once_for_compare_sweep_and_deploy():
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    declared = [next(p for p in commands[name].params if "--track" in p.opts) for name in ("compare", "sweep", "deploy")]
+    assert len({(p.help, p.type.name, p.default, p.multiple) for p in declared}) == 1 and declared[0].multiple

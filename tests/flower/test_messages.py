@@ -20,6 +20,7 @@ WIRE = {
     "NPZ_DIR": "npz-dir", "NODE_CLIENT": "client", "STATE_DIR": "state-dir", "WIRE_LOG": "wire-log",
     "WIRE_CAPTURE": "wire-capture", "CONFIG": "config", "OUT_DIR": "out-dir", "EXPECT_NODES": "expect-nodes",
     "ROUND_TIMEOUT": "round-timeout", "EVAL_TIMEOUT": "eval-timeout", "START_TIMEOUT": "start-timeout",
+    "DEPLOYMENT": "deployment", "FROM_ROUND": "from-round", "RESUME": "resume",
 }
 SECAGG_TYPES = {"share_keys": "query.secagg_share_keys", "masked_input": "query.secagg_masked_input",
                 "unmasking": "query.secagg_unmask"}

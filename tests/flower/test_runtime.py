@@ -40,6 +40,7 @@ class _Link:
     settings: _Settings = field(default_factory=_Settings)
     clients: dict = field(default_factory=lambda: {c: _Node(f"c{c}") for c in range(4)})
     sent: list = field(default_factory=list)
+    deployment: str = ""
 
     def exchange(self, msgs, timeout, follow_reconnects=False):
         replies = {}

@@ -7,8 +7,11 @@ A node loads only its own client's data, named by its node config (``flower-supe
   `compare` partitions it for the run's config and seed;
 - ``npz-dir="PATH" client="STEM"``: ``PATH/train/STEM.npz`` and ``PATH/test/STEM.npz`` only;
 - ``state-dir="PATH"``: where the node keeps its clients' state (personal keys, control
-  variates, ...) between rounds, as safetensors files per (run, seed, algorithm, client). State
-  never leaves the node and survives a SuperNode restart.
+  variates, ...) between rounds, as safetensors files per (deployment, seed, algorithm, client). State
+  never leaves the node and survives a SuperNode restart; it is kept per deployment (the id `fedarena deploy`
+  sends with every message, else the Flower run's), so a ServerApp restarted with `deploy --resume` finds it,
+  and it is stamped with its round so that the node answers with its state as of the server's checkpoint
+  (`common.NodeState`).
 - a virtual SuperNode of Flower's simulation runtime (`--engine flower-sim`) has only
   ``partition-id`` and ``num-partitions``: it serves client I (for npz-dir data, the I-th file stem
   in sorted order) and keeps its state, as the same safetensors bytes, in the node's
@@ -39,6 +42,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -169,11 +173,20 @@ class Node:
     def algorithm(self) -> Any:
         return cfg.hyperparameters(self.config, str(self.record[m.ALGORITHM]))
 
-    def state_file(self) -> Path:
+    def kept(self) -> common.NodeState:
+        """The client's state files: under the deployment's id where the server sends one (a restarted ServerApp
+        sends the same), else under the Flower run's."""
         if m.STATE_DIR not in self.node_config:
             raise FedarenaError("node config needs state-dir=PATH (where this node keeps its personal state)")
-        return common.state_path(Path(str(self.node_config[m.STATE_DIR])), self.run_id, self.config.run.seed,
+        deployment = self.record.get(m.DEPLOYMENT, self.run_id)
+        if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", str(deployment)):
+            raise FedarenaError(f"record entry {m.DEPLOYMENT!r} must be 1-64 letters, digits, '-' or '_', got {deployment!r}")
+        start = int(records.number(self.record, m.FROM_ROUND)) if m.FROM_ROUND in self.record else 0
+        if start < 0:
+            raise FedarenaError(f"record entry {m.FROM_ROUND!r} must be >= 0, got {start}")
+        path = common.state_path(Path(str(self.node_config[m.STATE_DIR])), str(deployment), self.config.run.seed,
                                  str(self.record[m.ALGORITHM]), self.client_id)
+        return common.NodeState(path, str(self.run_id), start)
 
     def virtual(self) -> bool:
         """A virtual SuperNode of the simulation runtime without a state directory."""
@@ -182,23 +195,24 @@ class Node:
     def _state_key(self) -> str:
         return f"fedarena-state-seed-{self.config.run.seed}-{self.record[m.ALGORITHM]}"
 
-    def state(self, algo: Any, task: Any):
-        """The saved state, or the initial one (`init_client` of the run's initial model)."""
+    def state(self, algo: Any, task: Any, through: int):
+        """The saved state as of round `through` (a state directory keeps the one before the latest round: see
+        `common.NodeState`), or the initial one (`init_client` of the run's initial model)."""
         if self.virtual():
             kept = self.context.state.get(self._state_key())
             saved = common.state_from_bytes(kept[STATE_FIELD]) if isinstance(kept, ConfigRecord) else None
         else:
-            saved = common.load_state(self.state_file())
+            saved = self.kept().load(through)
         if saved is not None:
             return saved
         return algo.init_client(initial_model(task, self.config.run.seed))
 
-    def save(self, state: ClientState) -> None:
-        """Keep the state on this node: its state directory, or a virtual node's `context.state`."""
+    def save(self, state: ClientState, rnd: int) -> None:
+        """Keep the state trained in round `rnd` on this node: its state directory, or a virtual node's `context.state`."""
         if self.virtual():
             self.context.state[self._state_key()] = ConfigRecord({STATE_FIELD: common.state_to_bytes(state)})
         else:
-            common.save_state(self.state_file(), state)
+            self.kept().save(state, rnd)
 
 
 @app.query(m.DESCRIBE_ACTION)
@@ -261,9 +275,10 @@ def _train(msg: Message, context: Context, private: bool) -> Message:
     broadcast = records.decode_broadcast(records.payload(node.record))
     # DP-SGD on the node, its noise and lots seeded from the OS as every deployment's noise is
     dpsgd = SampleLevel.build(dataclasses.replace(node.config.privacy, secure_noise=True))
-    upload, state = to_device(train_client(algo, task, node.on_device(broadcast), node.on_device(node.state(algo, task)),
-                                           node.data, node.config.run.seed, rnd, client, dpsgd), CPU)
-    node.save(state)
+    before = node.on_device(node.state(algo, task, rnd - 1))  # as of the round before: see common.NodeState
+    upload, state = to_device(train_client(algo, task, node.on_device(broadcast), before, node.data,
+                                           node.config.run.seed, rnd, client, dpsgd), CPU)
+    node.save(state, rnd)
     log.info("client %s trained round %d", node.client_id, rnd)
     stored = nbytes(state.params) + nbytes(state.extra)
     payload, blob = encode(upload), b""
@@ -283,8 +298,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     algo, task = node.algorithm(), node.task()
     rnd, client = int(records.number(node.record, m.ROUND)), int(records.number(node.record, m.CLIENT))
     broadcast = records.decode_broadcast(records.payload(node.record))
-    personal = personal_model(algo, task, node.on_device(broadcast), node.on_device(node.state(algo, task)), node.data,
-                              node.config.run.seed, rnd, client)
+    personal = personal_model(algo, task, node.on_device(broadcast), node.on_device(node.state(algo, task, rnd)),
+                              node.data, node.config.run.seed, rnd, client)
     global_params = node.on_device(records.decode_params(records.payload(node.record, m.GLOBAL)))
     result = evaluate_client(task, personal, global_params, node.data)
     out = {m.ROUND: rnd, m.CLIENT: client, m.ACC: result.acc, m.LOSS: result.loss, m.NUM_TEST: result.num_test,
@@ -320,5 +335,5 @@ def fetch_state(msg: Message, context: Context) -> Message:
     if not node.virtual():
         raise FedarenaError("a SuperNode's personal state never leaves it; only flower-sim's virtual nodes send it")
     algo, task = node.algorithm(), node.task()
-    state = common.state_to_bytes(node.state(algo, task))
+    state = common.state_to_bytes(node.state(algo, task, int(records.number(node.record, m.ROUND))))
     return Message(records.content({m.CLIENT: int(records.number(node.record, m.CLIENT))}, state), reply_to=msg)

@@ -40,6 +40,8 @@ SEED: Final = "seed"  # also the one entry of a describe request
 ROUND: Final = "round"
 CLIENT: Final = "client"  # the client's index in the run
 NUM_CLASSES: Final = "num-classes"
+DEPLOYMENT: Final = "deployment"  # `fedarena deploy`'s id: the node keeps the state of one deployment under it
+FROM_ROUND: Final = "from-round"  # the server checkpoint this ServerApp run continues from (0: a fresh start)
 # describe reply
 CLIENT_ID: Final = "client-id"
 INDEX: Final = "index"  # the partition id (embedded data), -1 for npz-dir clients
@@ -63,7 +65,7 @@ BEFORE: Final = "before"
 AFTER: Final = "after"
 STEPS: Final = "steps"
 
-REQUEST_FIELDS: Final = (ALGORITHM, SEED, ROUND, CLIENT, NUM_CLASSES)
+REQUEST_FIELDS: Final = (ALGORITHM, SEED, ROUND, CLIENT, NUM_CLASSES, FROM_ROUND)  # + DEPLOYMENT on a deploy
 DESCRIBE_REPLY_FIELDS: Final = (CLIENT_ID, INDEX, NUM_TRAIN, NUM_TEST, NUM_CLASSES, LABEL_COUNTS, INPUT_SHAPE)
 TRAIN_REPLY_FIELDS: Final = (ROUND, CLIENT, COMPUTE_S, STATE_BYTES)  # + DPSGD_STEPS, DPSGD_RATE under DP-SGD
 SECAGG_REPLY_FIELDS: Final = (ROUND, CLIENT)  # + the SECAGG payload
@@ -88,6 +90,7 @@ ROUND_TIMEOUT: Final = "round-timeout"
 EVAL_TIMEOUT: Final = "eval-timeout"
 START_TIMEOUT: Final = "start-timeout"
 ENGINE: Final = "engine"
+RESUME: Final = "resume"  # true: finish the interrupted deploy whose state lies beside OUT_DIR (experiments/deploy_resume)
 
 
 def payload_entry(name: str = "") -> str:

@@ -55,6 +55,7 @@ class Settings:
     start_timeout: float = 120.0
     poll: float = 0.05
     engine: str = "flower"  # "flower-sim" on Flower's simulation runtime (virtual SuperNodes)
+    resume: bool = False  # finish the interrupted deploy of `out_dir` (experiments/deploy_resume.py)
 
     @classmethod
     def from_run_config(cls, rc: Mapping[str, Any]) -> "Settings":
@@ -68,7 +69,8 @@ class Settings:
         return cls(config=get(messages.CONFIG, str), out_dir=get(messages.OUT_DIR, str),
                    expect_nodes=get(messages.EXPECT_NODES, int), round_timeout=get(messages.ROUND_TIMEOUT, float, 60.0),
                    eval_timeout=get(messages.EVAL_TIMEOUT, float, 120.0),
-                   start_timeout=get(messages.START_TIMEOUT, float, 120.0), engine=get(messages.ENGINE, str, "flower"))
+                   start_timeout=get(messages.START_TIMEOUT, float, 120.0), engine=get(messages.ENGINE, str, "flower"),
+                   resume=get(messages.RESUME, bool, False))
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Link:
     grid: Grid
     settings: Settings
     seed: int = 0
+    deployment: str = ""  # a deploy's id, sent with every message: the nodes keep its state under it
     clients: dict[Key, Described] = field(default_factory=dict)  # by client index
     order: dict[str, Key] = field(default_factory=dict)  # client id -> index, fixed by the first describe
     known_nodes: set[int] = field(default_factory=set)
@@ -205,14 +208,20 @@ class FlowerClients:
         self.rejected: list[dict[str, Any]] = []
         self.onboard_bytes = 0
         self.state_bytes: dict[int, int] = {}  # per client, as its node reports it
+        # the round before the first this runtime trains: the server's checkpoint it continues from (0: a fresh start;
+        # the engine sends train messages in every round, from the one after its checkpoint)
+        self.from_round: int | None = None
 
     def _fields(self, rnd: int, c: int) -> dict[str, Any]:
+        deployment = {messages.DEPLOYMENT: self.link.deployment} if self.link.deployment else {}
         return {messages.ALGORITHM: self.algo.name, messages.SEED: self.seed, messages.ROUND: rnd, messages.CLIENT: c,
-                messages.NUM_CLASSES: self.num_classes}
+                messages.NUM_CLASSES: self.num_classes, messages.FROM_ROUND: self.from_round or 0, **deployment}
 
     def _send_train(self, rnd: int, broadcasts: dict[int, Broadcast],
                     protect: ClientPrivacy | None) -> tuple[dict[int, Message], float]:
         """Broadcasts out (`train`, or `train.private` with the round's ClientPrivacy), replies in."""
+        if self.from_round is None:
+            self.from_round = rnd - 1
         self.link.refresh()
         extra = secagg_stages.privacy_fields(protect) if protect else {}
         msgs = {}
@@ -378,13 +387,24 @@ class FlowerClients:
         self._note("fetch-state", 0, wall, [], len(msgs), len(replies))
 
     def summary(self) -> dict[str, Any]:
-        def mean(kind: str, key: str) -> float | None:
-            v = [e[key] for e in self.exchanges if e["kind"] == kind]
-            return sum(v) / len(v) if v else None
+        return flower_summary(self.exchanges, self.rejected, max(self.state_bytes.values(), default=0))
 
-        return {"runtime": "flower", "storage_bytes_per_client": max(self.state_bytes.values(), default=0),
-                "train_wall_s_mean": mean("train", "wall_s"),
-                "train_flower_overhead_s_mean": mean("train", "flower_overhead_s"),
-                "evaluate_wall_s_mean": mean("evaluate", "wall_s"),
-                "evaluate_flower_overhead_s_mean": mean("evaluate", "flower_overhead_s"),
-                "exchanges": self.exchanges, "rejected": self.rejected}
+
+def flower_summary(exchanges: list[dict[str, Any]], rejected: list[dict[str, Any]], storage: int) -> dict[str, Any]:
+    """`FlowerClients.summary()`: the exchanges, rejected replies, the largest state a node reported, the means."""
+    def mean(kind: str, key: str) -> float | None:
+        v = [e[key] for e in exchanges if e["kind"] == kind]
+        return sum(v) / len(v) if v else None
+
+    return {"runtime": "flower", "storage_bytes_per_client": storage,
+            "train_wall_s_mean": mean("train", "wall_s"),
+            "train_flower_overhead_s_mean": mean("train", "flower_overhead_s"),
+            "evaluate_wall_s_mean": mean("evaluate", "wall_s"),
+            "evaluate_flower_overhead_s_mean": mean("evaluate", "flower_overhead_s"),
+            "exchanges": list(exchanges), "rejected": list(rejected)}
+
+
+def joined_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The `summary()` of one run from that of its rounds before a ServerApp restart and that of the rounds after."""
+    return flower_summary(before["exchanges"] + after["exchanges"], before["rejected"] + after["rejected"],
+                          max(before["storage_bytes_per_client"], after["storage_bytes_per_client"]))

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedarena.core import robust
 from fedarena.core.params import weighted_mean
 from fedarena.core.rng import torch_rng
 from fedarena.core.robust import AGGREGATORS, RobustRule, aggregate, check, krum_scores, squared_distances
@@ -369,3 +370,16 @@ def test_agrees_with_a_naive_reference(rule, case):
     rows, weights, _, _ = case
     got = aggregate(rule, ups(rows, dtype=F64), weights, {"w": torch.zeros(len(rows[0]), dtype=F64)})["w"]
     assert got.tolist() == pytest.approx(_naive(rule, rows, weights), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_column_blocks_give_the_same_result(rule, monkeypatch):
+    # 7 uploads of 13 + 6 values: with BLOCK = 21 every key is cut into blocks of 3 columns (the last one shorter)
+    g = torch_rng(5, "test-robust-blocks")
+    uploads = [{"a": torch.randn(13, generator=g, dtype=F64), "b": torch.randn(2, 3, generator=g, dtype=F64)} for _ in range(7)]
+    center = {k: v + 0.5 for k, v in uploads[0].items()}
+    whole = aggregate(rule, uploads, [1, 2, 3, 4, 5, 6, 7], center)
+    monkeypatch.setattr(robust, "BLOCK", 21)
+    blocked = aggregate(rule, uploads, [1, 2, 3, 4, 5, 6, 7], center)
+    for k in whole:
+        torch.testing.assert_close(blocked[k], whole[k], rtol=1e-13, atol=1e-13)

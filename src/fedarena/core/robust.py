@@ -42,9 +42,12 @@ Only floating-point keys are aggregated by the rule. Every other key (an int64 B
 `weighted_mean`'s value over all uploads, whatever the rule: the float64 weighted mean cast back to the key's
 dtype (truncated toward zero for integers). Results have the inputs' dtypes; arithmetic is in float64. Every
 rule but centered-clip is translation-equivariant (adding c to every upload adds c to the result; centered-clip
-is when c is added to `center` too). Whole-model distances are computed from the Gram matrix of the updates
-x_i - center, accumulated key by key, so that no [n, d] float64 copy of the model is held; 100 clients x 1M
-params cost ~1.5 s (distances) and ~7 s (a coordinate-wise sort) on 2 CPU cores. Nothing is random.
+is when c is added to `center` too). Every rule reads the uploads a block of columns at a time (`BLOCK`
+elements, stacked to [n, columns]), so that no [n, d] float64 copy of the model is held; whole-model distances
+come from the Gram matrix of the updates x_i - center, accumulated block by block. 100 uploads of a 985k-param
+MLP (2 CPU cores, load ~10): mean 2.9 s, krum 7.3 s, median 11.6 s, centered-clip 12.4 s, trimmed-mean 16.2 s,
+bulyan 41.6 s; peak RSS at most 0.22 GB above the mean's 0.71 GB (the uploads alone are 0.39 GB). Nothing is
+random.
 
 Non-finite uploads: Krum, Multi-Krum and Bulyan's selection take an upload holding Inf or NaN as infinitely
 far from every other; the coordinate-wise rules sort NaN above +Inf (torch.sort), so a single NaN is trimmed
@@ -55,7 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -151,34 +154,56 @@ def _validate(rule: RobustRule, uploads: Sequence[Params], weights: Sequence[flo
                                     f"got {got}")
 
 
-def _stack(uploads: Sequence[Params], key: str) -> torch.Tensor:
-    """The uploads' `key` as one [n, ...] float64 tensor."""
-    return torch.stack([up[key] for up in uploads]).to(F64)
+BLOCK = 2**20  # elements of one [n, columns] block: a rule holds a few such blocks at a time (8 MiB each in float64)
+
+
+def _blocks(uploads: Sequence[Params], key: str) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The uploads' flattened `key`, a range of columns at a time: (columns, [n, len(columns)] tensor in the key's
+    dtype), so that no [n, d] float64 copy of the model is ever held."""
+    flats = [up[key].reshape(-1) for up in uploads]
+    numel, cols = flats[0].numel(), max(1, BLOCK // len(uploads))
+    for start in range(0, numel, cols):
+        cut = slice(start, min(start + cols, numel))
+        yield cut, torch.stack([x[cut] for x in flats])
+
+
+def _coordinatewise(uploads: Sequence[Params], keys: Sequence[str],
+                    rule: Callable[[torch.Tensor], torch.Tensor]) -> Params:
+    """Per key, `rule` applied to each block of columns (a [n, c] tensor -> [c] float64)."""
+    out: Params = {}
+    for k in keys:
+        flat = torch.empty(uploads[0][k].numel(), dtype=F64, device=uploads[0][k].device)
+        for cut, block in _blocks(uploads, k):
+            flat[cut] = rule(block)
+        out[k] = flat.reshape(uploads[0][k].shape)
+    return out
 
 
 def _median0(values: torch.Tensor) -> torch.Tensor:
-    """Median along dim 0; an even count gives the mean of the two middle values."""
+    """Median along dim 0 in float64; an even count gives the mean of the two middle values."""
     n = values.shape[0]
-    srt = torch.sort(values, dim=0).values
+    srt = torch.sort(values, dim=0).values  # in the inputs' dtype: sorting does not round
     if n % 2:
-        return srt[n // 2]
-    return (srt[n // 2 - 1] + srt[n // 2]) / 2
+        return srt[n // 2].to(F64)
+    return (srt[n // 2 - 1].to(F64) + srt[n // 2].to(F64)) / 2
 
 
 def _trimmed_mean0(values: torch.Tensor, cut: int) -> torch.Tensor:
     n = values.shape[0]
-    return torch.sort(values, dim=0).values[cut:n - cut].mean(dim=0)
+    return torch.sort(values, dim=0).values[cut:n - cut].to(F64).mean(dim=0)
 
 
 def squared_distances(uploads: Sequence[Params], center: Params, float_keys: Sequence[str]) -> torch.Tensor:
     """[n, n] float64 matrix of ||x_i - x_j||^2 over the concatenated `float_keys`, from the Gram matrix of the
-    updates x_i - center (accumulated key by key); symmetric, zero diagonal, +Inf where not finite."""
+    updates x_i - center (accumulated block by block); symmetric, zero diagonal, +Inf where not finite."""
     n = len(uploads)
     dev = uploads[0][float_keys[0]].device if float_keys else torch.device("cpu")
     gram = torch.zeros(n, n, dtype=F64, device=dev)
     for k in float_keys:
-        upd = (_stack(uploads, k) - center[k].to(F64)).reshape(n, -1)
-        gram += upd @ upd.T
+        ref = center[k].reshape(-1)
+        for cut, block in _blocks(uploads, k):
+            upd = block.to(F64) - ref[cut].to(F64)
+            gram += upd @ upd.T
     sq = gram.diagonal()
     dist = sq[:, None] + sq[None, :] - 2 * gram
     dist = ((dist + dist.T) / 2).clamp_min(0)
@@ -215,7 +240,8 @@ def bulyan_selection(dist: torch.Tensor, f: int) -> list[int]:
 
 
 def _closest_to_median_mean(values: torch.Tensor, beta: int) -> torch.Tensor:
-    """Per coordinate, the mean of the `beta` values closest to the median (ties: the lower row)."""
+    """Per coordinate, the mean of the `beta` values closest to the median (ties: the lower row), in float64."""
+    values = values.to(F64)
     gap = (values - _median0(values)).abs()
     rows = torch.sort(gap, dim=0, stable=True).indices[:beta]
     return torch.gather(values, 0, rows).mean(dim=0)
@@ -223,19 +249,20 @@ def _closest_to_median_mean(values: torch.Tensor, beta: int) -> torch.Tensor:
 
 def _centered_clip(rule: RobustRule, uploads: Sequence[Params], center: Params, float_keys: list[str]) -> Params:
     n = len(uploads)
-    v = {k: center[k].to(F64) for k in float_keys}
+    v = {k: center[k].reshape(-1).to(F64, copy=True) for k in float_keys}  # flat float64 copies, updated in place
     for _ in range(rule.iterations):
-        diffs = {k: _stack(uploads, k) - v[k] for k in float_keys}
-        sq = sum((d.reshape(n, -1).pow(2).sum(dim=1) for d in diffs.values()), torch.zeros(n, dtype=F64))
+        sq = torch.zeros(n, dtype=F64, device=v[float_keys[0]].device if float_keys else None)
+        for k in float_keys:
+            for cut, block in _blocks(uploads, k):
+                sq += (block.to(F64) - v[k][cut]).pow(2).sum(dim=1)
         norm = sq.sqrt()
-        finite = torch.isfinite(norm)
-        scale = torch.where(norm > rule.tau, rule.tau / norm, torch.ones_like(norm))
-        scale = torch.where(finite, scale, torch.zeros_like(scale))
-        for k, d in diffs.items():
-            s = scale.reshape(n, *([1] * (d.dim() - 1)))
-            clipped = torch.where(finite.reshape(s.shape), s * d, torch.zeros_like(d))
-            v[k] = v[k] + clipped.sum(dim=0) / n
-    return v
+        finite = torch.isfinite(norm)[:, None]
+        scale = torch.where(norm > rule.tau, rule.tau / norm, torch.ones_like(norm))[:, None]
+        for k in float_keys:  # each column's step reads only its own column of v: updating block by block is exact
+            for cut, block in _blocks(uploads, k):
+                diff = block.to(F64) - v[k][cut]
+                v[k][cut] += torch.where(finite, scale * diff, torch.zeros_like(diff)).sum(dim=0) / n
+    return {k: v[k].reshape(center[k].shape) for k in float_keys}
 
 
 def _float_part(rule: RobustRule, uploads: Sequence[Params], weights: Sequence[float], center: Params,
@@ -243,10 +270,10 @@ def _float_part(rule: RobustRule, uploads: Sequence[Params], weights: Sequence[f
     """The rule's value of every floating-point key, in float64 (krum: the chosen upload's own tensors)."""
     n = len(uploads)
     if rule.name == "median":
-        return {k: _median0(_stack(uploads, k)) for k in float_keys}
+        return _coordinatewise(uploads, float_keys, _median0)
     if rule.name == "trimmed-mean":
         cut = trimmed_count(rule.beta, n)
-        return {k: _trimmed_mean0(_stack(uploads, k), cut) for k in float_keys}
+        return _coordinatewise(uploads, float_keys, lambda block: _trimmed_mean0(block, cut))
     if rule.name == "centered-clip":
         return _centered_clip(rule, uploads, center, float_keys)
     dist = squared_distances(uploads, center, float_keys)
@@ -258,7 +285,7 @@ def _float_part(rule: RobustRule, uploads: Sequence[Params], weights: Sequence[f
         return weighted_mean([{k: uploads[i][k] for k in float_keys} for i in chosen], [weights[i] for i in chosen])
     chosen = bulyan_selection(dist, rule.f)  # bulyan
     beta = len(chosen) - 2 * rule.f
-    return {k: _closest_to_median_mean(_stack([uploads[i] for i in chosen], k), beta) for k in float_keys}
+    return _coordinatewise([uploads[i] for i in chosen], float_keys, lambda block: _closest_to_median_mean(block, beta))
 
 
 def aggregate(rule: RobustRule, uploads: Sequence[Params], weights: Sequence[float], center: Params) -> Params:

@@ -12,10 +12,11 @@ from fedarena.flower.processes import kill_marked, marked_pids
 
 
 def deploy_and_reap(tmp: Path, config: cfg.Config, timeouts: Timeouts, tls: bool = False,
-                    during: Callable[[Any], None] | None = None) -> dict:
+                    during: Callable[[Any], None] | None = None, resume: bool = False) -> dict:
     """Deploy `config` on local SuperNodes writing `tmp/run` (nodes log and capture their wire traffic under
-    `tmp/work/nodes/<i>/`); `during(federation)` runs in a thread once it started. Fails the test if a Flower
-    process of the deployment is still alive after it returned (and kills it)."""
+    `tmp/work/nodes/<i>/`); `during(federation)` runs in a thread once it started; `resume` finishes the interrupted
+    deploy of `tmp/run`. Fails the test if a Flower process of the deployment is still alive after it returned (and
+    kills it)."""
     tokens: list[str] = []
 
     def started(fed):
@@ -28,7 +29,7 @@ def deploy_and_reap(tmp: Path, config: cfg.Config, timeouts: Timeouts, tls: bool
 
     try:
         return deploy_local(config, tmp / "run", tls=tls, timeouts=timeouts, workdir=tmp / "work", node_extra=extra,
-                            on_started=started)
+                            on_started=started, resume=resume)
     finally:
         for token in tokens:
             assert marked_pids(token) == [], "a Flower process outlived the deployment"

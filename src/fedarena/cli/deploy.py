@@ -56,6 +56,8 @@ def deploy(
     tls: bool = typer.Option(False, "--tls", help="--local: serve HTTPS with a throwaway CA."),
     round_timeout: float = typer.Option(60.0, "--round-timeout", help="Seconds a round waits for train replies."),
     eval_timeout: float = typer.Option(120.0, "--eval-timeout", help="Seconds an evaluation waits for every client."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="Finish the interrupted deploy whose --out was RUN_DIR (same config)."),
     config: ConfigFile = None,
     data: Data = None,
     partition: Partition = None,
@@ -93,6 +95,13 @@ def deploy(
         _fail(2, "give exactly one of --local N or --superlink HOST:PORT")
     if local is not None and local < 1:
         _fail(2, f"--local must be >= 1, got {local}")
+    if resume is not None:  # the interrupted deploy's config (where visible here) under the flags given
+        if out_dir is not None and out_dir.resolve() != resume.resolve():
+            _fail(2, "--resume RUN_DIR names the run directory: give no other --out")
+        from fedarena.experiments.deploy_resume import CONFIG, state_dir
+
+        out_dir, saved = resume, state_dir(resume.resolve()) / CONFIG
+        config = config or (saved if saved.is_file() else None)
     flags: dict[str, dict[str, Any]] = {
         "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
                        num_clients=local, new_clients=new_clients),
@@ -115,10 +124,10 @@ def deploy(
     timeouts = Timeouts(round=round_timeout, evaluate=eval_timeout)
     with err.status("deploying on Flower (SuperLink, SuperNodes, flwr run)..."):
         if local is not None:
-            summary = _guard(deploy_local, conf, target_dir, tls=tls, timeouts=timeouts)
+            summary = _guard(deploy_local, conf, target_dir, tls=tls, timeouts=timeouts, resume=resume is not None)
         else:
             summary = _guard(deploy_remote, conf, target_dir, superlink, root_certificates=root_certificates,
-                             insecure=insecure, expect_nodes=expect_nodes, timeouts=timeouts)
+                             insecure=insecure, expect_nodes=expect_nodes, timeouts=timeouts, resume=resume is not None)
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
     for line in _guard(tracking.track_run, trackers, target_dir):

@@ -78,7 +78,7 @@ def continue_run(run_dir: Path, rounds: int, out: Path,
         before = _history(name, summary, metrics, p.data, state)
         resume = _resume(run_dir, name, config, p.data, state)
         algo, after = train_algorithm(config, p, name, on_round, resume=resume)
-        runs[name] = algo, _joined(before, after)
+        runs[name] = algo, join_runs(before, after)
     trained = [Trained(config.run.seed, p.data, runs)]
     summary = build_summary(config, trained, target_for(config, trained), engine) | {
         "continued_from": {"run": str(run_dir), "rounds": done, "engine": summary.get("engine")},
@@ -190,7 +190,7 @@ def _read_history(name: str, summary: Any, metrics: list[dict[str, Any]], data: 
     return out
 
 
-def _joined(before: AlgorithmRun, after: AlgorithmRun) -> AlgorithmRun:
+def join_runs(before: AlgorithmRun, after: AlgorithmRun) -> AlgorithmRun:
     """One run of rounds 1..N from the finished rounds and the continuation (whose clock starts at 0)."""
     offset = before.train_seconds[-1] if before.train_seconds else 0.0
     ledger = Ledger(verify=after.ledger.verify)

@@ -10,6 +10,11 @@
 Either way the run directory has the layout of `compare` (summary.json, metrics.parquet,
 config.toml) plus deployment.json (Flower's per-exchange timings and overhead). The config's `privacy`
 section applies as in `compare` (secure aggregation and local DP run on the nodes; see server_app).
+
+While it runs, the ServerApp keeps what a restart needs in ``<out>.resume/`` (`experiments.deploy_resume`); with
+`resume=True` both functions finish the interrupted deploy of `out` (same config; the nodes kept their state).
+`deploy_local`'s working directory defaults to ``<out>.resume/local/``, so a resumed local deploy restarts its
+SuperNodes on the state directories they had.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Callable
 from fedarena import config as cfg
 from fedarena.core.device import resolve_device
 from fedarena.core.types import FedarenaError
+from fedarena.experiments import deploy_resume
 from fedarena.experiments.checks import check_before_start
 from fedarena.experiments.rundir import check_out_dir
 from fedarena.flower import common, messages
@@ -42,10 +48,12 @@ class Timeouts:
     start: float = 120.0  # SuperNodes to connect
 
 
-def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeouts) -> dict[str, RunConfigValue]:
+def run_config(config: cfg.Config, out: Path, expect_nodes: int, timeouts: Timeouts,
+               resume: bool = False) -> dict[str, RunConfigValue]:
     return {messages.CONFIG: common.config_text(config), messages.OUT_DIR: str(out.resolve()),
             messages.EXPECT_NODES: expect_nodes, messages.ROUND_TIMEOUT: float(timeouts.round),
-            messages.EVAL_TIMEOUT: float(timeouts.evaluate), messages.START_TIMEOUT: float(timeouts.start)}
+            messages.EVAL_TIMEOUT: float(timeouts.evaluate), messages.START_TIMEOUT: float(timeouts.start),
+            messages.RESUME: resume}
 
 
 def _budget(config: cfg.Config, timeouts: Timeouts) -> float:
@@ -70,20 +78,26 @@ def _result(out: Path, log_path: Path) -> dict[str, Any]:
 
 def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: Timeouts = Timeouts(),
                  workdir: Path | None = None, node_extra: Callable[[int, Path], dict[str, RunConfigValue]] | None = None,
-                 on_started: Callable[[LocalFederation], None] | None = None) -> dict[str, Any]:
+                 on_started: Callable[[LocalFederation], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Run `config` on a SuperLink and one SuperNode per client on this machine; returns the summary.
 
-    `workdir` (default: a temporary directory, removed afterwards unless the run failed) holds
+    `workdir` (default: ``<out>.resume/local``, removed afterwards unless the run failed) holds
     FLWR_HOME, logs, TLS files and each node's state directory `nodes/<i>/state`. `node_extra(i,
     node_dir)` adds node config entries (e.g. `wire-log`); `on_started(federation)` is called once
     the processes are up (fault tests use it). The SuperNodes run here: a `run.device` this machine lacks is refused
-    before any starts."""
+    before any starts. `resume`: finish the interrupted deploy of `out` (same config, same `workdir`), refused
+    before anything starts where there is none."""
     check_out_dir(out)
     check_before_start(config)
     resolve_device(config.run.device)
     nodes = node_clients(config)
     config = cfg.with_clients_per_round(config, len(nodes))  # unset: min(10, training clients)
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedarena-deploy-"))
+    deploy_resume.check(out, config, resume)
+    root = Path(workdir) if workdir else deploy_resume.state_dir(out) / deploy_resume.LOCAL
+    if resume and not (root / "nodes").is_dir():
+        raise FedarenaError(f"--resume {out}: the interrupted deploy's node states are not in {root / 'nodes'}")
+    if not resume and not workdir:
+        shutil.rmtree(root, ignore_errors=True)  # left by a deploy that never finished a round
     node_configs = []
     for i, nc in enumerate(nodes):
         node_dir = root / "nodes" / str(i)
@@ -91,9 +105,11 @@ def deploy_local(config: cfg.Config, out: Path, *, tls: bool = False, timeouts: 
         extra = node_extra(i, node_dir) if node_extra else {}
         node_configs.append({**nc, messages.STATE_DIR: str(node_dir / "state"), **extra})
     files = make_local_tls(root / "tls") if tls else None
-    app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts))
-    return run_local(LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start), app_dir, config,
-                     out, timeouts, keep=workdir is not None, on_started=on_started)
+    app_dir = write_app_dir(root / "app", run_config(config, out, len(nodes), timeouts, resume))
+    summary = run_local(LocalFederation(root, node_configs, tls=files, start_timeout=timeouts.start), app_dir, config,
+                        out, timeouts, keep=workdir is not None, on_started=on_started)
+    deploy_resume.tidy(out)  # the ServerApp dropped its state, run_local the working directory
+    return summary
 
 
 def run_local(federation: LocalFederation, app_dir: Path, config: cfg.Config, out: Path, timeouts: Timeouts, *,
@@ -118,20 +134,24 @@ def run_local(federation: LocalFederation, app_dir: Path, config: cfg.Config, ou
 
 
 def deploy_remote(config: cfg.Config, out: Path, superlink: str, *, root_certificates: Path | None = None,
-                  insecure: bool = False, expect_nodes: int | None = None, timeouts: Timeouts = Timeouts()) -> dict[str, Any]:
+                  insecure: bool = False, expect_nodes: int | None = None, timeouts: Timeouts = Timeouts(),
+                  resume: bool = False) -> dict[str, Any]:
     """`flwr run` against the SuperLink at `superlink` (HOST:PORT), waiting for `expect_nodes` SuperNodes
     (default: one per client of the config). TLS unless `insecure`: the SuperLink's certificate is verified
     with `root_certificates` (or the system's trust store). `out` is a path on the SuperLink's machine
-    (where the ServerApp runs); the summary is returned when that path is visible here too."""
+    (where the ServerApp runs); the summary is returned when that path is visible here too. `resume`: finish the
+    interrupted deploy of `out` (its state is checked here where ``<out>.resume`` is visible, else by the ServerApp)."""
     if root_certificates is not None and not Path(root_certificates).is_file():
         raise FedarenaError(f"--root-certificates: file not found: {root_certificates}")
     if ":" not in superlink:
         raise FedarenaError(f"--superlink expects HOST:PORT, got {superlink!r}")
     check_before_start(config)
+    if not resume or deploy_resume.state_dir(out).is_dir():
+        deploy_resume.check(out, config, resume)
     expect = expect_nodes if expect_nodes is not None else len(node_clients(config))
     with tempfile.TemporaryDirectory(prefix="fedarena-deploy-") as tmp:
         root = Path(tmp)
-        app_dir = write_app_dir(root / "app", run_config(config, out, expect, timeouts))
+        app_dir = write_app_dir(root / "app", run_config(config, out, expect, timeouts, resume))
         with LocalFederation(root, [], remote=superlink, remote_ca=root_certificates, remote_insecure=insecure) as fed:
             fed.flwr_run(app_dir, None, _budget(config, timeouts))
             return _result(out, root / "logs" / "flwr-run.log")

@@ -9,6 +9,9 @@ run, whose virtual nodes do not outlive it, fetches its clients' final states in
 `fedarena continue` and `fedarena forget` can use it. `centralized` and `local` (nothing to federate) are
 skipped with a logged note. The run directory is written to the run config's ``out-dir`` on the machine that
 runs the ServerApp, plus ``deployment.json`` with Flower's per-exchange timings.
+
+A deploy (not flower-sim, whose virtual nodes end with the run) keeps its resume state beside ``out-dir`` after every
+round, and with the run config's ``resume`` finishes an interrupted one (:mod:`fedarena.experiments.deploy_resume`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from fedarena import config as cfg
 from fedarena.core.types import FedarenaError, FederatedData, Params
 from fedarena.experiments.checks import NO_SNAPSHOTS
 from fedarena.experiments.compare import Prepared, Trained, run_experiment
+from fedarena.experiments.deploy_journal import Journal
 from fedarena.flower import common
 from fedarena.flower.described import dataset_details, stand_in
-from fedarena.flower.server_app import FlowerClients, Link, Settings
+from fedarena.flower.server_app import FlowerClients, Link, Settings, joined_summary
 from fedarena.sim.engine import select_new_clients
 from fedarena.tasks import Task
 
@@ -39,8 +43,9 @@ class OnFlower:
     """The clients on Flower SuperNodes reached through `grid` (real ones for deploy, virtual ones for
     flower-sim): a `experiments.compare.Platform`."""
 
-    def __init__(self, grid: Grid, settings: Settings) -> None:
+    def __init__(self, grid: Grid, settings: Settings, deployment: str = "") -> None:
         self.grid, self.settings, self.engine = grid, settings, settings.engine
+        self.deployment = deployment  # a deploy's id (its nodes keep their state under it), "" on flower-sim
         self.skipped: list[str] = []
 
     def algorithms(self, config: cfg.Config) -> list[str]:
@@ -60,7 +65,7 @@ class OnFlower:
 
     def prepare(self, config: cfg.Config) -> Prepared:
         seed = config.run.seed
-        link = Link(self.grid, self.settings, seed)
+        link = Link(self.grid, self.settings, seed, self.deployment)
         link.start(self.settings.expect_nodes)
         described = [link.clients[k] for k in sorted(link.clients)]
         data = stand_in(config, described, dataset_details(config))
@@ -84,8 +89,15 @@ class OnFlower:
 
 def deploy_run(grid: Grid, config: cfg.Config, settings: Settings) -> dict[str, Any]:
     """Every federating algorithm of `config`, for each seed, on the connected SuperNodes; writes the run
-    directory `settings.out_dir` and returns the summary."""
-    return run_experiment(config, OnFlower(grid, settings), Path(settings.out_dir))
+    directory `settings.out_dir` and returns the summary. A deploy checkpoints every round beside it and, with
+    `settings.resume`, continues the interrupted deploy of that run directory."""
+    out = Path(settings.out_dir)
+    if settings.engine == "flower-sim":
+        return run_experiment(config, OnFlower(grid, settings), out)
+    journal = Journal(out, config, settings.resume, join_engine=joined_summary)
+    summary = run_experiment(config, OnFlower(grid, settings, journal.deployment), out, train=journal.train)
+    journal.close()
+    return summary
 
 
 app = ServerApp()

@@ -5,7 +5,7 @@ each module registers its commands on it, in the order `fedarena --help` lists t
 """
 
 # isort: off
-from fedarena.cli import run, sweep, deploy  # noqa: F401  (registers the commands)
+from fedarena.cli import run, sweep, deploy, export  # noqa: F401  (registers the commands)
 from fedarena.cli.app import app, main
 
 # isort: on

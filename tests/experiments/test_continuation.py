@@ -177,3 +177,58 @@ def test_a_malformed_summary_is_refused_by_name(tmp_path, summary):
     with pytest.raises(FedarenaError, match="malformed"):
         continue_run(tmp_path / "r2", 4, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, match", [
+    ({"train_seconds": [float("nan"), 1.0]}, "train_seconds must list one time >= 0 per round"),
+    ({"train_seconds": [10**400, 1.0]}, "train_seconds must list one time >= 0 per round"),
+    ({"train_seconds": [-1.0, 1.0]}, "train_seconds must list one time >= 0 per round"),
+    ({"wall_seconds": float("inf")}, "wall_seconds must be a number >= 0"),
+])
+def test_a_run_state_clock_that_is_not_a_time_is_refused(tmp_path, damage, match):
+    """Found by fuzzing (tests/fuzz/test_fuzz_rundir.py): NaN or Infinity in the clock passed and the continued
+    run's summary.json then failed to be written (ValueError: not JSON compliant); an integer beyond any float
+    raised OverflowError."""
+    from fedarena.experiments.continuation import _run_state
+
+    state = {"format": "fedarena-run-state/1", "round": 2, "train_seconds": [0.5, 1.0], "wall_seconds": 1.5,
+             "privacy": None, "sample_level": None}
+    (tmp_path / RUN_STATE).write_text(json.dumps({**state, **damage}))
+    with pytest.raises(FedarenaError, match=f"run-state.json: {match}"):
+        _run_state(tmp_path)
+
+
+def test_summary_json_nested_too_deep_is_refused(tmp_path):
+    """Found by fuzzing: JSON nested deeper than Python's parser recurses raised RecursionError."""
+    from fedarena.experiments.rundir import read_json
+
+    (tmp_path / "summary.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(FedarenaError, match=r"summary.json cannot be read as JSON: RecursionError"):
+        read_json(tmp_path / "summary.json")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"global_acc": []}, r"summary.json: the history of 'fedavg' at round 1 has global_acc \[\]"),
+    ({"test_acc": "x"}, r"column 'test_acc' must be a number in \[0, 1\] or null, got 'x'"),
+    ({"test_acc": float("nan")}, r"column 'test_acc' must be a number in \[0, 1\] or null, got nan"),
+    ({"test_loss": None}, r"column 'test_loss' must be a number where test_acc is one"),
+    ({"bytes_up": 1.5}, r"column 'bytes_up' must be an integer >= 0, got 1.5"),
+    ({"round": "1"}, r"column 'round' must be an integer, got '1'"),
+])
+def test_finished_rounds_of_other_types_are_refused(change, match):
+    """Found by fuzzing: a summary history or metrics.parquet rows of other types passed `_history`, and the
+    continued run then raised TypeError building its summary, wrote NaN into it (ValueError), or kept them."""
+    from toy import federation
+
+    from fedarena.experiments.continuation import _history
+
+    data = federation([4, 5], [2, 3])
+    summary = {"runs": [{"algorithm": "fedavg", "history": [{"round": 1, "global_acc": change.get("global_acc", 0.5)}]}]}
+    row = {"algorithm": "fedavg", "round": 1, "client": "0", "sampled": True, "train_loss": 0.5, "test_acc": 0.5,
+           "test_loss": 1.0, "bytes_up": 10, "bytes_down": 20}
+    rows = [{**row, **{k: v for k, v in change.items() if k != "global_acc"}}, {**row, "client": "1"}]
+    state = {"round": 1, "train_seconds": [0.5], "wall_seconds": 0.5}
+    with pytest.raises(FedarenaError, match=match):
+        _history("fedavg", summary, rows, data, state)
+    run = _history("fedavg", {"runs": [{"algorithm": "fedavg", "history": []}]}, [row, {**row, "client": "1"}], data, state)
+    assert run.evaluations[0].per_client_acc == [0.5, 0.5] and run.ledger.up == {(1, 0): 10, (1, 1): 10}

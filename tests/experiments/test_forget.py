@@ -230,3 +230,51 @@ def test_two_clients_are_forgotten_at_once(run_dir, tmp_path):
                           eval_every=ROUNDS, seed=config.run.seed, engine="reference", exclude=[1, 4])
     got = retrain(src, "fedavg")
     assert all(torch.equal(v, got.server.params[k]) for k, v in fresh.server.params.items())
+
+
+def test_malformed_kept_material_is_refused_by_name(tmp_path):
+    """Found by fuzzing (tests/fuzz/test_fuzz_rundir.py): a kept server or client state of other shapes reached
+    training and raised a torch RuntimeError (a missing key went unnoticed), round metadata that is not an integer
+    raised ValueError, and norms.json naming an unknown client, lacking a key, of weight 0 or of a string weight
+    raised KeyError, ZeroDivisionError or TypeError in FedEraser."""
+    from safetensors.torch import save
+
+    from fedarena.core.types import FedarenaError, ServerState
+    from fedarena.forget.store import Stored, encode_state
+
+    like = {"head.weight": torch.zeros(3, 4), "head.bias": torch.zeros(3)}
+    stored = Stored(tmp_path, "all", server_like=like, client_like={"head.bias": torch.zeros(3)}, clients=("0", "1"),
+                    norm_keys=("head.bias", "head.weight"))
+    server = tmp_path / "server-r0002.safetensors"
+    server.write_bytes(encode_state(ServerState(params=like, round=2), round="2"))
+    assert stored.server(2).round == 2
+    for params, meta, match in [
+        ({**like, "head.bias": torch.zeros(2)}, "2", r"params/head.bias is torch.float32 of shape \(2,\), expected "
+                                                     r"torch.float32 of shape \(3,\)"),
+        ({"head.weight": like["head.weight"]}, "2", r"missing: head.bias; unknown: none"),
+        (like, "x", r"round metadata must be an integer >= 0, got 'x'"),
+        (like, "5", r"holds the server state of round 5, not 2"),
+    ]:
+        server.write_bytes(save({f"params/{k}": v for k, v in params.items()}, metadata={"round": meta}))
+        with pytest.raises(FedarenaError, match=r"server-r0002.safetensors.*" + match):
+            stored.server(2)
+    (tmp_path / "client-1-r0001.safetensors").write_bytes(save({"params/head.bias": torch.zeros(3, dtype=torch.int64)}))
+    with pytest.raises(FedarenaError, match=r"client-1-r0001.safetensors: params/head.bias is torch.int64"):
+        stored.client_state("1", 2)
+    good = {"weight": 5, "norms": {"head.bias": 0.5, "head.weight": 1.0}}
+    for norms, match in [
+        ({"1": {"0": good, "7": good}}, r"round 1 names client '7', which is not one of the run's"),
+        ({"1": {"0": {"weight": 5, "norms": {"head.bias": 0.5}}}}, r"round 1, client '0': expected"),
+        ({"1": {"0": {**good, "weight": 0}}}, r"round 1, client '0': expected"),
+        ({"1": {"0": {**good, "weight": "5"}}}, r"round 1, client '0': expected"),
+        ({"0": {"0": good}}, r"round 0 must be >= 1"),
+        ([1, 2], r"is malformed"),
+    ]:
+        (tmp_path / "norms.json").write_text(json.dumps(norms))
+        with pytest.raises(FedarenaError, match=r"norms.json.*" + match):
+            stored.norms()
+    (tmp_path / "norms.json").write_text(json.dumps({"1": {"0": good}}))
+    assert stored.norms() == {1: {"0": good}}
+    (tmp_path / "norms.json").write_text(json.dumps({"1": {"1": {"weight": 0, "norms": {}}}}))
+    nothing_shared = Stored(tmp_path, "all", clients=("0", "1"), norm_keys=())  # an upload of no tensor weighs 0
+    assert nothing_shared.norms() == {1: {"1": {"weight": 0, "norms": {}}}}

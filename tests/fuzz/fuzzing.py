@@ -5,6 +5,7 @@ target, and ``tests/fuzz/conftest.py`` prints the counts at the end of the sessi
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Any, Callable
@@ -40,3 +41,53 @@ def fuzz(target: str, n: int, strategy: st.SearchStrategy[Any], check: Callable[
     COUNTS[target] += seen
     assert seen >= n, f"{target}: hypothesis ran {seen} of {n} examples"
     return seen
+
+
+# ------------------------------------------------------------------------- bytes and JSON
+
+
+def canonical(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted: safetensors writes them in an order that varies
+    between calls, and a byte position must mean the same thing each time hypothesis replays an input."""
+    n = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8:8 + n]), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+@st.composite
+def mutated_bytes(draw: Any, data: bytes, header: Callable[[Any, bytes], bytes] | None = None) -> bytes:
+    """`data` cut, extended, overwritten, with bytes inserted or its first 8 bytes (a safetensors header length)
+    replaced, 1 to 3 times; `header(draw, data)`, where given, is one more kind of change."""
+    out = bytearray(data)
+    kinds = ["cut", "append", "flip", "insert", "length"] + (["header"] if header else [])
+    for _ in range(draw(st.integers(1, 3))):
+        what = draw(st.sampled_from(kinds))
+        at = draw(st.integers(0, max(len(out) - 1, 0)))
+        if what == "cut":
+            del out[at:]
+        elif what == "append":
+            out += draw(st.binary(min_size=1, max_size=64))
+        elif what == "flip" and out:
+            out[at] = draw(st.integers(0, 255))
+        elif what == "insert":
+            out[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif what == "length":
+            value = draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(0, len(out) + 8)))
+            out[:8] = value.to_bytes(8, "little")
+        elif header is not None:
+            out = bytearray(header(draw, bytes(out)))
+    return bytes(out)
+
+
+# JSON values of every type, NaN and huge numbers included, nested a little
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([10**400, -1, 0]), st.floats(),
+              st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8)
+
+
+def deep(levels: int) -> bytes:
+    """JSON nested `levels` deep (Python's json parser recurses once per level)."""
+    return b"[" * levels + b"]" * levels

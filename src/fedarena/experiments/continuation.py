@@ -19,6 +19,7 @@ says where it was continued from (``continued_from``).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,11 +31,12 @@ from fedarena import config as cfg
 from fedarena.core.codec import Ledger
 from fedarena.core.types import ClientState, FedarenaError, FederatedData
 from fedarena.experiments.checks import check_privacy
-from fedarena.experiments.compare import Trained, prepare, train_algorithm
+from fedarena.experiments.compare import Prepared, Trained, prepare, train_algorithm
 from fedarena.experiments.rundir import RUN_STATE, check_out_dir, read_json, recompute_engine, write_run_dir
 from fedarena.experiments.summary import build_summary, target_for
 from fedarena.forget.store import Stored, decode_state
 from fedarena.sim.engine import AlgorithmRun, Checkpoint, Evaluation
+from fedarena.sim.runtime import initial_model
 
 METRIC_COLUMNS = ("algorithm", "round", "client", "sampled", "train_loss", "test_acc", "test_loss", "bytes_up",
                   "bytes_down")
@@ -76,7 +78,7 @@ def continue_run(run_dir: Path, rounds: int, out: Path,
     for name in config.run.algorithms:
         state = _run_state(run_dir / "forget" / name)
         before = _history(name, summary, metrics, p.data, state)
-        resume = _resume(run_dir, name, config, p.data, state)
+        resume = _resume(run_dir, name, config, p, state)
         algo, after = train_algorithm(config, p, name, on_round, resume=resume)
         runs[name] = algo, join_runs(before, after)
     trained = [Trained(config.run.seed, p.data, runs)]
@@ -110,10 +112,10 @@ def _run_state(root: Path) -> dict[str, Any]:
     rnd, clock = state.get("round"), state.get("train_seconds")
     if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
         raise FedarenaError(f"{root / RUN_STATE}: round must be an integer >= 1, got {rnd!r}")
-    if not isinstance(clock, list) or len(clock) != rnd or not all(_number(x) for x in clock):
-        raise FedarenaError(f"{root / RUN_STATE}: train_seconds must list one time per round ({rnd})")
-    if not _number(state.get("wall_seconds")):
-        raise FedarenaError(f"{root / RUN_STATE}: wall_seconds must be a number")
+    if not isinstance(clock, list) or len(clock) != rnd or not all(_seconds(x) for x in clock):
+        raise FedarenaError(f"{root / RUN_STATE}: train_seconds must list one time >= 0 per round ({rnd})")
+    if not _seconds(state.get("wall_seconds")):
+        raise FedarenaError(f"{root / RUN_STATE}: wall_seconds must be a number >= 0")
     for key in ("privacy", "sample_level"):
         if key not in state or not (state[key] is None or isinstance(state[key], dict)):
             raise FedarenaError(f"{root / RUN_STATE}: {key} must be an object or null")
@@ -124,9 +126,16 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _resume(run_dir: Path, name: str, config: cfg.Config, data: FederatedData, state: dict[str, Any]) -> Resume:
+def _seconds(x: Any) -> bool:
+    """A finite time >= 0 (summary.json is written without NaN or Infinity; an int may be beyond any float)."""
+    return _number(x) and 0 <= x <= sys.float_info.max
+
+
+def _resume(run_dir: Path, name: str, config: cfg.Config, p: Prepared, state: dict[str, Any]) -> Resume:
     root = run_dir / "forget" / name
-    stored = Stored(root, config.forget.keep)
+    data = p.data
+    stored = Stored.of(root, config.forget.keep, cfg.hyperparameters(config, name), initial_model(p.task, config.run.seed),
+                       data.client_ids)
     done = state["round"]
     index = {cid: i for i, cid in enumerate(data.client_ids)}
     states: dict[int, ClientState] = {}
@@ -134,7 +143,7 @@ def _resume(run_dir: Path, name: str, config: cfg.Config, data: FederatedData, s
         cid = path.name[len("client-"):-len(".safetensors")]
         if cid not in index:
             raise FedarenaError(f"{path}: no client '{cid}' in the run's data")
-        states[index[cid]] = decode_state(path.read_bytes(), ClientState, str(path))
+        states[index[cid]] = decode_state(path.read_bytes(), ClientState, str(path), stored.client_like)
     files = {p.name: p.read_bytes() for p in sorted(root.iterdir())
              if p.is_file() and p.name not in ("norms.json", RUN_STATE)}
     norms = stored.norms() if (root / "norms.json").is_file() else {}
@@ -164,13 +173,14 @@ def _read_history(name: str, summary: Any, metrics: list[dict[str, Any]], data: 
     sampled: dict[int, list[int]] = {r: [] for r in range(1, rounds + 1)}
     evaluated: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
+        _check_row(r)
         if r["client"] not in index or not 1 <= r["round"] <= rounds:
             raise FedarenaError(f"metrics.parquet: row of client {r['client']!r}, round {r['round']} is not of this run")
         c, rnd = index[r["client"]], int(r["round"])
         if r["sampled"]:
             sampled[rnd].append(c)
             if r["train_loss"] is not None:
-                out.train_loss[(rnd, c)] = r["train_loss"]
+                out.train_loss[(rnd, c)] = float(r["train_loss"])
         if r["bytes_up"]:
             out.ledger.up[(rnd, c)] = r["bytes_up"]
         if r["bytes_down"]:
@@ -179,15 +189,55 @@ def _read_history(name: str, summary: Any, metrics: list[dict[str, Any]], data: 
             evaluated.setdefault(rnd, []).append(r)
     out.sampled = [sorted(sampled[r]) for r in range(1, rounds + 1)]
     global_acc = {h["round"]: h["global_acc"] for h in entry.get("history", [])}
+    for rnd, acc in global_acc.items():
+        if acc is not None and not _fraction(acc):
+            raise FedarenaError(f"summary.json: the history of '{name}' at round {rnd!r} has global_acc {acc!r}; a "
+                                "number in [0, 1] or null is expected")
     sizes = [data.test_offsets[c + 1] - data.test_offsets[c] for c in range(data.num_clients)]
     for rnd in sorted(evaluated):
         clients = [index[r["client"]] for r in evaluated[rnd]]
         out.evaluations.append(Evaluation(
-            rnd, global_acc.get(rnd), clients, [r["test_acc"] for r in evaluated[rnd]],
-            [r["test_loss"] for r in evaluated[rnd]], [sizes[c] for c in clients], None,
-            [r.get("val_acc") for r in evaluated[rnd]], [int(r.get("num_val") or 0) for r in evaluated[rnd]],
+            rnd, global_acc.get(rnd), clients, [float(r["test_acc"]) for r in evaluated[rnd]],
+            [float(r["test_loss"]) for r in evaluated[rnd]], [sizes[c] for c in clients], None,
+            [None if r.get("val_acc") is None else float(r["val_acc"]) for r in evaluated[rnd]],
+            [int(r.get("num_val") or 0) for r in evaluated[rnd]],
         ))
     return out
+
+
+def _check_row(r: dict[str, Any]) -> None:
+    """One metrics.parquet row has the types metrics_table writes (FedarenaError naming the column otherwise)."""
+    def bad(column: str, what: str) -> FedarenaError:
+        return FedarenaError(f"metrics.parquet: row of client {r.get('client')!r}, round {r.get('round')!r}: column "
+                             f"{column!r} must be {what}, got {r.get(column)!r}")
+
+    if type(r["round"]) is not int:
+        raise bad("round", "an integer")
+    if not isinstance(r["client"], str):
+        raise bad("client", "a client id")
+    if not isinstance(r["sampled"], bool):
+        raise bad("sampled", "true or false")
+    for column in ("bytes_up", "bytes_down", "num_val"):
+        value = r.get(column)
+        if (value is not None or column != "num_val") and (type(value) is not int or value < 0):
+            raise bad(column, "an integer >= 0")
+    for column in ("train_loss", "test_loss"):
+        if r[column] is not None and not _float(r[column]):
+            raise bad(column, "a number or null")
+    for column in ("test_acc", "val_acc"):
+        if r.get(column) is not None and not _fraction(r[column]):
+            raise bad(column, "a number in [0, 1] or null")
+    if r["test_acc"] is not None and r["test_loss"] is None:
+        raise bad("test_loss", "a number where test_acc is one")
+
+
+def _float(x: Any) -> bool:
+    """A number a float holds (NaN and Infinity included: a diverged model's loss)."""
+    return _number(x) and (isinstance(x, float) or abs(x) <= sys.float_info.max)
+
+
+def _fraction(x: Any) -> bool:
+    return _number(x) and 0 <= x <= 1
 
 
 def join_runs(before: AlgorithmRun, after: AlgorithmRun) -> AlgorithmRun:

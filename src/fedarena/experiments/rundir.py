@@ -146,8 +146,8 @@ def write_run_dir(out: Path, config: cfg.Config, trained: list[Trained], summary
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FedarenaError(f"{path} cannot be read as JSON: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        raise FedarenaError(f"{path} cannot be read as JSON: {type(exc).__name__}: {exc}") from None
 
 
 IN_PROCESS = ("reference", "vectorized")

@@ -119,9 +119,10 @@ class Source:
         return cfg.hyperparameters(self.config, name)
 
     def stored(self, name: str) -> Stored:
-        """The algorithm's forget material (read once: its snapshot index is cached)."""
+        """The algorithm's forget material (read once: its snapshot index is cached), checked against its structure."""
         if name not in self._stored:
-            self._stored[name] = Stored(self.dir / "forget" / name, self.keep)
+            self._stored[name] = Stored.of(self.dir / "forget" / name, self.keep, self.algo(name), self.initial,
+                                           self.data.client_ids)
         return self._stored[name]
 
     def first_round(self, name: str) -> int | None:
@@ -163,7 +164,7 @@ class Source:
         for c in self.remaining:
             path = self.dir / "models" / name / f"client-{self.data.client_ids[c]}.safetensors"
             if path.is_file():
-                states[c] = decode_state(path.read_bytes(), ClientState, str(path))
+                states[c] = decode_state(path.read_bytes(), ClientState, str(path), self.stored(name).client_like)
         return Outcome(server, states, 0, 0, 0.0, "the run's final state; the client(s) never trained")
 
     def nothing_shared(self, name: str) -> Outcome | None:

@@ -12,7 +12,9 @@ Flower's per-exchange timings.
 Faults: a round waits at most ``round-timeout`` seconds for train replies and aggregates the
 survivors (validated replies only, see :mod:`fedarena.flower.records`). Evaluation needs every
 training client: it waits up to ``eval-timeout`` seconds, re-describing nodes that (re)connect, so a
-restarted SuperNode resumes with the personal state it kept on disk.
+restarted SuperNode resumes with the personal state it kept on disk. A restarted ServerApp (`deploy --resume`) sends
+its deploy's id and the checkpoint it continues from with every message (`FlowerClients._fields`): the nodes answer
+with their state as of that checkpoint (`flower.common.NodeState`).
 
 Privacy (`privacy.*` of the config, `deploy --secagg/--dp-*`): the same `Privacy` object as in simulation drives
 the round (`Privacy.train_and_aggregate`), its noise and keys from the OS. Central DP is the server's step on

@@ -82,18 +82,18 @@ def test_virtual_node_keeps_state_in_its_context(task_identity):
     node = _virtual_node(context)
     assert node.client_id == conf_client_ids(conf)[2] and node.virtual()
     algo, task = node.algorithm(), node.task()
-    fresh = node.state(algo, task)  # nothing kept yet: init_client of the initial model
+    fresh = node.state(algo, task, 0)  # nothing kept yet: init_client of the initial model
     changed = ClientState(params={k: v + 1 for k, v in fresh.params.items()}, extra={"n": torch.tensor([3.0])})
-    node.save(changed)
+    node.save(changed, 1)
     (key,) = list(context.state.keys())
     assert isinstance(context.state[key], ConfigRecord)
-    again = _virtual_node(context).state(algo, task)  # the next message to this node sees it
+    again = _virtual_node(context).state(algo, task, 1)  # the next message to this node sees it
     assert again.params.keys() == changed.params.keys()
     assert all(torch.equal(again.params[k], changed.params[k]) for k in changed.params)
     assert torch.equal(again.extra["n"], changed.extra["n"])
     other = Context(run_id=7, node_id=12, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
                     run_config={"config": common.config_text(conf)})
-    assert all(torch.equal(v, fresh.params[k]) for k, v in _virtual_node(other).state(algo, task).params.items())
+    assert all(torch.equal(v, fresh.params[k]) for k, v in _virtual_node(other).state(algo, task, 1).params.items())
 
 
 def test_real_node_without_state_dir_is_refused(task_identity):
@@ -102,7 +102,7 @@ def test_real_node_without_state_dir_is_refused(task_identity):
                       run_config={"config": common.config_text(conf)})
     node = _virtual_node(context)
     with pytest.raises(FedarenaError, match="state-dir"):
-        node.save(ClientState(params={}, extra={}))
+        node.save(ClientState(params={}, extra={}), 1)
 
 
 def conf_client_ids(conf: cfg.Config) -> tuple[str, ...]:

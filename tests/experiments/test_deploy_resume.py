@@ -173,8 +173,8 @@ def test_a_damaged_progress_file_is_refused_by_name(tmp_path):
     interrupt(config, out, "fedavg", 2)
     progress = state_dir(out) / "seed-5" / "fedavg" / "progress.json"
     good = json.loads(progress.read_text())
-    for damage in ({"round": "x"}, {"server": "../../elsewhere.safetensors"}, {"run": {**good["run"], "nope": 1}},
-                   {"kept": ["missing.safetensors"]}):
+    for damage in ({"round": "x"}, {"server": "../../elsewhere.safetensors"}, {"clients": "../x.safetensors"},
+                   {"run": {**good["run"], "nope": 1}}, {"kept": ["missing.safetensors"]}, {"format": "other/1"}):
         progress.write_text(json.dumps(good | damage))
         with pytest.raises(FedarenaError, match="progress.json cannot be resumed"):
             resume(config, out)

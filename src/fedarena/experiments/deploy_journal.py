@@ -142,7 +142,8 @@ class Journal:
                 raise ValueError(f"format {progress['format']!r} is not {FORMAT}")
             rnd, server_file, clients_file = int(progress["round"]), str(progress["server"]), progress["clients"]
             names = [str(n) for n in progress["kept"]]
-            if not all(_NAME.fullmatch(n) and not n.startswith(".") for n in [server_file, *names]):
+            if not all(_NAME.fullmatch(n) and not n.startswith(".")
+                       for n in [server_file, *names, *([str(clients_file)] if clients_file else [])]):
                 raise ValueError("a file name leaves the folder")
             run = _run(progress["run"])
             server = decode_state((folder / server_file).read_bytes(), ServerState, str(folder / server_file))

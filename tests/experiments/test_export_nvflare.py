@@ -21,6 +21,7 @@ from fedarena.core.types import ClientState, FedarenaError
 from fedarena.data import load_federated
 from fedarena.experiments.compare import run_compare
 from fedarena.nvflare_job import common as c
+from fedarena.sim.engine import sample_clients
 from fedarena.sim.runtime import initial_model
 
 runner = CliRunner()
@@ -387,3 +388,29 @@ def test_nvflare_simulator_runs_the_job_with_the_reference_engines_numbers(job, 
     for run in reference["runs"]:
         assert result[run["algorithm"]]["bytes"] == {"up_total": run["bytes"]["up_total"],
                                                      "down_total": run["bytes"]["down_total"]}
+
+
+@pytest.mark.slow
+def test_every_exported_algorithm_computes_the_reference_engines_numbers(tmp_path, one_torch_thread):
+    """All 15 algorithms that fit, 2 rounds, evaluated every round, on an MLP with batch norm (FedBN's personal
+    norm layers; int64 buffers travel too), 3 of 4 clients per round (the round samples), through the job's code in
+    process (~30 s on 2 shared cores)."""
+    fits = sorted(n for n, cls in REGISTRY.items() if n not in ("centralized", "ifca", "local", "mocha", "scaffold"))
+    assert len(fits) == 15
+    path = tmp_path / "all.toml"
+    path.write_text(SMALL.replace("rounds = 3", "rounds = 2").replace("eval_every = 3", "eval_every = 1")
+                    .replace("clients_per_round = 4", "clients_per_round = 3").replace("hidden = 16", 'hidden = 8\nnorm = "bn"')
+                    .replace('algorithms = ["fedavg", "fedprox", "fedper", "ditto"]', f"algorithms = {json.dumps(fits)}"))
+    assert invoke("export", "nvflare", path, "--out", tmp_path / "job").exit_code == 0
+    result = run_in_process(tmp_path / "job", tmp_path / "ws")
+    reference = run_compare(cfg.build(str(path), {}, []), tmp_path / "reference")
+    for run in reference["runs"]:
+        mine = result[run["algorithm"]]
+        assert [e["round"] for e in mine["evaluations"]] == [1, 2]
+        assert mine["sampled"] == [[str(k) for k in sample_clients(1, rnd, [0, 1, 2, 3], 3)] for rnd in (1, 2)]
+        assert all(len(s) == 3 for s in mine["sampled"])
+        assert mine["evaluations"][-1]["per_client_acc"] == pytest.approx(run["final"]["personal_acc_per_client"],
+                                                                          abs=1e-9), run["algorithm"]
+        assert mine["evaluations"][-1]["global_acc"] == pytest.approx(run["final"]["global_acc"]), run["algorithm"]
+        assert mine["bytes"] == {"up_total": run["bytes"]["up_total"], "down_total": run["bytes"]["down_total"]}
+        assert mine["rejected"] == []

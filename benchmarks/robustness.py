@@ -19,6 +19,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from fedarena import config as cfg
 from fedarena.experiments.compare import run_compare
 
@@ -88,8 +90,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], dest="sets", help="SECTION.KEY=VALUE for every run")
     parser.add_argument("--table", action="store_true", help="only write OUT/table.md from the finished runs")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: these small models train fastest on one, and the numbers are "
+                             "bit for bit those of the same thread count)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
     if not args.table:
         run_grid(args.out, args.seeds, args.sets)
     print(write_table(args.out))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -322,7 +324,63 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "c.npz: 2 samples, fewer than data.min_train 3",
     ),
     "not an npz": (lambda root: (root / "train" / "a.npz").write_text("hello"), "a.npz: not a readable .npz"),
+    # found by fuzzing (tests/fuzz/test_fuzz_loaders.py); the error each raised before in brackets
+    "huge declared shape": (lambda root: write_members(root / "train" / "a.npz", x=npy_declaring((10**12, 1, 4, 4), 64),
+                                                      y=npy_declaring((10**12,), 36)),  # [MemoryError]
+                            "a.npz: array 'x' declares shape (1000000000000, 1, 4, 4) of float32 (64000000000000 bytes) "
+                            "but holds 64 bytes"),
+    "short array data": (lambda root: write_members(root / "train" / "a.npz", x=npy_declaring((9, 1, 4, 4), 64),
+                                                    y=npy(np.zeros(9, dtype=np.int64))),  # [ValueError]
+                         "a.npz: array 'x' declares shape (9, 1, 4, 4) of float32 (576 bytes) but holds 64 bytes"),
+    "float labels beyond int64": (replace_array("y", np.full(9, 1e300)),  # [accepted, wrapped to -2**63]
+                                  "a.npz: labels 'y' must be below 2**63, found 1e+300"),
+    "uint64 labels beyond int64": (replace_array("y", np.full(9, 2**63 + 5, dtype=np.uint64)),  # [accepted, wrapped]
+                                   "a.npz: labels 'y' must be below 2**63"),
+    "unsupported compression": (lambda root: compression_method(root / "train" / "a.npz", 99),  # [NotImplementedError]
+                                "a.npz: not a readable .npz archive (NotImplementedError"),
 }
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def npy_declaring(shape: tuple[int, ...], nbytes: int) -> bytes:
+    """A float32 .npy file whose header declares `shape` and which holds `nbytes` of data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(nbytes)
+
+
+def write_members(path: Path, **members: bytes) -> None:
+    """An npz archive of `<name>.npy` members as given (plain names where `name` ends with _raw)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name.removesuffix("_raw") if name.endswith("_raw") else f"{name}.npy", data)
+
+
+def compression_method(path: Path, method: int) -> None:
+    """Rewrite every member's compression method field (local headers and central directory) to `method`."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        i = data.find(signature)
+        while i != -1:
+            data[i + offset:i + offset + 2] = method.to_bytes(2, "little")
+            i = data.find(signature, i + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_npz_reads_the_npy_members_it_checked(tmp_path):
+    """Found by fuzzing: an archive holding a member named plain "x" beside x.npy had np.load return that member's
+    raw bytes for npz["x"] (ValueError: could not convert string to float), after the x.npy header was checked."""
+    good_dir(tmp_path)
+    with np.load(tmp_path / "train" / "a.npz") as npz:
+        x, y = npz["x"], npz["y"]
+    write_members(tmp_path / "train" / "a.npz", x=npy(x), y=npy(y), x_raw=b"junk")
+    fd = load_npz_dir(tmp_path)
+    assert np.array_equal(fd.x_train[: len(x)].numpy(), x.astype(np.float32))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))

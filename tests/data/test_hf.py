@@ -390,3 +390,20 @@ def test_a_hub_dataset_not_cached_is_refused_on_one_line_offline(tmp_path, monke
     assert (os.environ.get("HF_HUB_OFFLINE"), datasets.config.HF_HUB_OFFLINE) == before  # restored
     with offline():
         assert datasets.config.HF_HUB_OFFLINE is True
+
+
+@pytest.mark.parametrize("rows, columns, message", [
+    ({"audio": [wav(np.zeros(100))] * 5 + [{"bytes": b"", "path": None}], "label": [0, 1] * 3},
+     {}, "column 'audio' row 5 holds no audio (neither bytes nor a path)"),  # [AttributeError: NoneType.read]
+    ({"text": ["good fun"] * 5 + [None], "label": [0, 1] * 3}, {"tokens": "word"},
+     "column 'text' has 1 missing values"),  # [AttributeError: NoneType.lower, building the word vocabulary]
+    ({"text": ["good fun"] * 5 + [None], "label": [0, 1] * 3}, {"tokens": "bow"}, "column 'text' has 1 missing values"),
+])
+def test_rows_without_a_value_are_refused_naming_the_column(tmp_path, rows, columns, message):
+    """Found by fuzzing (tests/fuzz/test_fuzz_loaders.py): an audio struct with neither bytes nor a path, and a
+    missing text under word or bag-of-words tokens, escaped as AttributeError."""
+    files = tmp_path / "data.parquet"
+    datasets.Dataset.from_dict(rows).to_parquet(str(files))
+    with pytest.raises(FedarenaError, match=re.escape(message)):
+        load_hf("hf:parquet", Columns(files=str(files), **columns), partition="iid", num_clients=2, min_train=1,
+                min_test=1, seed=0)

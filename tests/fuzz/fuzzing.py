@@ -15,6 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 COUNTS: Counter[str] = Counter()
+OUTCOMES: Counter[tuple[str, str]] = Counter()  # (target, "accepted" | "refused" | ...): where the inputs went
+
+
+def outcome(target: str, kind: str) -> None:
+    OUTCOMES[(target, kind)] += 1
 
 
 def sizes(fast: int, slow: int):

@@ -24,7 +24,9 @@ splits each client's train file (``data.val_fraction``, :mod:`.validation`).
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,9 @@ from fedarena.core.types import ClientData, FedarenaError, FederatedData
 from fedarena.data.spec import NPZ_PREFIX as PREFIX
 
 SPLITS = ("train", "test")
+# what reading a damaged archive raises: zipfile's own errors, a compression method it lacks, a corrupt deflate
+# stream, a cut file
+UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error)
 VAL = "val"  # the optional folder of the clients' own validation splits
 
 
@@ -47,8 +52,9 @@ class _Entry:
     x_shape: tuple[int, ...]  # per-sample shape (after the first axis)
 
 
-def _header(zf: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of array ``key`` from its ``.npy`` header (no data read, nothing unpickled)."""
+def _header(zf: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape and dtype of array ``key`` from its ``.npy`` header, and the bytes of data that follow it (no data
+    read, nothing unpickled)."""
     with zf.open(f"{key}.npy") as fp:
         try:
             version = np.lib.format.read_magic(fp)
@@ -60,7 +66,17 @@ def _header(zf: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...],
                 raise FedarenaError(f"{path}: array '{key}' uses unsupported .npy format {version}")
         except ValueError as exc:
             raise FedarenaError(f"{path}: array '{key}' is not a valid .npy array ({exc})") from None
-    return tuple(shape), dtype
+        held = zf.getinfo(f"{key}.npy").file_size - fp.tell()
+    return tuple(shape), dtype, held
+
+
+def _check_size(shape: tuple[int, ...], dtype: np.dtype, held: int, key: str, path: Path) -> None:
+    """The data must be exactly what the header declares: a header that claims more would have `_fill` allocate
+    it (a declared (10**12, 3) array: 11 TiB) before reading finds the bytes missing."""
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != held:
+        raise FedarenaError(f"{path}: array '{key}' declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                            f"{held} bytes")
 
 
 def _check_dtype(dtype: np.dtype, key: str, kinds: str, what: str, path: Path) -> None:
@@ -81,12 +97,14 @@ def _scan(path: Path) -> _Entry:
             for key in ("x", "y"):
                 if key not in keys:
                     raise FedarenaError(f"{path}: missing array '{key}' (found: {', '.join(keys) or 'none'})")
-            x_shape, x_dtype = _header(zf, "x", path)
-            y_shape, y_dtype = _header(zf, "y", path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise FedarenaError(f"{path}: not a readable .npz archive ({exc})") from None
+            x_shape, x_dtype, x_held = _header(zf, "x", path)
+            y_shape, y_dtype, y_held = _header(zf, "y", path)
+    except UNREADABLE as exc:
+        raise FedarenaError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
     _check_dtype(x_dtype, "x", "fiu", "float or integer features", path)
     _check_dtype(y_dtype, "y", "fiu", "integer labels", path)
+    _check_size(x_shape, x_dtype, x_held, "x", path)
+    _check_size(y_shape, y_dtype, y_held, "y", path)
     if len(x_shape) < 2:
         raise FedarenaError(f"{path}: array 'x' must have shape (samples, features...), got {x_shape}")
     if len(y_shape) != 1:
@@ -117,6 +135,8 @@ def _check_labels(y: np.ndarray, path: Path) -> None:
             raise FedarenaError(f"{path}: labels 'y' must be whole numbers, found {y[bad][0]}")
     if (y < 0).any():
         raise FedarenaError(f"{path}: labels 'y' must be >= 0, found {y.min()}")
+    if len(y) and y.max() >= 2**63:  # float or uint64 labels an int64 cannot hold (they would wrap)
+        raise FedarenaError(f"{path}: labels 'y' must be below 2**63, found {y.max()}")
 
 
 def _fill(entries: list[_Entry]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -125,14 +145,17 @@ def _fill(entries: list[_Entry]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...
     x = np.empty((offsets[-1], *entries[0].x_shape), dtype=np.float32)
     y = np.empty(offsets[-1], dtype=np.int64)
     for entry, a, b in zip(entries, offsets[:-1], offsets[1:]):
-        with np.load(entry.path, allow_pickle=False) as npz:
-            with np.errstate(over="ignore", invalid="ignore"):
-                x[a:b] = npz["x"]
-            if not np.isfinite(x[a:b]).all():
-                raise FedarenaError(f"{entry.path}: array 'x' contains NaN or infinite values (or values beyond float32)")
-            labels = npz["y"]
-            _check_labels(labels, entry.path)
-            y[a:b] = labels
+        try:  # the members `_scan` checked: npz["x"] would be a member named plain "x" where the archive has one
+            with np.load(entry.path, allow_pickle=False) as npz:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    x[a:b] = npz["x.npy"]
+                labels = npz["y.npy"]
+        except (*UNREADABLE, ValueError) as exc:  # ValueError: data that does not parse as its header says
+            raise FedarenaError(f"{entry.path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+        if not np.isfinite(x[a:b]).all():
+            raise FedarenaError(f"{entry.path}: array 'x' contains NaN or infinite values (or values beyond float32)")
+        _check_labels(labels, entry.path)
+        y[a:b] = labels
     return x, y, tuple(int(o) for o in offsets)
 
 

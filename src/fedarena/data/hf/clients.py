@@ -158,7 +158,10 @@ def _load(name: str, cols: Columns, partition: str, num_clients: int | None, alp
     train_rows, test_rows = np.concatenate(train), np.concatenate(test)
     vocab: dict[str, int] = {}
     if kind == "text" and cols.tokens != "char":
-        vocab = word_vocab(ds.data.column(features[0]).take(train_rows).to_pylist(), cols.vocab_size)
+        texts = ds.data.column(features[0]).take(train_rows)
+        if texts.null_count:  # checked here as features_of checks it: the vocabulary is built first
+            raise FedarenaError(f"{where}: column '{features[0]}' has {texts.null_count} missing values")
+        vocab = word_vocab(texts.to_pylist(), cols.vocab_size)
         details["vocabulary_size"] = len(vocab) + 2
     x_train = features_of(ds, features, train_rows, cols, vocab, where)
     x_test = features_of(ds, features, test_rows, cols, vocab, where)

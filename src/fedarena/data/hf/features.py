@@ -170,8 +170,11 @@ def _image(raw: dict[str, Any], size: int, column: str, row: int, where: str) ->
 
 
 def _wav(raw: dict[str, Any], column: str, row: int, where: str) -> np.ndarray:
+    source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw.get("path")
+    if not source:  # wave.open(None) raises AttributeError
+        raise FedarenaError(f"{where}: column '{column}' row {row} holds no audio (neither bytes nor a path)")
     try:
-        with wave.open(io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"], "rb") as w:
+        with wave.open(source, "rb") as w:
             rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
             frames = w.readframes(w.getnframes())
     except (wave.Error, OSError, EOFError, KeyError, TypeError) as exc:

@@ -245,3 +245,18 @@ def test_options_shared_by_commands_are_declared_once():
     for flag in set(options["sweep"]) & set(SHARED) - {"--out"}:  # sweep's --out names a sweep directory
         a, b = options["compare"][flag], options["sweep"][flag]
         assert (a.help, a.type.name, a.default) == (b.help, b.type.name, b.default), flag
+
+
+def test_threads_sets_torch_threads_and_refuses_zero(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = invoke("compare", "--data", "digits", "--clients", "4", "--rounds", "1", "--model", "mlr",
+                        "--algorithms", "fedavg", "--threads", "1", "--out", tmp_path / "run")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    result = invoke("compare", "--threads", "0", "--out", tmp_path / "zero")
+    assert result.exit_code == 2 and "--threads" in result.output and not (tmp_path / "zero").exists()

@@ -56,6 +56,19 @@ TargetEpsilon = Annotated[Optional[float], typer.Option(
     "--target-epsilon", help="DP: stop before the round that would exceed it.")]
 SecAgg = Annotated[bool, typer.Option(
     "--secagg", help="Secure aggregation between the clients and the server (SecAgg; SecAgg+ with --secagg-neighbours).")]
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="torch threads (default: torch's, all cores). On a busy machine 1 can be ~10x faster for "
+    "small models; numbers are bit for bit the same only for the same thread count (docs/compare.md).")]
+
+
+def set_threads(threads: int | None) -> None:
+    """`--threads`: the process's torch thread count (the CLI's business: library code touches no global state)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 Attack = Annotated[Optional[str], typer.Option(
     "--attack", help="Simulate poisoning: label-flip | sign-flip | scale | gaussian | alie | backdoor (docs/robustness.md).")]
 Malicious = Annotated[Optional[float], typer.Option(

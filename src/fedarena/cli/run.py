@@ -48,11 +48,13 @@ from fedarena.cli.options import (
     ShardsPerClient,
     Target,
     TargetEpsilon,
+    Threads,
     Track,
     Tune,
     TuneObjective,
     _given,
     _privacy_flags,
+    set_threads,
     tune_trials,
 )
 from fedarena.cli.tables import _bench_table, _forget_table, _scale_table, _table
@@ -86,6 +88,7 @@ def compare(
     set_: Sets = None,
     report: bool = typer.Option(False, "--report", help="Also write report.html and report.md into the run directory."),
     track: Track = None,
+    threads: Threads = None,
     dp_clip: DpClip = None,
     dp_noise: DpNoise = None,
     dp_delta: DpDelta = None,
@@ -124,6 +127,7 @@ def compare(
         from fedarena.experiments.presets import preset_file
 
         config = _guard(preset_file, preset)
+    set_threads(threads)
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     from fedarena.experiments import tracking
     from fedarena.experiments.compare import run_compare

@@ -22,8 +22,10 @@ from fedarena.cli.options import (
     Seed,
     Seeds,
     Sets,
+    Threads,
     Track,
     _given,
+    set_threads,
 )
 
 
@@ -49,6 +51,7 @@ def sweep(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Sweep directory; rerun with the same --out to resume."),
     set_: Sets = None,
     track: Track = None,
+    threads: Threads = None,
 ) -> None:
     """Run the comparison over a heterogeneity grid and find where personalization stops paying off.
 
@@ -68,6 +71,7 @@ def sweep(
         "run": _given(algorithms=algorithms or ",".join(sw.default_algorithms()), seed=seed,
                       seeds=seeds or (sw.QUICK_SEEDS if quick else sw.DEFAULT_SEEDS), device=device),
     }
+    set_threads(threads)
     conf = _guard(cfg.build, str(config) if config else None, flags, set_ or [])
     if epsilons:
         return _privacy_sweep(conf, epsilons, out_dir, track or [])

@@ -181,11 +181,12 @@ def test_a_damaged_progress_file_is_refused_by_name(tmp_path):
 
 
 def test_client_states_held_by_the_server_round_trip():
-    states = {3: ClientState(params={"head.weight": torch.arange(6.0).reshape(2, 3)}, extra={"c": torch.ones(1)}),
-              0: ClientState()}
+    head = torch.arange(6.0).reshape(2, 3)
+    states = {3: ClientState(params={"head.weight": head.t()}, extra={"c": torch.ones(1)}),  # not contiguous
+              0: ClientState(), 5: ClientState(params={"head.weight": head})}  # a tensor shared with client 3
     back = _decode_states(_encode_states(states))
-    assert sorted(back) == [0, 3] and back[0] == ClientState()
-    assert torch.equal(back[3].params["head.weight"], states[3].params["head.weight"])
+    assert sorted(back) == [0, 3, 5] and back[0] == ClientState()
+    assert torch.equal(back[3].params["head.weight"], head.t()) and torch.equal(back[5].params["head.weight"], head)
     assert torch.equal(back[3].extra["c"], torch.ones(1))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from safetensors import SafetensorError
 
 import fedarena
@@ -197,7 +198,7 @@ def _encode_states(states: dict[int, ClientState]) -> bytes:
     from safetensors.torch import save
 
     # clone: clients that never trained share their initial tensors, which safetensors refuses to write twice
-    tensors = {f"{c}/{part}/{k}": v.detach().cpu().clone()
+    tensors = {f"{c}/{part}/{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
                for c, s in states.items() for part, kv in (("params", s.params), ("extra", s.extra)) for k, v in kv.items()}
     return save(tensors, metadata={"clients": json.dumps(sorted(states))})
 

@@ -18,24 +18,24 @@ COUNTS: Counter[str] = Counter()
 OUTCOMES: Counter[tuple[str, str]] = Counter()  # (target, "accepted" | "refused" | ...): where the inputs went
 
 
-def outcome(target: str, kind: str) -> None:
-    OUTCOMES[(target, kind)] += 1
-
-
 def sizes(fast: int, slow: int):
     """Parametrize a test over `n`: `fast` examples in the default run, `slow` more under ``-m slow``."""
     return pytest.mark.parametrize("n", [fast, pytest.param(slow, marks=pytest.mark.slow)], ids=["fast", "slow"])
 
 
-def fuzz(target: str, n: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> int:
+def fuzz(target: str, n: int, strategy: st.SearchStrategy[Any], check: Callable[[Any], Any]) -> int:
     """Run `check` on `n` inputs drawn from `strategy`; return how many it saw (asserted to be `n`: hypothesis
-    stops early only when the strategy's space is exhausted, which none of these is)."""
+    stops early only when the strategy's space is exhausted, which none of these is). What `check` returns is
+    where the input went: "accepted", "refused", or a mapping of such words to counts (a round of several
+    replies), added to OUTCOMES."""
     seen = 0
 
     def prop(value: Any) -> None:
         nonlocal seen
         seen += 1
-        check(value)
+        went = check(value)
+        for kind, count in ({went: 1} if isinstance(went, str) else dict(went or {})).items():
+            OUTCOMES[(target, kind)] += count
 
     prop.__name__ = prop.__qualname__ = "fuzz_" + re.sub(r"\W", "_", target)
     # derandomize seeds from the function's source, the same here for every target: add the target and n, as

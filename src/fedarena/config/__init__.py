@@ -50,7 +50,8 @@ from fedarena.data.spec import (
 )
 
 __all__ = [
-    "AttackConfig", "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "RobustConfig", "SECTIONS", "Config", "DataConfig", "ForgetConfig", "ModelConfig",
+    "AttackConfig", "DATASETS", "ENGINES", "MODELS", "PARTITIONS", "RobustConfig", "SECTIONS",
+    "Config", "DataConfig", "ForgetConfig", "ModelConfig",
     "PrivacyConfig", "RunConfig", "ShakespeareConfig", "SyntheticConfig", "TrainConfig", "apply", "build", "dump_toml",
     "hyperparameters", "load_toml", "parse_sets", "parse_value", "replace_fields", "resolved_num_clients",
     "resolved_partition", "to_tree", "validate", "with_clients_per_round",

@@ -87,3 +87,53 @@ def test_expanded_gradients_and_float64_weights_step_like_the_reference():
         want, _, _ = local_sgd(objective, req.params, {"w"}, req.x, req.y, sgd, torch.Generator().manual_seed(0))
         assert params["w"].dtype == torch.float64 and steps == 2
         assert torch.equal(params["w"], want["w"])
+
+
+def test_chunks_are_balanced_and_in_order():
+    from fedarena.sim.vectorized import chunks
+
+    assert [len(c) for c in chunks(list(range(1001)), 100)] == [91] * 11  # not ten of 100 and one of 1
+    assert [len(c) for c in chunks(list(range(1005)), 100)] == [92] * 4 + [91] * 7
+    assert [len(c) for c in chunks(list(range(200)), 100)] == [100, 100]
+    assert [len(c) for c in chunks(list(range(10)), 3)] == [3, 3, 2, 2]
+    assert chunks(list(range(7)), 100) == [list(range(7))] and chunks([], 100) == []
+    assert sum(chunks(list(range(1001)), 100), []) == list(range(1001))
+
+
+def test_a_round_runs_in_chunks_of_at_most_chunk_threads_results_in_order(toy):
+    import threading
+
+    from fedarena.core.types import FedarenaError
+    from fedarena.sim.vectorized import VectorizedExecutor
+
+    data, task = toy
+    executor = VectorizedExecutor(task, "fedavg", chunk=3)
+    try:
+        out = executor.map([lambda i=i: (i, threading.current_thread().name) for i in range(10)])
+    finally:
+        executor.close()
+    assert [i for i, _ in out] == list(range(10))
+    assert len({name for _, name in out}) <= 3  # one pool of 3 workers, reused by the chunks (3, 3, 2, 2)
+    with pytest.raises(FedarenaError, match="chunk must be >= 1"):
+        VectorizedExecutor(task, "fedavg", chunk=0)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedper", "ditto"])
+def test_chunked_lockstep_gives_the_unchunked_numbers_bit_for_bit(name, toy, monkeypatch):
+    # 4 clients a round of unequal sizes: chunks of 2 batch other clients together at each step (and other
+    # last-batch groups) than one lockstep of 4; ditto calls local_sgd twice per client
+    import fedarena.sim.vectorized as vectorized
+
+    data, task = toy
+    kw = dict(rounds=3, clients_per_round=4, eval_every=3, seed=5, engine="vectorized")
+    whole = run_loop(REGISTRY[name](), task, data, **kw)
+    monkeypatch.setattr(vectorized, "LOCKSTEP_CHUNK", 2)
+    chunked = run_loop(REGISTRY[name](), task, data, **kw)
+    assert chunked.engine["batched_sgd_calls"] == whole.engine["batched_sgd_calls"] > 0
+    assert chunked.engine["single_sgd_calls"] == whole.engine["single_sgd_calls"]
+    assert all(torch.equal(whole.server.params[k], chunked.server.params[k]) for k in whole.server.params)
+    for c in whole.states:
+        a, b = whole.states[c].params, chunked.states[c].params
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.evaluations[-1].per_client_acc == chunked.evaluations[-1].per_client_acc
+    assert whole.evaluations[-1].per_client_loss == chunked.evaluations[-1].per_client_loss

@@ -88,7 +88,7 @@ class LocalClients:
 
     def train(self, rnd: int, broadcasts: dict[int, Broadcast], protect: Any = None) -> dict[int, Upload]:
         """Each client's upload as the server receives it (every client replies in this process)."""
-        chosen, memo = list(broadcasts), {}
+        chosen, memo = list(broadcasts), dict[int, Any]()
         received = {c: b if self.pooled else self.ledger.send_down(rnd, c, b) for c, b in broadcasts.items()}
         results = self.execute.map([
             partial(train_client, self.algo, self.task, self._on(received[c], memo), self._on(self.states[c], memo),
@@ -105,7 +105,7 @@ class LocalClients:
                  membership: bool = False) -> dict[int, ClientEval]:
         """Every client's personal model (and the global model) on its own test split, and with `membership`
         the membership-inference AUCs; evaluation traffic is not counted in the ledger."""
-        clients, memo = list(broadcasts), {}
+        clients, memo = list(broadcasts), dict[int, Any]()
         g = self._on(global_params, memo)  # the personal models stay on the device for their evaluation
         models = self.execute.map([
             partial(personal_model, self.algo, self.task, self._on(broadcasts[c], memo), self._on(self._state(c), memo),

@@ -12,6 +12,13 @@ statistics are updated in place by the forward pass, which vmap cannot batch) an
 with DP-SGD (`fall_back`: Opacus's per-sample gradients are one client's at a time). Work an algorithm
 does outside `local_sgd` (e.g. pFedMe's inner solver) runs in its worker, not batched; the engine
 logs how many SGD calls it batched.
+
+Memory: a round's calls run in lockstep chunks of at most :data:`LOCKSTEP_CHUNK` clients, one chunk after the other
+(`map`), so the engine holds one chunk's worker threads, stacked parameters, gradients and padded batches at a time,
+not the whole round's. Measured on bench --scale (FedAvg, 10,000 clients, 1,000 per round, synthetic MLP): the
+round's lockstep over all 1,000 clients peaked at 2,326-2,386 MB RSS; see benchmarks/README.md, "Scale". Chunks
+are balanced (sizes differ by at most one), so a chunk of one client, which would run the reference loop, happens
+only when the call itself is one client's.
 """
 
 from __future__ import annotations
@@ -25,8 +32,14 @@ from torch import nn
 
 from fedarena.core.batched import NotBatchable, SGDRequest, batched_local_sgd, group_key
 from fedarena.core.local_train import SGD_BATCHER, local_sgd
+from fedarena.core.types import FedarenaError
 
 log = logging.getLogger(__name__)
+
+# At most this many clients train in one lockstep (one batched computation per step). 100 is bench's mlp-100 round
+# (so that workload runs as one chunk, as before); a client's numbers do not depend on how many clients share its
+# batched step (tests/sim/test_vectorized.py checks chunked against unchunked bit for bit on the MLP).
+LOCKSTEP_CHUNK = 100
 
 
 def _has_batchnorm(module: nn.Module) -> bool:
@@ -38,7 +51,11 @@ class VectorizedExecutor:
 
     verify_messages = False  # see Ledger.verify
 
-    def __init__(self, task: Any, algo_name: str) -> None:
+    def __init__(self, task: Any, algo_name: str, chunk: int | None = None) -> None:
+        chunk = LOCKSTEP_CHUNK if chunk is None else chunk
+        if chunk < 1:
+            raise FedarenaError(f"the vectorized engine's lockstep chunk must be >= 1 client, got {chunk}")
+        self.chunk = chunk
         self.batched = 0
         self.single = 0
         self.reasons: set[str] = set()
@@ -60,13 +77,17 @@ class VectorizedExecutor:
             self.pool = None
 
     def map(self, calls: list) -> list:
-        """Run one call per client (client_update, personalize, onboard) in lockstep workers."""
+        """Run one call per client (client_update, personalize, onboard) in lockstep workers, at most
+        `self.chunk` clients at a time (balanced chunks, in order); results in call order."""
         if self.fallback or len(calls) <= 1:
             return [call() for call in calls]
-        if self.pool is None or self.pool._max_workers < len(calls):
-            self.close()
-            self.pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fedarena-client")
-        return _Lockstep(self, calls).run(self.pool)
+        out: list = []
+        for part in chunks(calls, self.chunk):
+            if self.pool is None or self.pool._max_workers < len(part):
+                self.close()
+                self.pool = ThreadPoolExecutor(max_workers=len(part), thread_name_prefix="fedarena-client")
+            out.extend(_Lockstep(self, part).run(self.pool))
+        return out
 
     def _note(self, reason: str) -> None:
         if reason not in self.reasons:
@@ -100,6 +121,19 @@ class VectorizedExecutor:
                 "fallback": self.fallback_reason}
 
 
+def chunks(items: list, most: int) -> list[list]:
+    """`items` in order, cut into the fewest chunks of at most `most`, their sizes differing by at most one
+    (1,001 items by 100: eleven chunks of 91, not ten of 100 and one of 1)."""
+    count = -(-len(items) // most)
+    size, extra = divmod(len(items), count) if items else (0, 0)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
 def _plain(req: SGDRequest) -> tuple:
     return local_sgd(req.objective, req.params, req.trainable, req.x, req.y, req.sgd, req.rng, req.epochs)
 
@@ -116,7 +150,7 @@ class _Lockstep:
         self.cond = threading.Condition(lock)
         self.worker_conds = [threading.Condition(lock) for _ in calls]
         self.pending: dict[int, SGDRequest] = {}
-        self.results: dict[int, tuple] = {}
+        self.results: dict[int, tuple | None] = {}  # None: the batch failed (run() re-raises)
         self.live = len(calls)
         self.outputs: list[Any] = [None] * len(calls)
         self.errors: dict[int, BaseException] = {}
@@ -140,7 +174,10 @@ class _Lockstep:
             self.pending[i] = req
             self.cond.notify()
             self.worker_conds[i].wait_for(lambda: i in self.results)
-            return self.results.pop(i)
+            result = self.results.pop(i)
+            if result is None:  # the batch failed: run() re-raises the engine's error, not this one
+                raise RuntimeError("the batched local_sgd this client waited for failed")
+            return result
 
     def run(self, pool: ThreadPoolExecutor) -> list:
         futures = [pool.submit(self._worker, i) for i in range(len(self.calls))]

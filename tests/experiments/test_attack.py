@@ -161,3 +161,18 @@ def test_the_cli_flags_set_the_attack_and_the_rule(tmp_path):
     assert s["attack"]["kind"] == "sign-flip" and s["attack"]["aggregator"] == {
         "name": "trimmed-mean", "f": 1, "beta": 0.2, "m": None, "tau": 100.0, "iterations": 1}
     assert len(s["malicious_clients"]) == 1 and len(s["runs"][0]["final"]["personal_acc_per_client"]) == 7
+
+
+def test_a_robust_rule_composes_with_a_server_optimizer():
+    """FedAdam's server step reads only the mean (server_step "mean+optimizer"): with a robust rule it steps from the
+    rule's result, exactly as from one upload holding it."""
+    config = make("robust.aggregator=median", algorithms="fedadam")
+    algo = cfg.hyperparameters(config, "fedadam")
+    assert algo.server_step == "mean+optimizer"
+    server = algo.init_server({"w": torch.zeros(3)})
+    ups = {c: Upload(params={"w": torch.tensor([float(v), -float(v), 2.0 * v])}, num_samples=n)
+           for c, (v, n) in enumerate([(1, 2), (5, 1), (2, 3), (-40, 1), (3, 2)])}
+    stepped = algo.aggregate(server, attack.combine(config, algo)(server, ups))
+    by_hand = algo.aggregate(server, {0: Upload(params={"w": torch.tensor([2.0, -2.0, 4.0])}, num_samples=9)})
+    assert torch.equal(stepped.params["w"], by_hand.params["w"])
+    assert not torch.equal(stepped.params["w"], algo.aggregate(server, ups).params["w"])

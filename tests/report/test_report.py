@@ -422,3 +422,14 @@ def test_forgetting_row_verdicts(pfl, glob, verdict):
     ctx = _Ctx({"forget": [_forget_row(pfl, glob)]}, {}, Sides("fedper", "fedavg", (), ()))
     row = _row_forgetting(ctx)
     assert row.verdict.value == verdict and "fedper" in row.measured and "1.0 MB" in row.measured
+
+
+def test_the_crossover_plot_leaves_out_cells_without_a_gain():
+    """A sweep of fedavg and local has no pFL side: every cell's gain is null, and the plot must not crash on it."""
+    from fedarena.report.plots import crossover
+
+    cells = [{"cell": "iid", "js_divergence_mean": 0.1, "gain": {"mean": None, "half_width": None}},
+             {"cell": "shards-2", "js_divergence_mean": 0.6, "gain": {"mean": 0.2, "half_width": None}}]
+    fig = crossover(cells)
+    assert list(fig.data[1].x) == [0.6] and list(fig.data[1].y) == [0.2]
+    assert len(crossover([cells[0]]).data[1].x) == 0

@@ -157,8 +157,9 @@ def pareto(groups: dict[str, list[Run]]) -> go.Figure:
 
 def crossover(cells: list[dict[str, Any]]) -> go.Figure:
     """Sweep: best pFL minus best global per-client accuracy against heterogeneity, with the 95% CI
-    over seeds as a band; above 0 personalization pays off."""
-    cells = sorted(cells, key=lambda c: c["js_divergence_mean"])
+    over seeds as a band; above 0 personalization pays off. Cells without a gain (no pFL or no global algorithm
+    ran there) are left out."""
+    cells = sorted((c for c in cells if c["gain"]["mean"] is not None), key=lambda c: c["js_divergence_mean"])
     x = [c["js_divergence_mean"] for c in cells]
     y = [c["gain"]["mean"] for c in cells]
     hw = [c["gain"]["half_width"] or 0.0 for c in cells]

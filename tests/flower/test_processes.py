@@ -79,3 +79,36 @@ def test_ctrl_c_leaves_no_process(tmp_path):
         child.kill()
         if token:
             kill_marked(token)  # nothing stays behind even when an assertion above failed
+
+
+def test_a_node_that_could_not_bind_its_port_is_restarted_on_another(tmp_path, monkeypatch):
+    """free_port() names a port free now; if something takes it before the SuperNode binds, the node exits ("address
+    already in use", seen in CI) and start() restarts it on a new port instead of waiting out the start timeout."""
+    from fedarena.flower.processes import free_port
+
+    fed = LocalFederation(tmp_path, [{}], start_timeout=20)
+    ports: list[int] = []
+
+    def start_node(i: int):
+        fed.node_ports[i] = port = free_port()
+        listen = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"
+        ports.append(port)
+        return fed._spawn(f"supernode-{i}", [sys.executable, "-c", "raise SystemExit(1)" if len(ports) == 1 else listen])
+
+    monkeypatch.setattr(fed, "start_node", start_node)
+    try:
+        start_node(0)
+        fed._await_node(0)
+        assert len(ports) == 2 and fed.node_ports[0] == ports[1]
+        assert fed.processes["supernode-0"].popen.poll() is None  # the second one listens
+    finally:
+        fed.close()
+    with pytest.raises(Exception, match="exited with code 1"):
+        fed2 = LocalFederation(tmp_path / "b", [{}], start_timeout=20)
+        monkeypatch.setattr(fed2, "start_node", lambda i: (fed2.node_ports.__setitem__(i, free_port()),
+                            fed2._spawn("supernode-0", [sys.executable, "-c", "raise SystemExit(1)"]))[1])
+        fed2.start_node(0)
+        try:
+            fed2._await_node(0, attempts=2)
+        finally:
+            fed2.close()

@@ -172,6 +172,7 @@ class LocalFederation:
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     superlink_port: int = 0
     processes: dict[str, Process] = field(default_factory=dict)
+    node_ports: dict[int, int] = field(default_factory=dict)  # SuperNode i's local runtime API port
     remote: str = ""  # HOST:PORT of a SuperLink started elsewhere: start() then starts nothing
     remote_ca: Path | None = None
     remote_insecure: bool = False
@@ -237,14 +238,33 @@ class LocalFederation:
         wait_for_port("127.0.0.1", self.superlink_port, self.start_timeout, link.popen)
         for i in range(len(self.node_configs)):
             self.start_node(i)
+        for i in range(len(self.node_configs)):
+            self._await_node(i)
 
     def start_node(self, i: int) -> Process:
         """Start (or restart) SuperNode i with its node config."""
         config = " ".join(f"{k}={_toml_value(v)}" for k, v in self.node_configs[i].items())
-        args = [flower_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
+        self.node_ports[i] = free_port()
+        args = [flower_bin("flower-supernode"), "--superlink", self.address, "--port", str(self.node_ports[i]),
                 "--node-config", config]
         args += ["--root-certificates", str(self.tls.ca_cert)] if self.tls else ["--insecure"]
         return self._spawn(f"supernode-{i}", args)
+
+    def _await_node(self, i: int, attempts: int = 3) -> None:
+        """SuperNode i listening on its runtime port. free_port() only names a port free *now*: before the node binds
+        it, the OS may hand it to an outgoing connection (both come from the ephemeral range), and the node exits with
+        "address already in use" (seen in CI). Such a node is restarted on another port, up to `attempts` times."""
+        for attempt in range(attempts):
+            proc = self.processes[f"supernode-{i}"]
+            try:
+                wait_for_port("127.0.0.1", self.node_ports[i], self.start_timeout, proc.popen)
+                return
+            except FedarenaError:
+                if proc.popen.poll() is None or attempt == attempts - 1:
+                    raise
+                log.warning("SuperNode %d exited before listening on port %d; restarting it on another port", i,
+                            self.node_ports[i])
+                self.start_node(i)
 
     def kill_node(self, i: int) -> None:
         """SIGKILL SuperNode i's process group (a crash, for fault tests)."""

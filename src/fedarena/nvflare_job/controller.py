@@ -200,7 +200,7 @@ class SiteClients:
         raise FedarenaError("new clients (data.new_clients) are not exported to NVFlare")
 
     def close(self) -> None:
-        pass
+        """Nothing to release: NVFlare owns the connections to the sites."""
 
     def summary(self) -> dict[str, Any]:
         return {"runtime": "nvflare", "storage_bytes_per_client": max(self.state_bytes.values(), default=0),

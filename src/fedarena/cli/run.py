@@ -105,8 +105,13 @@ def compare(
     forget_probe: Optional[str] = typer.Option(
         None, "--forget-probe",
         help="Client ID: plant a backdoor in its data, then forget it (retrain, federaser) into RUN/forget-ID/."),
+    quick: bool = typer.Option(False, "--quick", help="A short default study (under 30 s; bare compare only)."),
 ) -> None:
-    """Run global FL, personalized FL and baselines on identical seeded clients."""
+    """Run global FL, personalized FL and baselines on identical seeded clients.
+
+    Bare (no data, algorithm, client or round flag; --out, --report, --track, --threads and --seed allowed), it runs
+    the default study: the comparison plus a heterogeneity sweep, a DP budget, an attack and a forget probe, so that
+    every row of the report is measured (about 2-3 minutes on 2 cores; --quick: under 30 s)."""
     flags: dict[str, dict[str, Any]] = {
         "data": _given(name=data, partition=partition, alpha=alpha, shards_per_client=shards_per_client,
                        num_clients=clients, new_clients=new_clients),
@@ -121,6 +126,13 @@ def compare(
         "attack": _given(kind=attack, malicious=malicious),
         "robust": _given(aggregator=aggregator),
     }
+    named = sorted(f"{section}.{key}" for section, keys in flags.items() for key in keys if (section, key) != ("run", "seed"))
+    if not (named or config or preset or set_):
+        return _study(quick, seed or 0, out_dir, report, track or [], threads)
+    if quick:
+        _fail(2, "--quick shortens the default study, which only a bare `fedarena compare` runs (with --out, --report, "
+                 "--track, --threads or --seed at most); with data, algorithm, client or round flags, compare runs "
+                 "exactly what they name: set --rounds for a shorter run")
     if preset and config:
         _fail(2, "give --preset or --config, not both (a preset is a config file: copy it to change it)")
     if preset:
@@ -144,16 +156,54 @@ def compare(
     out.print(_table(summary))
     out.print(f"run directory: {target_dir}", highlight=False, soft_wrap=True)
     if forget_probe:
+        from fedarena.experiments.forget.run import PROBE_METHODS
         from fedarena.experiments.forget.run import forget as forget_clients
 
-        result = _guard(forget_clients, target_dir, [forget_probe], ["retrain", "federaser"],
+        result = _guard(forget_clients, target_dir, [forget_probe], list(PROBE_METHODS),
                         target_dir / f"forget-{forget_probe}")
         out.print(_forget_table(result))
+    _finish(target_dir, report, trackers)
+
+
+def _study(quick: bool, seed: int, out_dir: Optional[Path], report: bool, track: list[str], threads: Optional[int]) -> None:
+    """A bare `fedarena compare`: the default study (experiments/study.py), every claim of the report measured."""
+    import datetime as dt
+
+    from fedarena.experiments import study, tracking
+    from fedarena.experiments.rundir import check_out_dir
+    from fedarena.report.render import load_summary
+
+    plan = study.QUICK if quick else study.FULL
+    set_threads(threads)
+    target_dir = out_dir or Path("runs") / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{plan.name}-study"
+    _guard(check_out_dir, target_dir)
+    trackers = _guard(tracking.prepare, track, target_dir)
+    err.print(f"default study ({plan.name}): {len(study.ALGORITHMS)} algorithms x {plan.seeds} seed(s), then a "
+              f"heterogeneity sweep, a DP budget, an attack and a forget probe on best pFL and best global; any data, "
+              "algorithm, client or round flag runs only what it names", highlight=False, soft_wrap=True)
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bar = progress.add_task("comparison", total=5)
+        result = _guard(study.run_study, plan, seed, target_dir,
+                        lambda name, i, n: progress.update(bar, completed=i, description=name))
+    out.print(_table(_guard(load_summary, target_dir)))
+    out.print(f"best pFL {result['best_pfl']}, best global {result['best_global']}; sub-studies on both:",
+              highlight=False, soft_wrap=True)
+    for step in result["steps"]:
+        out.print(f"  {step['name']:<10} {step['seconds']:6.1f} s  {target_dir / step['dir']}", highlight=False,
+                  soft_wrap=True)
+    out.print(f"study directory: {target_dir} ({result['seconds']:.0f} s)", highlight=False, soft_wrap=True)
+    _finish(target_dir, report, trackers)
+
+
+def _finish(target_dir: Path, report: bool, trackers: Any) -> None:
     if report:
         from fedarena.report.render import write_report
 
         paths = _guard(write_report, target_dir)
         out.print(f"report: {paths.html}", highlight=False, soft_wrap=True)
+    from fedarena.experiments import tracking
+
     for line in _guard(tracking.track_run, trackers, target_dir):
         out.print(line, highlight=False, soft_wrap=True)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fedarena.report import measures as m
-from fedarena.report import tuning
+from fedarena.report import study, tuning
 from fedarena.report.format import pct, signed_pp, signed_rel, size, with_spread
 from fedarena.report.measures import Run, Stat
 from fedarena.report.verdicts import (  # noqa: F401  (re-exported: the report's modules read them here)
@@ -196,6 +196,8 @@ def _row_global_objective(c: _Ctx) -> Row:
 
 
 def _row_similarity(c: _Ctx) -> Row:
+    if c.summary.get("study"):
+        return _row("data_similarity", *study.similarity(c.summary["study"]["sweep"]))
     het = c.summary["dataset"]["heterogeneity"]
     ahead = "pFL" if (m.paired(c.p, c.g, _diff(m.acc_mean)).mean or 0) > 0 else "global"
     return _row("data_similarity",
@@ -315,7 +317,10 @@ def _row_forgetting(c: _Ctx) -> Row:
 
 
 def _row_privacy(c: _Ctx) -> Row:
-    """What this run measured under its privacy settings; the cost against no privacy needs the epsilon sweep."""
+    """The default study's privacy sweep, or what this run measured under its privacy settings (the cost against no
+    privacy needs the epsilon sweep)."""
+    if c.summary.get("study"):
+        return _row("privacy", *study.privacy(c.summary["study"]["privacy"]))
     parts = []
     for name in (c.sides.pfl, c.sides.glob):
         run = c.groups[name][0]
@@ -338,7 +343,16 @@ def _row_privacy(c: _Ctx) -> Row:
 
 def _row_robustness(c: _Ctx) -> Row:
     """Benign clients' accuracy under the run's simulated attack (summary.json's `attack`), best pFL against best
-    global; a clean baseline and every attack side by side are in docs/results/robustness.md."""
+    global; a clean baseline and every attack side by side are in docs/results/robustness.md. In a default study the
+    attack ran as its own comparison (study/attack) and this run, on the same seeds, is its clean reference."""
+    clean = ""
+    if c.summary.get("study"):
+        attacked = c.summary["study"]["attack"]
+        seeds = set(m.seeds(attacked))
+        ran = {n: [r for r in rs if r["seed"] in seeds] for n, rs in c.groups.items()}
+        clean = "; without the attack (every training client): " + ", ".join(
+            f"{n} {pct(m.over_seeds(ran[n], m.acc_mean).mean)}" for n in (c.sides.pfl, c.sides.glob))
+        c = _Ctx(attacked, m.by_algorithm(attacked), c.sides)
     a = c.summary.get("attack")
     if not a or a["kind"] == "none":
         return _row("robustness", "not measured: no attack in this run (fedarena compare --attack KIND --malicious 0.2 "
@@ -351,7 +365,7 @@ def _row_robustness(c: _Ctx) -> Row:
     diverged = sorted({r["algorithm"] for rs in c.groups.values() for r in rs if r.get("diverged")})
     return _row("robustness", f"{a['kind']} by {a['malicious_fraction']:.0%} of the clients, {a['aggregator']['name']} "
                 f"aggregation: {c.sides.pfl} {pct(pm)} vs {c.sides.glob} {pct(gm)}: {with_spread(q, signed_pp)}{success}"
-                + (f"; diverged: {', '.join(diverged)}" if diverged else ""),
+                + (f"; diverged: {', '.join(diverged)}" if diverged else "") + clean,
                 range_verdict(q, 0.0), _noise_note(q, True), c.details(m.acc_mean, pct))
 
 

@@ -18,12 +18,15 @@ from typing import Any
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
-from fedarena.report.claims import choose_sides
+from fedarena.report.claims import Verdict, choose_sides, range_verdict
+from fedarena.report.format import signed_pp, with_spread
 
 PRIVACY_RULE = (
-    "at each finite epsilon, loss = accuracy without DP minus accuracy with DP (mean per-client accuracy, best pFL "
-    "and best global algorithm chosen in the no-DP cell); the claim 'the same protection costs pFL less' holds "
-    "when pFL's loss is smaller at every budget, does not hold when it is larger at every budget, partly otherwise"
+    "at each finite epsilon, loss = accuracy without DP minus accuracy with DP (mean per-client accuracy; best pFL "
+    "and best global algorithm chosen in the no-DP cell), and q = global's loss minus pFL's, paired by seed; the claim "
+    "'the same protection costs pFL less' holds at a budget when q > 0, does not hold when q <= 0, is within noise when "
+    "(with >= 2 seeds) q's 95% confidence interval contains 0; over several budgets: the one verdict they share, else "
+    "partly"
 )
 DEFAULT_EPSILONS = ("1", "3", "8", "inf")
 
@@ -53,6 +56,7 @@ def cell_result(epsilon: float, summary: dict[str, Any], run_dir: str, reused: b
         algos[name] = {
             "family": runs[0]["family"],
             "personal_acc_mean": m.over_seeds(runs, m.acc_mean).mean,
+            "personal_acc_mean_per_seed": {str(r["seed"]): m.acc_mean(r) for r in runs},
             "personal_acc_worst10": m.over_seeds(runs, m.acc_worst10).mean,
             "global_acc": m.over_seeds(runs, m.global_acc).mean,
             "epsilon": privacy.get("epsilon"),
@@ -71,22 +75,33 @@ def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def privacy_cost(cells: list[dict[str, Any]], inf_summary: dict[str, Any]) -> dict[str, Any]:
-    """Per finite budget, each side's accuracy loss against the no-DP cell, and the verdict (PRIVACY_RULE)."""
+    """Per finite budget, each side's accuracy loss against the no-DP cell (mean over seeds), q (global's loss minus
+    pFL's, paired by seed, with its 95% interval) and the verdict (PRIVACY_RULE)."""
     sides = choose_sides(m.by_algorithm(inf_summary))
     base = next(c for c in cells if c["epsilon_target"] is None)["algorithms"]
-    rows, smaller = [], []
+    rows, verdicts = [], []
     for c in sorted((c for c in cells if c["epsilon_target"] is not None), key=lambda c: c["epsilon_target"]):
-        loss = {side: base[name]["personal_acc_mean"] - c["algorithms"][name]["personal_acc_mean"]
+        loss = {side: _loss(base[name], c["algorithms"][name])
                 for side, name in (("pfl", sides.pfl), ("global", sides.glob)) if name}
-        rows.append({"epsilon": c["epsilon_target"], **{f"{k}_loss": v for k, v in loss.items()}})
+        row: dict[str, Any] = {"epsilon": c["epsilon_target"], **{f"{k}_loss": v.mean for k, v in loss.items()}}
         if len(loss) == 2:
-            smaller.append(loss["pfl"] < loss["global"])
-    verdict = ("not measured" if not smaller else "holds" if all(smaller)
-               else "does not hold" if not any(smaller) else "partly")
+            q = m.Stat(tuple(g - p for g, p in zip(loss["global"].values, loss["pfl"].values)))
+            verdict = range_verdict(q, 0.0)
+            row |= {"q": q.to_json() | {"half_width": q.half_width}, "q_text": with_spread(q, signed_pp),
+                    "verdict": verdict.value}
+            verdicts.append(verdict)
+        rows.append(row)
+    verdict = (Verdict.NOT_MEASURED if not verdicts else verdicts[0] if len(set(verdicts)) == 1 else Verdict.PARTLY)
     seeds = len(m.seeds(inf_summary))
-    if seeds < 2 and smaller:
-        verdict += " (one seed: no noise estimate; use --seeds)"
-    return {"pfl": sides.pfl, "global": sides.glob, "losses": rows, "verdict": verdict, "rule": PRIVACY_RULE}
+    note = "one seed: no noise estimate; use --seeds" if seeds < 2 and verdicts else ""
+    return {"pfl": sides.pfl, "global": sides.glob, "losses": rows, "verdict": verdict.value, "note": note,
+            "seeds": seeds, "rule": PRIVACY_RULE}
+
+
+def _loss(no_dp: dict[str, Any], dp: dict[str, Any]) -> m.Stat:
+    """Accuracy without DP minus with DP, per seed (the seeds both cells ran)."""
+    a, b = no_dp["personal_acc_mean_per_seed"], dp["personal_acc_mean_per_seed"]
+    return m.Stat(tuple(a[s] - b[s] for s in sorted(a, key=int) if s in b))
 
 
 def lines(result: dict[str, Any]) -> list[str]:
@@ -104,5 +119,8 @@ def lines(result: dict[str, Any]) -> list[str]:
     for row in cost["losses"]:
         out.append(f"eps <= {row['epsilon']:g}: {cost['pfl']} loses {100 * row.get('pfl_loss', float('nan')):+.1f} pp, "
                    f"{cost['global']} loses {100 * row.get('global_loss', float('nan')):+.1f} pp")
-    out.append(f"'the same protection costs pFL less': {cost['verdict']} ({cost['rule']})")
+        if "q_text" in row:
+            out[-1] += f"; pFL loses {row['q_text']} less: {row['verdict']}"
+    note = f" ({cost['note']})" if cost.get("note") else ""
+    out.append(f"'the same protection costs pFL less': {cost['verdict']}{note} ({cost['rule']})")
     return out

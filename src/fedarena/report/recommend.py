@@ -13,8 +13,10 @@ The rules are short and stated in every recommendation (docs/report.md lists the
   candidates that reach it; if none does, the fewest bytes per round within the acceptable set.
 - **simplicity**: within the acceptable set, the fewest moving parts: number of hyperparameters
   + 2 if clients keep state between rounds + 1 if there is no single global model to serve.
-- **privacy**: privacy is not measured yet, so a stated proxy: within the acceptable set, the fewest
-  bytes uploaded per round (what leaves a device).
+- **privacy**: in a default study (``study/privacy``: best pFL and best global under one central user-level DP
+  budget), the most accurate under that budget of those two and of any candidate that uploads nothing;
+  elsewhere privacy is not measured, so a stated proxy: within the acceptable set, the fewest bytes uploaded
+  per round (what leaves a device).
 
 Ties go to the candidate listed first in the run. The persona changes the order of the facts and the
 words of the headline, never the choice or the numbers.
@@ -50,6 +52,9 @@ RULES = {
     "privacy": ("privacy is not measured in this run; proxy: among the candidates as accurate as the best, "
                 "the fewest bytes uploaded per round (what leaves a device)"),
 }
+PRIVACY_MEASURED_RULE = ("the most accurate under the same central user-level DP budget, among the two algorithms the "
+                         "default study's privacy sweep ran (best pFL and best global) and any candidate that uploads "
+                         "nothing (which needs no DP: its own accuracy counts)")
 ACCEPTABLE_RULE = ("as accurate as the best: not below the most accurate candidate beyond noise (95% CI of "
                    "the paired per-seed difference), or within 1 percentage point with a single seed")
 
@@ -65,11 +70,11 @@ KIND_WORDS = {  # how each persona names what is deployed
 }
 FACT_ORDER = {  # emphasis per persona: which facts come first
     "cto": ("gain_vs_global", "gain_vs_best", "clients_worse", "bytes_per_round", "storage", "accuracy", "worst10",
-            "gain_vs_local", "rounds_to_target", "bytes_to_target", "ceiling_gap"),
+            "gain_vs_local", "rounds_to_target", "bytes_to_target", "ceiling_gap", "under_dp"),
     "architect": ("storage", "bytes_per_round", "bytes_to_target", "rounds_to_target", "gain_vs_global", "gain_vs_best",
-                  "clients_worse", "accuracy", "worst10", "gain_vs_local", "ceiling_gap"),
+                  "clients_worse", "accuracy", "worst10", "gain_vs_local", "ceiling_gap", "under_dp"),
     "ml-engineer": ("accuracy", "worst10", "gain_vs_global", "gain_vs_best", "gain_vs_local", "ceiling_gap", "clients_worse",
-                    "rounds_to_target", "bytes_to_target", "bytes_per_round", "storage"),
+                    "rounds_to_target", "bytes_to_target", "bytes_per_round", "storage", "under_dp"),
 }
 
 
@@ -115,8 +120,15 @@ def _acceptable(groups: dict[str, list[Run]], names: list[str]) -> list[str]:
     return out
 
 
-def choose(groups: dict[str, list[Run]], priority: str) -> str:
-    """The algorithm the rule for `priority` picks (see the module docstring)."""
+def under_dp(summary: dict[str, Any]) -> dict[str, float]:
+    """A default study's per-client accuracy under its DP budget, per algorithm it ran ({} outside a study)."""
+    privacy = (summary.get("study") or {}).get("privacy")
+    cells = [c for c in (privacy or {}).get("cells", ()) if c["epsilon_target"] is not None]
+    return {n: a["personal_acc_mean"] for n, a in cells[0]["algorithms"].items()} if cells else {}
+
+
+def choose(groups: dict[str, list[Run]], priority: str, dp: dict[str, float] | None = None) -> str:
+    """The algorithm the rule for `priority` picks (see the module docstring); `dp`: :func:`under_dp`."""
     names = [a for a, rs in groups.items() if rs[0]["federated"]]
     if not names:
         raise FedarenaError("no federated algorithm in this run to recommend (only centralized)")
@@ -140,6 +152,10 @@ def choose(groups: dict[str, list[Run]], priority: str) -> str:
     if priority == "simplicity":
         return lowest(acceptable, lambda a: _moving_parts(groups[a][0]))
     if priority == "privacy":
+        if dp:  # a candidate that uploads nothing needs no DP: its accuracy under the budget is its own
+            private = {a: dp[a] if a in dp else mean(a, m.acc_mean) for a in names
+                       if a in dp or mean(a, m.bytes_up_per_round) == 0}
+            return max(private, key=lambda a: (private[a], -names.index(a)))
         return lowest(acceptable, lambda a: mean(a, m.bytes_up_per_round))
     raise FedarenaError(f"unknown priority '{priority}'; valid: {', '.join(PRIORITIES)}")
 
@@ -167,16 +183,19 @@ def recommend(summary: dict[str, Any], persona: str = "architect", priority: str
     if priority not in PRIORITIES:
         raise FedarenaError(f"unknown priority '{priority}'; valid: {', '.join(PRIORITIES)}")
     groups = m.by_algorithm(summary)
-    name = choose(groups, priority)
+    dp = under_dp(summary)
+    name = choose(groups, priority, dp)
     run = groups[name][0]
     numbers, facts, watch = _evidence(summary, groups, name, priority)
     order = [k for k in FACT_ORDER[persona] if k in facts]
     return Recommendation(
         persona, priority, name, run["family"], dict(run["hyperparameters"]),
-        _headline(persona, run, numbers, choose_sides(groups).glob), RULES[priority],
+        _headline(persona, run, numbers, choose_sides(groups).glob),
+        PRIVACY_MEASURED_RULE if priority == "privacy" and dp else RULES[priority],
         tuple((k, facts[k]) for k in order), numbers, tuple(watch),
         {"candidates": "every algorithm that federates on the clients' own data (local included; centralized excluded)",
-         "acceptable": ACCEPTABLE_RULE, "priority": RULES[priority]},
+         "acceptable": ACCEPTABLE_RULE,
+         "priority": PRIVACY_MEASURED_RULE if priority == "privacy" and dp else RULES[priority]},
         tuning=_tuning(summary, name),
     )
 
@@ -252,7 +271,14 @@ def _evidence(summary: dict[str, Any], groups: dict[str, list[Run]], name: str,
         watch.append("no federated algorithm beats training each client alone here: federation does not pay off")
     if not reached:
         watch.append(f"{name} did not reach the comparison's target ({target})")
-    if priority == "privacy":
+    dp = under_dp(summary)
+    if name in dp:
+        eps = next(c for c in summary["study"]["privacy"]["cells"] if c["epsilon_target"] is not None)["epsilon_target"]
+        numbers["personal_acc_under_dp"] = dp[name]
+        facts["under_dp"] = f"per-client accuracy {pct(dp[name])} under central user-level DP (epsilon {eps:g})"
+    elif dp and stat(m.bytes_up_per_round).mean == 0:
+        facts["under_dp"] = "uploads nothing, so it needs no DP noise: its accuracy is the same under any budget"
+    elif priority == "privacy":
         watch.append("privacy itself (leakage, DP noise) is not measured in this run; the choice uses a proxy")
     if runs[0]["family"] != "global" and runs[0]["storage_bytes_per_client"] > 0:
         watch.append("personal state lives on each client: back it up, and new clients start without it")

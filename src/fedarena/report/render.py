@@ -20,6 +20,7 @@ import plotly.offline
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
+from fedarena.report import study
 from fedarena.report import tuning as tu
 from fedarena.report.claims import ClaimTable, Verdict, claim_table
 from fedarena.report.format import accuracy, aggregate_ci, pct, size
@@ -65,7 +66,8 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
             forgets.append(json.loads(f.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FedarenaError(f"{f} is not valid JSON: {exc}") from None
-    summary["forget"] = forgets or None
+    summary["study"], probes = study.load(Path(run_dir))  # a default study's sub-studies (report/study.py)
+    summary["forget"] = forgets + probes or None
     summary["tuning_trials"] = tu.read_trials(Path(run_dir))  # tuning.parquet's rows (--tune), else None
     return summary
 
@@ -295,7 +297,8 @@ def write_privacy_sweep_report(result: dict[str, Any], out_dir: Path) -> ReportP
         "# fedarena privacy sweep: what the same DP budget costs each family", "",
         f"{result['population']} clients, {result['clients_per_round']} per round (Poisson), {result['rounds']} rounds, "
         f"clip {result['clip']}, delta {result['delta']}; central DP-FedAvg, noise chosen per budget.", "",
-        f"Claim \u201cthe same privacy protection costs pFL less accuracy\u201d: **{result['cost']['verdict']}**.", "",
+        f"Claim \u201cthe same privacy protection costs pFL less accuracy\u201d: **{result['cost']['verdict']}**"
+        + (f" ({result['cost']['note']})" if result["cost"].get("note") else "") + ".", "",
         "```", *text, "```", "",
     ])
     paths = ReportPaths(out_dir / "privacy_sweep.html", out_dir / "privacy_sweep.md")

@@ -30,6 +30,7 @@ from fedarena.sim.runtime import evaluate_client, personal_model
 log = logging.getLogger(__name__)
 
 METHODS: dict[str, Callable[..., Outcome]] = {"retrain": retrain, "federaser": federaser}
+PROBE_METHODS = ("retrain", "federaser")  # what `compare --forget-probe` (and the default study) forgets with
 
 
 def measure(src: Source, name: str, outcome: Outcome) -> dict[str, float | None]:
@@ -81,7 +82,7 @@ def forget_algorithm(src: Source, name: str, methods: list[str], verify: bool,
         try:
             outcome = reference if method == "retrain" else METHODS[method](src, name)
         except FedarenaError as exc:
-            log.warning("%s", exc)
+            log.info("%s", exc)  # recorded: forget.json's row and the forget table say why
             rows.append(row | {"refused": str(exc)})
             continue
         outcomes[method] = outcome

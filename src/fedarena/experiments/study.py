@@ -140,7 +140,8 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
         sides = choose_sides(m.by_algorithm(summary))
         if not (sides.pfl and sides.glob):
             raise FedarenaError(f"the study's comparison has no best pFL or best global algorithm: {sides}")
-        for i, step in enumerate(steps(plan, sides.pfl, sides.glob, probe_client(summary)), start=1):
+        probe = probe_client(summary)
+        for i, step in enumerate(steps(plan, sides.pfl, sides.glob, probe), start=1):
             if on_step:
                 on_step(step.name, i, 5)
             t0 = time.monotonic()
@@ -148,7 +149,7 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
             log.append({"name": step.name, "dir": f"study/{step.name}", "seconds": time.monotonic() - t0,
                         "command": step.cli(out)})
         study = {"format": STUDY_FORMAT, "plan": asdict(plan), "seed": seed,
-                 "best_pfl": sides.pfl, "best_global": sides.glob, "steps": log,
+                 "best_pfl": sides.pfl, "best_global": sides.glob, "forget_probe": probe, "steps": log,
                  "seconds": time.monotonic() - started}
         partial = tmp / f".study.json.partial-{os.getpid()}"
         partial.write_text(json.dumps(study, indent=2, allow_nan=False) + "\n")

@@ -117,7 +117,8 @@ CLAIMS: dict[str, tuple[str, str, str, str]] = {
         "removing a client from pFL costs less (bytes, rounds, residual influence) than from the global model"),
     "privacy": (
         "Privacy cost", "-", "-",
-        "accuracy lost to the same privacy protection (secure aggregation, DP) on each side"),
+        "the same privacy protection (central user-level DP at one budget) costs best pFL less per-client accuracy "
+        "than best global (each side's loss against no DP, paired by seed)"),
     "robustness": (
         "Robustness to poisoning", "robust: personalization limits what poisoned updates do to each client "
         "(Ditto, Li et al., ICML 2021)", "one poisoned model for every client unless the server aggregates robustly",

@@ -92,7 +92,7 @@ def _setup(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("hyperparameters", tu.label(summary)),
         ("seeds", ", ".join(map(str, seeds)) + ("" if len(seeds) > 1 else " (one seed: the noise is unknown)")),
         ("target", f"{pct(summary['target_acc'])}: {summary['target_rule']}"),
-    ]
+    ] + ([("study", study.describe(summary["study"]))] if summary.get("study") else [])
 
 
 def _own_training(summary: dict[str, Any]) -> bool:

@@ -42,6 +42,17 @@ def load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     return block, forgets
 
 
+def describe(block: dict[str, Any]) -> str:
+    """The report's setup line for a default study: what each sub-study ran, and where."""
+    plan, pfl, glob = block["plan"], block["best_pfl"], block["best_global"]
+    probe = block["forget_probe"]
+    return (f"default study ({plan['name']}): this comparison, then on its best pFL ({pfl}) and best global ({glob}) "
+            f"with {plan['sub_seeds']} seed(s): a heterogeneity sweep over {', '.join(plan['cells'])} (study/sweep); "
+            f"central user-level DP at epsilon {plan['epsilon']:g} and without it (study/privacy); {plan['attack']} by "
+            f"{plan['malicious']:.0%} of the clients (study/attack); a backdoor planted in client {probe} and then "
+            f"forgotten, on 1 seed (study/forget). study.json holds the command that reruns each step")
+
+
 def similarity(sweep: dict[str, Any]) -> tuple[str, Verdict, str]:
     """The "ideal data similarity" row from the study's heterogeneity sweep (report/sweep.SIMILARITY_RULE)."""
     cells = sorted(sweep["cells"], key=lambda c: c["js_divergence_mean"])

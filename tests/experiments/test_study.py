@@ -162,3 +162,19 @@ def test_plans_and_steps():
     forget = steps[-1]
     assert forget.flags == {"run": {"algorithms": "fedper,fedadam", "seeds": 1}, "forget": {"probe": "3"}}
     assert "--forget-probe 3 --out /r/study/forget-again" in forget.cli(Path("/r"))
+
+
+@pytest.mark.slow
+def test_full_study_measures_every_row(tmp_path):
+    """The README's first command: a bare `fedarena compare --report` (the full study, about 2 minutes)."""
+    out = tmp_path / "full"
+    result = runner.invoke(app, ["compare", "--report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = load_summary(out)
+    assert summary["seeds"] == [0, 1, 2]
+    for row in claim_table(summary).rows:
+        assert row.verdict is not Verdict.NOT_MEASURED and "not measured" not in row.measured.lower(), row
+    block = summary["study"]
+    assert len(block["sweep"]["seeds"]) == len(summary["study"]["attack"]["seeds"]) == study.FULL.sub_seeds
+    assert [c["cell"] for c in block["sweep"]["cells"]] == list(study.FULL.cells)
+    assert "**not measured**" not in (out / "report.md").read_text()

@@ -62,7 +62,7 @@ class Plan:
 
 
 FULL = Plan("full", rounds=30, seeds=3, sub_seeds=3, cells=("iid", "dirichlet-1", "dirichlet-0.1", "shards-2"))
-QUICK = Plan("quick", rounds=15, seeds=1, sub_seeds=1, cells=("iid", "shards-2"))
+QUICK = Plan("quick", rounds=10, seeds=1, sub_seeds=1, cells=("iid", "shards-2"))
 PLANS = {p.name: p for p in (FULL, QUICK)}
 
 

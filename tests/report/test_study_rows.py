@@ -55,7 +55,11 @@ def test_privacy_row_reads_the_cost():
     result = {"cells": cs, "cost": ps.privacy_cost(cs, inf), "delta": 1e-5, "population": 16, "clients_per_round": 10}
     measured, verdict, note = study.privacy(result)
     assert verdict is Verdict.HOLDS
-    assert "fedper loses 8.7 pp, fedavg loses 50.0 pp" in measured and "16 clients, 10 per round" in measured
+    assert "fedper 80.0% \u2192 71.3% (loses 8.7 pp), fedavg 85.0% \u2192 35.0% (loses 50.0 pp)" in measured
+    assert "16 clients, 10 per round" in measured
+    cs, inf = cells({"fedper": {0: .5}, "fedavg": {0: .8}}, {"fedper": {0: .6}, "fedavg": {0: .7}})
+    one = {"cells": cs, "cost": ps.privacy_cost(cs, inf), "delta": 1e-5, "population": 16, "clients_per_round": 10}
+    assert "fedper 50.0% \u2192 60.0% (gains 10.0 pp)" in study.privacy(one)[0]
     assert "3 seed(s)" in note
 
 

@@ -181,11 +181,12 @@ def _study(quick: bool, seed: int, out_dir: Optional[Path], report: bool, track:
     err.print(f"default study ({plan.name}): {len(study.ALGORITHMS)} algorithms x {plan.seeds} seed(s), then a "
               f"heterogeneity sweep, a DP budget, an attack and a forget probe on best pFL and best global; any data, "
               "algorithm, client or round flag runs only what it names", highlight=False, soft_wrap=True)
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         bar = progress.add_task("comparison", total=5)
         result = _guard(study.run_study, plan, seed, target_dir,
-                        lambda name, i, n: progress.update(bar, completed=i, description=name))
+                        lambda name, i, n: progress.update(bar, completed=i, description=name),
+                        lambda name, r: progress.update(bar, description=f"comparison: {name} {r}"))
     out.print(_table(_guard(load_summary, target_dir)))
     out.print(f"best pFL {result['best_pfl']}, best global {result['best_global']}; sub-studies on both:",
               highlight=False, soft_wrap=True)

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from fedarena import config as cfg
 from fedarena.core.types import FedarenaError
@@ -40,7 +43,6 @@ from fedarena.report import measures as m
 from fedarena.report.claims import choose_sides
 from fedarena.report.study import STUDY_FORMAT
 from fedarena.report.sweep import Cell
-from fedarena.sim.engine import select_new_clients
 
 ALGORITHMS = ("fedavg", "fedprox", "fedadam", "fedper", "ditto", "local", "fedavg-ft", "centralized")
 
@@ -74,44 +76,53 @@ def comparison_config(plan: Plan, seed: int) -> cfg.Config:
 
 @dataclass(frozen=True)
 class Step:
-    """One sub-study: its directory (relative to the study's), its command's flags and extra arguments."""
+    """One sub-study: its name (its directory is study/<name>), its command and the flags, --set overrides and
+    extra arguments the command takes; its config is built the way that command builds it."""
 
     name: str
     command: str  # compare | sweep
     flags: dict[str, dict[str, Any]]
+    sets: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
 
     def config(self, main_toml: Path) -> cfg.Config:
-        return cfg.build(str(main_toml), self.flags, [])
+        return cfg.build(str(main_toml), self.flags, list(self.sets))
 
-    def cli(self, study_dir: Path) -> str:
-        """The command that reruns this step from the study's config.toml."""
+    def cli(self, study_dir: Path, threads: int) -> str:
+        """The command that reruns this step from the study's config.toml, into a directory beside the study."""
         names = {"algorithms": "--algorithms", "seeds": "--seeds", "kind": "--attack", "malicious": "--malicious",
                  "probe": "--forget-probe"}
-        flags = " ".join(f"{names[k]} {v}" for section in self.flags.values() for k, v in section.items())
-        return " ".join(["fedarena", self.command, "--config", str(study_dir / "config.toml"), flags, *self.args,
-                         "--out", str(study_dir / "study" / (self.name + "-again"))])
+        flags = [x for section in self.flags.values() for k, v in section.items() for x in (names[k], str(v))]
+        sets = [x for s in self.sets for x in ("--set", s)]
+        return shlex.join(["fedarena", self.command, "--config", str(study_dir / "config.toml"), *flags, *sets,
+                           *self.args, "--threads", str(threads), "--out", f"{study_dir}-{self.name}-again"])
+
+
+# The sub-studies other than the forget probe keep no forget material (server checkpoints per round: about 830 MB
+# over the full study's sweep, privacy and attack runs); the comparison and the forget probe keep theirs.
+NO_FORGET_MATERIAL = ("forget.keep=none",)
 
 
 def steps(plan: Plan, pfl: str, glob: str, probe: str) -> list[Step]:
     both = {"algorithms": f"{pfl},{glob}", "seeds": plan.sub_seeds}
-    eps = f"{plan.epsilon:g}"
     return [
-        Step("sweep", "sweep", {"run": both}, ("--cells", ",".join(plan.cells))),
-        Step("privacy", "sweep", {"run": both}, ("--epsilons", eps)),
-        Step("attack", "compare", {"run": both, "attack": {"kind": plan.attack, "malicious": plan.malicious}}),
+        Step("sweep", "sweep", {"run": both}, NO_FORGET_MATERIAL, ("--cells", ",".join(plan.cells))),
+        Step("privacy", "sweep", {"run": both}, NO_FORGET_MATERIAL, ("--epsilons", repr(plan.epsilon))),
+        Step("attack", "compare", {"run": both, "attack": {"kind": plan.attack, "malicious": plan.malicious}},
+             NO_FORGET_MATERIAL),
         Step("forget", "compare", {"run": {"algorithms": f"{pfl},{glob}", "seeds": 1}, "forget": {"probe": probe}}),
     ]
 
 
 def probe_client(summary: dict[str, Any]) -> str:
     """The forget probe: the first client that trains on the comparison's first seed (not held out as new)."""
-    ds, conf = summary["dataset"], summary["config"]
-    held = set(select_new_clients(conf["run"]["seed"], ds["num_clients"], conf["data"]["new_clients"]))
-    return next(c for i, c in enumerate(ds["client_ids"]) if i not in held)
+    first = min(r["seed"] for r in summary["runs"])
+    held = set(next(r for r in summary["runs"] if r["seed"] == first)["new_clients"]["clients"])
+    return next(c for c in summary["dataset"]["client_ids"] if c not in held)
 
 
-def _run_step(step: Step, config: cfg.Config, out: Path, plan: Plan) -> None:
+def _run_step(step: Step, config: cfg.Config, out: Path, plan: Plan, final: Path) -> None:
+    """Run `step` into `out`, the directory that will be `final` once the study is renamed into place."""
     from fedarena.report.render import write_privacy_sweep_report, write_sweep_report
 
     if step.name == "sweep":
@@ -122,7 +133,7 @@ def _run_step(step: Step, config: cfg.Config, out: Path, plan: Plan) -> None:
         run_compare(config, out)
         if step.name == "forget":
             probe = config.forget.probe
-            forget(out, [probe], list(PROBE_METHODS), out / f"forget-{probe}")
+            forget(out, [probe], list(PROBE_METHODS), out / f"forget-{probe}", recorded_as=final)
 
 
 def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int], None] | None = None,
@@ -130,13 +141,15 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
     """Run the study into `out` (absent or empty); return study.json's content. `on_step(name, index, total)` is
     called before each step; `on_round` counts the comparison's rounds."""
     check_out_dir(out)
+    out, threads = out.resolve(), torch.get_num_threads()  # the commands name absolute paths and the thread count
     started, log = time.monotonic(), []
     with atomic_dir(out) as tmp:
         if on_step:
             on_step("comparison", 0, 5)
         summary = run_compare(comparison_config(plan, seed), tmp, on_round)
         log.append({"name": "comparison", "dir": ".", "seconds": time.monotonic() - started,
-                    "command": f"fedarena compare --config {out / 'config.toml'} --out {out}-again"})
+                    "command": shlex.join(["fedarena", "compare", "--config", str(out / "config.toml"), "--threads",
+                                           str(threads), "--out", f"{out}-again"])})
         sides = choose_sides(m.by_algorithm(summary))
         if not (sides.pfl and sides.glob):
             raise FedarenaError(f"the study's comparison has no best pFL or best global algorithm: {sides}")
@@ -145,10 +158,11 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
             if on_step:
                 on_step(step.name, i, 5)
             t0 = time.monotonic()
-            _run_step(step, step.config(tmp / "config.toml"), tmp / "study" / step.name, plan)
+            _run_step(step, step.config(tmp / "config.toml"), tmp / "study" / step.name, plan,
+                      out / "study" / step.name)
             log.append({"name": step.name, "dir": f"study/{step.name}", "seconds": time.monotonic() - t0,
-                        "command": step.cli(out)})
-        study = {"format": STUDY_FORMAT, "plan": asdict(plan), "seed": seed,
+                        "command": step.cli(out, threads)})
+        study = {"format": STUDY_FORMAT, "plan": asdict(plan), "seed": seed, "threads": threads,
                  "best_pfl": sides.pfl, "best_global": sides.glob, "forget_probe": probe, "steps": log,
                  "seconds": time.monotonic() - started}
         partial = tmp / f".study.json.partial-{os.getpid()}"

@@ -52,12 +52,6 @@ class ClaimTable:
     hyperparameters: str = tuning.UNTUNED_DEFAULTS
 
 
-def _noise_note(q: Stat, noisy: bool) -> str:
-    if noisy and q.n == 1:
-        return "noise unknown: 1 seed; compare --seeds 3 measures the spread"
-    return ""
-
-
 # ------------------------------------------------------------------ sides
 
 
@@ -153,6 +147,12 @@ class _Ctx:
         return tuple((a, with_spread(m.over_seeds(rs, metric), fmt)) for a, rs in self.groups.items())
 
 
+def _noise_note(c: _Ctx, q: Stat, noisy: bool) -> str:
+    if noisy and q.n == 1:
+        return f"noise unknown: 1 seed; {study.more_seeds(c.summary)}"
+    return ""
+
+
 def _diff(metric: m.Metric) -> Callable[[Run, Run], float | None]:
     def q(a: Run, b: Run) -> float | None:
         x, y = metric(a), metric(b)
@@ -174,7 +174,7 @@ def _accuracy_row(c: _Ctx, key: str, metric: m.Metric, low: float) -> Row:
     q = m.paired(c.p, c.g, _diff(metric))
     pm, gm = c.means(metric)
     return _row(key, f"{c.sides.pfl} {pct(pm)} vs {c.sides.glob} {pct(gm)}: {with_spread(q, signed_pp)}",
-                range_verdict(q, low), _noise_note(q, True), c.details(metric, pct))
+                range_verdict(q, low), _noise_note(c, q, True), c.details(metric, pct))
 
 
 def _row_accuracy_mean(c: _Ctx) -> Row:
@@ -193,7 +193,7 @@ def _row_global_objective(c: _Ctx) -> Row:
                     Verdict.HOLDS, "by construction: only the global side has one model for everyone", details)
     q = m.paired(c.g, c.p, _diff(m.global_acc))
     return _row("global_objective", f"{c.sides.glob} {pct(gm)} vs {c.sides.pfl} {pct(pm)}: {with_spread(q, signed_pp)}",
-                range_verdict(q, 0.0), _noise_note(q, True), details)
+                range_verdict(q, 0.0), _noise_note(c, q, True), details)
 
 
 def _row_similarity(c: _Ctx) -> Row:
@@ -235,7 +235,7 @@ def _target_row(c: _Ctx, key: str, metric: m.Metric, q: Stat, low: float, high: 
     else:
         measured = f"neither {c.sides.pfl} nor {c.sides.glob} reached the target ({target})"
     dropped = max(len(c.p), len(c.g)) - q.n
-    note = f"{dropped} seed(s) where a side never reached the target left out" if q.n and dropped else _noise_note(q, noisy)
+    note = f"{dropped} seed(s) where a side never reached the target left out" if q.n and dropped else _noise_note(c, q, noisy)
     return _row(key, measured, target_verdict(q, p_reached, g_reached, low, high), note, c.details(metric, fmt))
 
 
@@ -269,7 +269,7 @@ def _row_onboarding(c: _Ctx) -> Row:
                 f"(pFL {with_spread(vs_global, signed_pp)})")
     details = tuple((a, f"{pct(m.over_seeds(rs, m.new_before).mean)} \u2192 {pct(m.over_seeds(rs, m.new_after).mean)}")
                     for a, rs in c.groups.items() if m.over_seeds(rs, m.new_after).n)
-    return _row("onboarding", measured, onboarding_verdict(adaptation, vs_global), _noise_note(adaptation, True), details)
+    return _row("onboarding", measured, onboarding_verdict(adaptation, vs_global), _noise_note(c, adaptation, True), details)
 
 
 # residual influence counted as "none" when within these of the exact retrain's (documented in docs/report.md)
@@ -307,14 +307,18 @@ def _row_forgetting(c: _Ctx) -> Row:
                     "measures what is left)", Verdict.NOT_MEASURED)
     measured = f"{_describe_forget(c.sides.pfl, pfl)}. {_describe_forget(c.sides.glob, glob)}"
     pfl_left, glob_left = _residual(pfl["retrain"], "before"), _residual(glob["retrain"], "before")
+    took = any((r["retrain"]["backdoor_before"] or 0) >= FORGET_BACKDOOR_TOL for r in (pfl, glob))
+    caveat = ("; one seed and one client: no noise estimate" + ("" if took else
+              "; the planted backdoor did not take (success below 5% on both sides before deletion), so only the "
+              "membership-inference gap decides"))
     if pfl_left:
         return _row("forgetting", measured, Verdict.FAILS,
-                    "deleting the personal model is not enough: the shared part still carries the client")
+                    "deleting the personal model is not enough: the shared part still carries the client" + caveat)
     if glob_left:
         return _row("forgetting", measured, Verdict.HOLDS,
-                    "the personal model held the client; the global model had to be retrained or unlearned")
+                    "the personal model held the client; the global model had to be retrained or unlearned" + caveat)
     return _row("forgetting", measured, Verdict.PARTLY,
-                "neither model kept a measurable trace of the client at this scale, so neither deletion was hard")
+                "neither model kept a measurable trace of the client at this scale, so neither deletion was hard" + caveat)
 
 
 def _row_privacy(c: _Ctx) -> Row:
@@ -345,15 +349,10 @@ def _row_privacy(c: _Ctx) -> Row:
 def _row_robustness(c: _Ctx) -> Row:
     """Benign clients' accuracy under the run's simulated attack (summary.json's `attack`), best pFL against best
     global; a clean baseline and every attack side by side are in docs/results/robustness.md. In a default study the
-    attack ran as its own comparison (study/attack) and this run, on the same seeds, is its clean reference."""
-    clean = ""
+    attack ran as its own comparison (study/attack) and the row compares what it cost each side (report/study.py)."""
     if c.summary.get("study"):
-        attacked = c.summary["study"]["attack"]
-        seeds = set(m.seeds(attacked))
-        ran = {n: [r for r in rs if r["seed"] in seeds] for n, rs in c.groups.items()}
-        clean = "; without the attack (every training client): " + ", ".join(
-            f"{n} {pct(m.over_seeds(ran[n], m.acc_mean).mean)}" for n in (c.sides.pfl, c.sides.glob))
-        c = _Ctx(attacked, m.by_algorithm(attacked), c.sides)
+        return _row("robustness", *study.robustness(c.groups, c.summary["study"]["attack"], c.sides),
+                    c.details(m.acc_mean, pct))
     a = c.summary.get("attack")
     if not a or a["kind"] == "none":
         return _row("robustness", "not measured: no attack in this run (fedarena compare --attack KIND --malicious 0.2 "
@@ -366,8 +365,8 @@ def _row_robustness(c: _Ctx) -> Row:
     diverged = sorted({r["algorithm"] for rs in c.groups.values() for r in rs if r.get("diverged")})
     return _row("robustness", f"{a['kind']} by {a['malicious_fraction']:.0%} of the clients, {a['aggregator']['name']} "
                 f"aggregation: {c.sides.pfl} {pct(pm)} vs {c.sides.glob} {pct(gm)}: {with_spread(q, signed_pp)}{success}"
-                + (f"; diverged: {', '.join(diverged)}" if diverged else "") + clean,
-                range_verdict(q, 0.0), _noise_note(q, True), c.details(m.acc_mean, pct))
+                + (f"; diverged: {', '.join(diverged)}" if diverged else ""),
+                range_verdict(q, 0.0), _noise_note(c, q, True), c.details(m.acc_mean, pct))
 
 
 def _membership(run: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from fedarena.core.types import FedarenaError
 from fedarena.report import measures as m
+from fedarena.report import study
 from fedarena.report import tuning as tu
 from fedarena.report.claims import choose_sides
 from fedarena.report.format import accuracy, pct, signed_pp, size, with_spread
@@ -266,7 +267,7 @@ def _evidence(summary: dict[str, Any], groups: dict[str, list[Run]], name: str,
         if worse:
             watch.append(f"{worse} of {total} clients lose accuracy compared with {glob}'s global model")
     if numbers["seeds"] == 1:
-        watch.append("noise unknown: 1 seed; `fedarena compare --seeds 3` measures the spread")
+        watch.append(f"noise unknown: 1 seed; {study.more_seeds(summary)}")
     if name == "local" and best == "local":
         watch.append("no federated algorithm beats training each client alone here: federation does not pay off")
     if not reached:

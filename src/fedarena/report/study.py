@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedarena.core.types import FedarenaError
-from fedarena.report.verdicts import Verdict
+from fedarena.report import measures as m
+from fedarena.report.format import pct, signed_pp, with_spread
+from fedarena.report.verdicts import Sides, Verdict, range_verdict
 
 STUDY_FORMAT = "fedarena-study/1"
 FILES = {"sweep": "sweep/sweep.json", "privacy": "privacy/privacy_sweep.json", "attack": "attack/summary.json"}
@@ -40,6 +42,13 @@ def load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     block = dict(study) | {k: _read(Path(run_dir) / "study" / f) for k, f in FILES.items()}
     forgets = [_read(f) for f in sorted((Path(run_dir) / "study" / "forget").glob("forget-*/forget.json"))]
     return block, forgets
+
+
+def more_seeds(summary: dict[str, Any]) -> str:
+    """How to measure the spread a one-seed run lacks, for the run at hand."""
+    if summary.get("study"):
+        return "the full study (fedarena compare without --quick) runs 3 seeds"
+    return "compare --seeds 3 measures the spread"
 
 
 def describe(block: dict[str, Any]) -> str:
@@ -69,18 +78,61 @@ def similarity(sweep: dict[str, Any]) -> tuple[str, Verdict, str]:
 def privacy(result: dict[str, Any]) -> tuple[str, Verdict, str]:
     """The "privacy cost" row from the study's privacy sweep (report/privacy_sweep.PRIVACY_RULE)."""
     cost = result["cost"]
-    dp = [c for c in result["cells"] if c["epsilon_target"] is not None]
+    base = next(c for c in result["cells"] if c["epsilon_target"] is None)["algorithms"]
     parts = []
     for row in cost["losses"]:
-        cell = next(c for c in dp if c["epsilon_target"] == row["epsilon"])
-        eps = {n: a["epsilon"] for n, a in cell["algorithms"].items() if a["epsilon"] is not None}
-        reached = f"eps {max(eps.values()):.2f}" if eps else f"eps <= {row['epsilon']:g}"
+        cell = next(c for c in result["cells"] if c["epsilon_target"] == row["epsilon"])["algorithms"]
+        eps = [a["epsilon"] for a in cell.values() if a["epsilon"] is not None]
+        reached = f"eps {max(eps):.2f}" if eps else f"eps <= {row['epsilon']:g}"
+        sides = ", ".join(f"{n} {pct(base[n]['personal_acc_mean'])} \u2192 {pct(cell[n]['personal_acc_mean'])} "
+                          f"({_change(row.get(k))})" for n, k in ((cost["pfl"], "pfl_loss"), (cost["global"], "global_loss")))
         parts.append(f"central user-level DP ({reached}, delta {result['delta']:g}, {result['population']} clients, "
-                     f"{result['clients_per_round']} per round): {cost['pfl']} loses {_pp(row.get('pfl_loss'))}, "
-                     f"{cost['global']} loses {_pp(row.get('global_loss'))}; pFL loses {row.get('q_text', 'n/a')} less")
+                     f"{result['clients_per_round']} per round), per-client accuracy without and with it: {sides}; "
+                     f"pFL loses {row.get('q_text', 'n/a')} less")
     note = "; ".join(x for x in (f"privacy sweep in study/privacy ({cost['seeds']} seed(s))", cost.get("note")) if x)
     return "; ".join(parts), Verdict(cost["verdict"]), note
 
 
-def _pp(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} pp"
+def _change(loss: float | None) -> str:
+    if loss is None:
+        return "n/a"
+    return f"loses {100 * loss:.1f} pp" if loss >= 0 else f"gains {-100 * loss:.1f} pp"
+
+
+def _drop(clean: list[m.Run], attacked: list[m.Run]) -> dict[int, float]:
+    """Per seed: the mean over the attacked run's evaluated (benign) clients of their accuracy without the attack
+    minus under it (unweighted: summary.json keeps per-client accuracies, not test sizes)."""
+    by_seed = {r["seed"]: r["final"]["personal_acc_per_client"] for r in clean}
+    out = {}
+    for r in attacked:
+        after, before = r["final"]["personal_acc_per_client"], by_seed.get(r["seed"])
+        if before is not None and after:
+            out[r["seed"]] = sum(before[c] - a for c, a in after.items()) / len(after)
+    return out
+
+
+def robustness(clean: dict[str, list[m.Run]], attacked: dict[str, Any], sides: Sides) -> tuple[str, Verdict, str]:
+    """The "robustness to poisoning" row from the study's attack run: q = best global's accuracy drop minus best
+    pFL's, each drop over the benign clients against the same clients in the comparison (the clean run, same
+    seeds), paired by seed; q > 0: the attack does less to the personalized side."""
+    a, groups = attacked["attack"], m.by_algorithm(attacked)
+    pfl, glob = str(sides.pfl), str(sides.glob)
+    per_seed = {n: _drop(clean[n], groups[n]) for n in (pfl, glob)}
+    drops = {n: m.Stat(tuple(v.values())) for n, v in per_seed.items()}
+    q = m.Stat(tuple(g - per_seed[pfl][s] for s, g in per_seed[glob].items() if s in per_seed[pfl]))
+    under = {n: pct(m.over_seeds(groups[n], m.acc_mean).mean) for n in (pfl, glob)}
+    hit = {n: m.over_seeds(groups[n], lambda r: r.get("attack_success")).mean for n in (pfl, glob)}
+    diverged = sorted({r["algorithm"] for rs in groups.values() for r in rs if r.get("diverged")})
+    measured = (f"{a['kind']} by {a['malicious_fraction']:.0%} of the clients, {a['aggregator']['name']} aggregation; "
+                f"benign clients' accuracy drop against the same clients without the attack: {pfl} "
+                f"{with_spread(drops[pfl], _pp_stat, label=False)}, {glob} {with_spread(drops[glob], _pp_stat, label=False)}"
+                f"; the attack costs {glob} {with_spread(q, signed_pp)} more than {pfl}; under the attack {pfl} "
+                f"{under[pfl]} vs {glob} {under[glob]} (sample-weighted)"
+                + ("" if hit[glob] is None else f"; backdoor success {pfl} {pct(hit[pfl])} vs {glob} {pct(hit[glob])}")
+                + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
+    note = f"attack comparison in study/attack ({q.n} seed(s); drops are unweighted means over the benign clients)"
+    return measured, range_verdict(q, 0.0), note + ("; noise unknown: 1 seed" if q.n == 1 else "")
+
+
+def _pp_stat(x: float) -> str:
+    return f"{100 * x:.1f} pp"

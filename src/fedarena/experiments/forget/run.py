@@ -106,8 +106,10 @@ def forget_algorithm(src: Source, name: str, methods: list[str], verify: bool,
 
 
 def forget(run_dir: Path, clients: list[str], methods: list[str], out: Path, algorithms: list[str] | None = None,
-           verify: bool = True) -> dict[str, Any]:
-    """Write `out` (absent or empty): per algorithm, the first method's models without `clients`."""
+           verify: bool = True, recorded_as: Path | None = None) -> dict[str, Any]:
+    """Write `out` (absent or empty): per algorithm, the first method's models without `clients`. forget.json and
+    audit.json name the source as `recorded_as` where given (the path `run_dir` will have: a default study builds
+    its directories under a temporary name)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise FedarenaError(f"unknown forget method(s) {', '.join(bad) or '(none)'}; valid: {', '.join(METHODS)}")
@@ -132,11 +134,11 @@ def forget(run_dir: Path, clients: list[str], methods: list[str], out: Path, alg
                 str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted((tmp / "models" / name).glob("*.safetensors"))}}
         ids = [src.data.client_ids[c] for c in src.forgotten]
-        result = {"source": str(run_dir), "forgotten": ids, "methods": methods,
+        result = {"source": str(recorded_as or run_dir), "forgotten": ids, "methods": methods,
                   "trained_on": read_json(run_dir / "summary.json").get("engine"), "recomputed_on": src.engine,
                   "runs": rows}
         (tmp / "forget.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        (tmp / "audit.json").write_text(json.dumps(_audit(src, ids, audit_models), indent=2) + "\n")
+        (tmp / "audit.json").write_text(json.dumps(_audit(recorded_as or src.dir, ids, audit_models), indent=2) + "\n")
         shutil.copy(run_dir / "config.toml", tmp / "config.toml")
     return result
 
@@ -159,16 +161,16 @@ def _keep(root: Path, src: Source, name: str, recorder: Recorder, start: int) ->
         (root / fname).write_bytes(payload)
 
 
-def _audit(src: Source, ids: list[str], models: dict[str, Any]) -> dict[str, Any]:
+def _audit(source: Path, ids: list[str], models: dict[str, Any]) -> dict[str, Any]:
     return {
         "forgotten": ids,
-        "source": str(src.dir),
+        "source": str(source),
         "deleted": [
             f"personal state models/<algorithm>/client-{c}.safetensors (not copied)" for c in ids
         ] + [f"client-state snapshots forget/<algorithm>/client-{c}-r*.safetensors and its update norms (not copied)"
              for c in ids] + ["the client(s) take no part in any later round (excluded from sampling)"],
         "remains": [
-            f"the source run directory {src.dir} is unchanged and still holds the client(s)' personal state, "
+            f"the source run directory {source} is unchanged and still holds the client(s)' personal state, "
             "update norms and data references: delete it once this directory is accepted",
             "the clients' raw data stays where it was loaded from (fedarena never copies it)",
         ],

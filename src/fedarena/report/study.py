@@ -111,7 +111,8 @@ def _drop(clean: list[m.Run], attacked: list[m.Run]) -> dict[int, float]:
     return out
 
 
-def robustness(clean: dict[str, list[m.Run]], attacked: dict[str, Any], sides: Sides) -> tuple[str, Verdict, str]:
+def robustness(clean: dict[str, list[m.Run]], attacked: dict[str, Any],
+               sides: Sides) -> tuple[str, Verdict, str, tuple[tuple[str, str], ...]]:
     """The "robustness to poisoning" row from the study's attack run: q = best global's accuracy drop minus best
     pFL's, each drop over the benign clients against the same clients in the comparison (the clean run, same
     seeds), paired by seed; q > 0: the attack does less to the personalized side."""
@@ -131,7 +132,9 @@ def robustness(clean: dict[str, list[m.Run]], attacked: dict[str, Any], sides: S
                 + ("" if hit[glob] is None else f"; backdoor success {pfl} {pct(hit[pfl])} vs {glob} {pct(hit[glob])}")
                 + (f"; diverged: {', '.join(diverged)}" if diverged else ""))
     note = f"attack comparison in study/attack ({q.n} seed(s); drops are unweighted means over the benign clients)"
-    return measured, range_verdict(q, 0.0), note + ("; noise unknown: 1 seed" if q.n == 1 else "")
+    details = tuple((n, f"{pct(m.over_seeds(clean[n], m.acc_mean).mean)} without the attack (every training client), "
+                        f"{under[n]} under it (benign clients)") for n in (pfl, glob))
+    return measured, range_verdict(q, 0.0), note + ("; noise unknown: 1 seed" if q.n == 1 else ""), details
 
 
 def _pp_stat(x: float) -> str:

@@ -49,7 +49,7 @@ def test_quick_study_measures_every_row(quick):
         assert "not measured" not in row.measured.lower(), (row.key, row.measured)
     assert "**not measured**" not in (out / "report.md").read_text()  # no verdict cell reads it
     meta = json.loads((out / "study.json").read_text())
-    assert [s["name"] for s in meta["steps"]] == ["comparison", "sweep", "privacy", "attack", "forget"]
+    assert [s["name"] for s in meta["steps"]] == list(study.STEPS) == ["comparison", "sweep", "privacy", "attack", "forget"]
     assert meta["plan"] == {**study.QUICK.__dict__, "cells": list(study.QUICK.cells)}
     for step in meta["steps"]:
         assert (out / step["dir"]).is_dir() and step["seconds"] > 0
@@ -227,7 +227,7 @@ def test_plans_and_steps():
     families = {REGISTRY[a].family for a in study.ALGORITHMS}
     assert families == {"global", "personalized", "baseline"}
     steps = study.steps(study.FULL, "fedper", "fedadam", "3")
-    assert [s.name for s in steps] == ["sweep", "privacy", "attack", "forget"]
+    assert [s.name for s in steps] == list(study.STEPS[1:])
     forget = steps[-1]
     assert forget.flags == {"run": {"algorithms": "fedper,fedadam", "seeds": 1}, "forget": {"probe": "3"}}
     assert forget.cli(Path("/r s"), 2).endswith("--forget-probe 3 --threads 2 --out '/r s-forget-again'")

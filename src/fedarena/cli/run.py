@@ -183,7 +183,7 @@ def _study(quick: bool, seed: int, out_dir: Optional[Path], report: bool, track:
               "algorithm, client or round flag runs only what it names", highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
-        bar = progress.add_task("comparison", total=5)
+        bar = progress.add_task(study.STEPS[0], total=len(study.STEPS))
         result = _guard(study.run_study, plan, seed, target_dir,
                         lambda name, i, n: progress.update(bar, completed=i, description=name),
                         lambda name, r: progress.update(bar, description=f"comparison: {name} {r}"))

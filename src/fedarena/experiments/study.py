@@ -45,6 +45,7 @@ from fedarena.report.study import STUDY_FORMAT
 from fedarena.report.sweep import Cell
 
 ALGORITHMS = ("fedavg", "fedprox", "fedadam", "fedper", "ditto", "local", "fedavg-ft", "centralized")
+STEPS = ("comparison", "sweep", "privacy", "attack", "forget")  # in the order they run
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,9 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
     started, log = time.monotonic(), []
     with atomic_dir(out) as tmp:
         if on_step:
-            on_step("comparison", 0, 5)
+            on_step(STEPS[0], 0, len(STEPS))
         summary = run_compare(comparison_config(plan, seed), tmp, on_round)
-        log.append({"name": "comparison", "dir": ".", "seconds": time.monotonic() - started,
+        log.append({"name": STEPS[0], "dir": ".", "seconds": time.monotonic() - started,
                     "command": shlex.join(["fedarena", "compare", "--config", str(out / "config.toml"), "--threads",
                                            str(threads), "--out", f"{out}-again"])})
         sides = choose_sides(m.by_algorithm(summary))
@@ -156,7 +157,7 @@ def run_study(plan: Plan, seed: int, out: Path, on_step: Callable[[str, int, int
         probe = probe_client(summary)
         for i, step in enumerate(steps(plan, sides.pfl, sides.glob, probe), start=1):
             if on_step:
-                on_step(step.name, i, 5)
+                on_step(step.name, i, len(STEPS))
             t0 = time.monotonic()
             _run_step(step, step.config(tmp / "config.toml"), tmp / "study" / step.name, plan,
                       out / "study" / step.name)

@@ -34,3 +34,15 @@ def assert_engines_agree(ref, vec, atol=1e-5):
             assert abs(a - b) * n <= 1 + 1e-9
     assert ref.ledger.up == vec.ledger.up and ref.ledger.down == vec.ledger.down
     assert ref.sampled == vec.sampled
+
+
+TIMINGS = ("wall_seconds", "seconds_to_target", "train_seconds")  # the only summary.json fields that may differ
+
+
+def strip_timings(obj):
+    """A summary.json tree without its timings (two runs of one config and seed must agree on the rest)."""
+    if isinstance(obj, dict):
+        return {k: strip_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [strip_timings(v) for v in obj]
+    return obj

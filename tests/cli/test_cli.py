@@ -7,6 +7,7 @@ import jsonschema
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from running import strip_timings
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -17,19 +18,10 @@ runner = CliRunner()
 SMALL = ["--data", "digits", "--partition", "dirichlet", "--alpha", "0.5", "--clients", "6",
          "--clients-per-round", "3", "--rounds", "3", "--model", "mlr", "--seed", "1",
          "--algorithms", ",".join(REGISTRY)]
-TIMINGS = ("wall_seconds", "seconds_to_target", "train_seconds")
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def strip_timings(obj):
-    if isinstance(obj, dict):
-        return {k: strip_timings(v) for k, v in obj.items() if k not in TIMINGS}
-    if isinstance(obj, list):
-        return [strip_timings(v) for v in obj]
-    return obj
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from running import strip_timings
 from typer.testing import CliRunner
 
 from fedarena.algorithms import REGISTRY
@@ -19,16 +20,7 @@ from fedarena.report.render import load_summary
 from fedarena.report.verdicts import Verdict
 
 runner = CliRunner()
-TIMINGS = ("wall_seconds", "seconds_to_target", "train_seconds")
 TINY = study.Plan("tiny", rounds=3, seeds=2, sub_seeds=2, cells=("iid", "shards-2"))
-
-
-def strip_timings(obj):
-    if isinstance(obj, dict):
-        return {k: strip_timings(v) for k, v in obj.items() if k not in TIMINGS}
-    if isinstance(obj, list):
-        return [strip_timings(v) for v in obj]
-    return obj
 
 
 @pytest.fixture(scope="module")

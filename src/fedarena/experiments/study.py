@@ -56,7 +56,7 @@ class Plan:
     name: str
     rounds: int
     seeds: int  # of the comparison
-    sub_seeds: int  # of each sub-study but the forget probe (one seed: forgetting retrains every algorithm)
+    sub_seeds: int  # of each sub-study but the forget probe, which runs one (`fedarena forget` takes single-seed runs)
     cells: tuple[str, ...]  # heterogeneity cells of the sweep (report/sweep.Cell)
     epsilon: float = 8.0  # the privacy sub-study's user-level budget (central DP-FedAvg, delta 1e-5)
     attack: str = "sign-flip"  # the attack sub-study's attack (sim/attacks.py), with the plain mean
@@ -66,7 +66,6 @@ class Plan:
 
 FULL = Plan("full", rounds=30, seeds=3, sub_seeds=3, cells=("iid", "dirichlet-1", "dirichlet-0.1", "shards-2"))
 QUICK = Plan("quick", rounds=10, seeds=1, sub_seeds=1, cells=("iid", "shards-2"))
-PLANS = {p.name: p for p in (FULL, QUICK)}
 
 
 def comparison_config(plan: Plan, seed: int) -> cfg.Config:

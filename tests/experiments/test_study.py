@@ -82,6 +82,7 @@ def test_sub_studies_run_the_two_sides_and_the_report_reads_them(quick):
     assert "central user-level DP" in rows["privacy"].measured
     assert "iid (JS" in rows["data_similarity"].measured
     assert "one seed and one client" in rows["forgetting"].note
+    assert "--seeds" not in " ".join(r.note for r in rows.values())  # a flag that would switch the study off
     assert "the full study (fedarena compare without --quick) runs 3 seeds" in rows["accuracy_mean"].note
     setup = dict(render._setup(summary))
     assert f"best pFL ({meta['best_pfl']})" in setup["study"] and f"client {probe}" in setup["study"]

@@ -89,7 +89,8 @@ def privacy(result: dict[str, Any]) -> tuple[str, Verdict, str]:
         parts.append(f"central user-level DP ({reached}, delta {result['delta']:g}, {result['population']} clients, "
                      f"{result['clients_per_round']} per round), per-client accuracy without and with it: {sides}; "
                      f"pFL loses {row.get('q_text', 'n/a')} less")
-    note = "; ".join(x for x in (f"privacy sweep in study/privacy ({cost['seeds']} seed(s))", cost.get("note")) if x)
+    note = f"privacy sweep in study/privacy ({cost['seeds']} seed(s))" + (
+        "; noise unknown: 1 seed; the full study (fedarena compare without --quick) runs 3" if cost["seeds"] < 2 else "")
     return "; ".join(parts), Verdict(cost["verdict"]), note
 
 

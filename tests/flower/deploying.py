@@ -34,3 +34,12 @@ def deploy_and_reap(tmp: Path, config: cfg.Config, timeouts: Timeouts, tls: bool
         for token in tokens:
             assert marked_pids(token) == [], "a Flower process outlived the deployment"
             kill_marked(token)
+
+
+def comparable_metrics(run: dict) -> dict:
+    """A summary.json run's numbers that a deployment must reproduce exactly (its timings left out)."""
+    keep = ("global_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_worst10", "personal_acc_per_client",
+            "global_acc_per_client")
+    hist = [{k: v for k, v in h.items() if k != "train_seconds"} for h in run["history"]]
+    return {"final": {k: run["final"][k] for k in keep}, "bytes": run["bytes"], "history": hist,
+            "storage": run["storage_bytes_per_client"], "rounds_to_target": run["rounds_to_target"]}

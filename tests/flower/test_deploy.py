@@ -25,7 +25,7 @@ from fedarena.data import load_federated
 from fedarena.experiments.compare import run_compare
 from fedarena.experiments.deploy import Timeouts
 from fedarena.sim.local import LocalClients, ReferenceExecutor
-from flower.deploying import deploy_and_reap
+from flower.deploying import comparable_metrics, deploy_and_reap
 
 
 def _config(algorithms: str, **train) -> cfg.Config:
@@ -43,14 +43,6 @@ def deployed(tmp_path_factory):
     return tmp, summary, sim
 
 
-def _metrics(run: dict) -> dict:
-    keep = ("global_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_worst10", "personal_acc_per_client",
-            "global_acc_per_client")
-    hist = [{k: v for k, v in h.items() if k != "train_seconds"} for h in run["history"]]
-    return {"final": {k: run["final"][k] for k in keep}, "bytes": run["bytes"], "history": hist,
-            "storage": run["storage_bytes_per_client"], "rounds_to_target": run["rounds_to_target"]}
-
-
 @pytest.mark.slow
 def test_deploy_matches_the_reference_simulator(deployed):
     tmp, summary, sim = deployed
@@ -66,7 +58,7 @@ def test_deploy_matches_the_reference_simulator(deployed):
     assert set(runs) == {"fedavg", "fedper"}
     for ref in sim["runs"]:
         if ref["algorithm"] in runs:
-            assert _metrics(runs[ref["algorithm"]]) == _metrics(ref), ref["algorithm"]
+            assert comparable_metrics(runs[ref["algorithm"]]) == comparable_metrics(ref), ref["algorithm"]
     assert runs["fedper"]["storage_bytes_per_client"] > 0
     got = load_file(tmp / "run" / "models" / "fedavg" / "global.safetensors")
     want = load_file(tmp / "sim" / "models" / "fedavg" / "global.safetensors")

@@ -19,17 +19,9 @@ from fedarena.experiments.compare import run_compare
 from fedarena.experiments.deploy import Timeouts
 from fedarena.experiments.deploy_resume import state_dir
 from fedarena.flower.processes import marked_pids
-from flower.deploying import deploy_and_reap
+from flower.deploying import comparable_metrics, deploy_and_reap
 
 CUT = 2  # fedper's round whose training the nodes finish before the ServerApp dies
-
-
-def _metrics(run: dict) -> dict:
-    keep = ("global_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_worst10", "personal_acc_per_client",
-            "global_acc_per_client")
-    hist = [{k: v for k, v in h.items() if k != "train_seconds"} for h in run["history"]]
-    return {"final": {k: run["final"][k] for k in keep}, "bytes": run["bytes"], "history": hist,
-            "storage": run["storage_bytes_per_client"], "rounds_to_target": run["rounds_to_target"]}
 
 
 def _trained(wire: Path, algorithm: str, rnd: int) -> bool:
@@ -85,7 +77,7 @@ def test_a_killed_serverapp_resumes_to_the_simulators_numbers(tmp_path):
     resumed = time.monotonic() - started
     sim = run_compare(config, tmp_path / "sim")
     assert [r["algorithm"] for r in summary["runs"]] == ["fedper"]
-    assert _metrics(summary["runs"][0]) == _metrics(sim["runs"][0])
+    assert comparable_metrics(summary["runs"][0]) == comparable_metrics(sim["runs"][0])
     # the personal heads the nodes kept are the simulator's final client states, bit for bit
     for node in states:
         got = load_file(node)

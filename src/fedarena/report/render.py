@@ -8,7 +8,6 @@ summary's tuning label.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -51,21 +50,14 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise FedarenaError(f"{path} not found: RUN_DIR must be a directory written by fedarena compare")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FedarenaError(f"{path} is not valid JSON: {exc}") from None
+    summary = study.read_json(path)
     if not isinstance(summary, dict) or not summary.get("runs"):
         raise FedarenaError(f"{path} has no runs")
     missing = [k for k in ("config", "dataset", "model", "target_acc", "target_rule") if k not in summary]
     if missing:
         raise FedarenaError(f"{path} lacks {', '.join(missing)}: not a fedarena summary (see docs/summary.md)")
-    forgets = []
-    for f in sorted(Path(run_dir).glob("forget-*/forget.json")):  # written by compare --forget-probe
-        try:
-            forgets.append(json.loads(f.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FedarenaError(f"{f} is not valid JSON: {exc}") from None
+    # written by compare --forget-probe
+    forgets = [study.read_json(f) for f in sorted(Path(run_dir).glob("forget-*/forget.json"))]
     summary["study"], probes = study.load(Path(run_dir))  # a default study's sub-studies (report/study.py)
     summary["forget"] = forgets + probes or None
     summary["tuning_trials"] = tu.read_trials(Path(run_dir))  # tuning.parquet's rows (--tune), else None

@@ -19,10 +19,12 @@ from fedarena.report.format import pct, signed_pp, with_spread
 from fedarena.report.verdicts import Sides, Verdict, range_verdict
 
 STUDY_FORMAT = "fedarena-study/1"
+FULL_STUDY_SEEDS = "the full study (fedarena compare without --quick) runs 3 seeds"  # where a --quick one has 1
 FILES = {"sweep": "sweep/sweep.json", "privacy": "privacy/privacy_sweep.json", "attack": "attack/summary.json"}
 
 
-def _read(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file of a run directory, or one FedarenaError naming it (missing, undecodable, nested too deep)."""
     if not path.is_file():
         raise FedarenaError(f"{path} not found: the study directory is incomplete (rerun fedarena compare)")
     try:
@@ -36,18 +38,18 @@ def load(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     path = Path(run_dir) / "study.json"
     if not path.exists():
         return None, []
-    study = _read(path)
+    study = read_json(path)
     if not isinstance(study, dict) or study.get("format") != STUDY_FORMAT:
         raise FedarenaError(f"{path} is not a fedarena study (format {STUDY_FORMAT} expected)")
-    block = dict(study) | {k: _read(Path(run_dir) / "study" / f) for k, f in FILES.items()}
-    forgets = [_read(f) for f in sorted((Path(run_dir) / "study" / "forget").glob("forget-*/forget.json"))]
+    block = dict(study) | {k: read_json(Path(run_dir) / "study" / f) for k, f in FILES.items()}
+    forgets = [read_json(f) for f in sorted((Path(run_dir) / "study" / "forget").glob("forget-*/forget.json"))]
     return block, forgets
 
 
 def more_seeds(summary: dict[str, Any]) -> str:
     """How to measure the spread a one-seed run lacks, for the run at hand."""
     if summary.get("study"):
-        return "the full study (fedarena compare without --quick) runs 3 seeds"
+        return FULL_STUDY_SEEDS
     return "compare --seeds 3 measures the spread"
 
 
@@ -90,7 +92,7 @@ def privacy(result: dict[str, Any]) -> tuple[str, Verdict, str]:
                      f"{result['clients_per_round']} per round), per-client accuracy without and with it: {sides}; "
                      f"pFL loses {row.get('q_text', 'n/a')} less")
     note = f"privacy sweep in study/privacy ({cost['seeds']} seed(s))" + (
-        "; noise unknown: 1 seed; the full study (fedarena compare without --quick) runs 3" if cost["seeds"] < 2 else "")
+        f"; noise unknown: 1 seed; {FULL_STUDY_SEEDS}" if cost["seeds"] < 2 else "")
     return "; ".join(parts), Verdict(cost["verdict"]), note
 
 
